@@ -1,0 +1,114 @@
+"""One exception tree for the whole library.
+
+The root names are the reference's (WfExS-backend's ``container_factories``),
+so a workflow engine that catches ``ContainerFactoryException`` or
+``ContainerNotFoundException`` keeps working unchanged. Everything we add
+hangs under them, so one ``except ContainerFactoryException`` still catches
+all of it, and each message says what failed and what to do next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class AbstractWfExSException(Exception):
+    """Root of every error this library raises on purpose."""
+
+
+class ContainerFactoryException(AbstractWfExSException):
+    """Something went wrong while materializing or deploying a container."""
+
+
+class ContainerEngineException(ContainerFactoryException):
+    """A container engine (docker, podman, apptainer, mksquashfs...) failed.
+
+    Carries the command (or API call), its exit code and the tail of its
+    stderr, because those three are what a user needs to act on it.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        command: Sequence[str] | str | None = None,
+        returncode: int | None = None,
+        stderr: str | bytes | None = None,
+    ) -> None:
+        self.command = command
+        self.returncode = returncode
+        if isinstance(stderr, bytes):
+            stderr = stderr.decode("utf-8", errors="replace")
+        self.stderr_tail = _tail(stderr or "")
+        parts = [message]
+        if command is not None:
+            cmd = command if isinstance(command, str) else " ".join(map(str, command))
+            parts.append(f"command: {cmd}")
+        if returncode is not None:
+            parts.append(f"exit code: {returncode}")
+        if self.stderr_tail:
+            parts.append(f"stderr (tail):\n{self.stderr_tail}")
+        super().__init__("\n".join(parts))
+
+
+class ContainerNotFoundException(ContainerFactoryException):
+    """A container image or its metadata could not be found."""
+
+
+class InvalidReferenceError(ContainerFactoryException, ValueError):
+    """A container tag that cannot be parsed; the message names the tag."""
+
+
+class ProvenanceError(ContainerFactoryException, ValueError):
+    """A provenance (YAML) file that cannot be read safely or is malformed."""
+
+
+class CacheError(ContainerFactoryException):
+    """The local cache is unusable (corrupted entry, unwritable dir...)."""
+
+
+class IntegrityError(CacheError):
+    """Bytes do not match the digest they were promised to have.
+
+    Raised for a blob that arrives corrupted from a registry, a cached blob
+    that rotted on disk, or a staged snapshot that was tampered with. Nothing
+    is ever published under a final name when this is raised.
+    """
+
+    def __init__(self, message: str, *, expected: str | None = None, actual: str | None = None) -> None:
+        self.expected = expected
+        self.actual = actual
+        super().__init__(message)
+
+
+class RegistryError(ContainerFactoryException):
+    """A registry answered with an error, or could not be reached."""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str | None = None) -> None:
+        self.status = status
+        self.url = url
+        super().__init__(message)
+
+
+class AuthenticationError(RegistryError):
+    """The registry refused our credentials, or demanded some we lack."""
+
+
+class ManifestUnknownError(RegistryError, ContainerNotFoundException):
+    """The registry does not have that tag or digest."""
+
+
+class PlatformMismatchError(ContainerNotFoundException):
+    """An image index offers no manifest for the requested platform."""
+
+    def __init__(self, message: str, *, available: Sequence[str] = ()) -> None:
+        self.available = list(available)
+        super().__init__(message)
+
+
+class UnsafeArchiveError(ContainerFactoryException):
+    """An archive or layer member would land outside its destination."""
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.rstrip().splitlines()[-lines:])
