@@ -126,9 +126,10 @@ class Container(ContainerTaggedName):
         if self.metadataLocalPath is None and self.localPath is not None:
             self.metadataLocalPath = self.localPath.with_name(self.localPath.name + META_JSON_POSTFIX)
         if self.source_type is None:
-            if self.type == ContainerType.Singularity and self.taggedName.startswith(DOCKER_URI_PREFIX):
-                self.source_type = ContainerType.Docker
-            elif self.type == ContainerType.Podman:
+            docker_sif = self.type == ContainerType.Singularity and self.taggedName.startswith(
+                DOCKER_URI_PREFIX
+            )
+            if docker_sif or self.type == ContainerType.Podman:
                 self.source_type = ContainerType.Docker
             else:
                 self.source_type = self.type

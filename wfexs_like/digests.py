@@ -1,0 +1,78 @@
+"""Digests in the one form this project speaks: ``sha256:<64 lowercase hex>``.
+
+That is what registries, ``sha256sum`` and the OCI specs print, so a user can
+check any fingerprint we record with tools they already have. WfExS-backend
+writes ``sha256=<base64>``; we accept it on input and never emit it.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from .errors import IntegrityError
+
+CHUNK = 1 << 20
+_HEX = {"sha256": 64, "sha512": 128}
+_DIGEST_RE = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Hash a file with a bounded buffer so multi-GB layers never sit in memory."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def sha256_chunks(chunks: Iterable[bytes]) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    for chunk in chunks:
+        h.update(chunk)
+        n += len(chunk)
+    return "sha256:" + h.hexdigest(), n
+
+
+def is_digest(value: str) -> bool:
+    m = _DIGEST_RE.match(value)
+    return bool(m) and len(m.group(2)) == _HEX[m.group(1)]
+
+
+def split_digest(digest: str) -> tuple[str, str]:
+    """Return (algorithm, hex), refusing anything that could escape a path join."""
+    m = _DIGEST_RE.match(digest)
+    if not m or len(m.group(2)) != _HEX[m.group(1)]:
+        raise IntegrityError(
+            f"malformed digest {digest!r}: expected 'sha256:' followed by 64 lowercase hex digits"
+        )
+    return m.group(1), m.group(2)
+
+
+def normalize_fingerprint(value: str) -> str:
+    """Accept ``sha256:<hex>`` or WfExS's ``sha256=<base64>``; return ``sha256:<hex>``."""
+    value = value.strip()
+    if is_digest(value.lower()):
+        return value.lower()
+    if "=" in value:
+        algo, _, b64 = value.partition("=")
+        algo = algo.lower()
+        if algo in _HEX:
+            try:
+                raw = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=False)
+            except (binascii.Error, ValueError):
+                raw = b""
+            if len(raw) * 2 == _HEX[algo]:
+                return f"{algo}:{raw.hex()}"
+    raise IntegrityError(
+        f"unrecognised fingerprint {value!r}: expected 'sha256:<hex>' or WfExS's 'sha256=<base64>'"
+    )
