@@ -1,0 +1,288 @@
+"""Put cached blobs where a workflow wants them, as cheaply as the filesystem allows.
+
+A snapshot is mostly bytes the blob store already holds, so staging one
+should cost a directory entry, not a copy: a hard link first (O(1), and it
+shares the inode, which is what lets ``BlobStore.is_trusted`` accept the
+staged file without re-hashing it), then a reflink (O(1) on btrfs/xfs/bcachefs
+across directories a hard link cannot cross, e.g. another subvolume), and a
+real copy only when neither works (another filesystem, tmpfs, a
+hard-link limit reached).
+
+Whatever the method, bytes land under a temporary name in the destination's
+directory and are renamed into place, so a final name never holds a
+half-written file: a copy killed halfway leaves a ``.*.tmp`` file and nothing
+else. Copies keep the source's mtime (nanoseconds) and mode, so the blob
+store's size+mtime trust check still recognises them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+from ..errors import CacheError
+
+Method = Literal["hardlink", "reflink", "copy"]
+METHODS: tuple[Method, ...] = ("hardlink", "reflink", "copy")
+
+#: ``_IOW(0x94, 9, int)``: clone a whole file (btrfs, xfs with reflink=1, bcachefs, ocfs2).
+FICLONE = 0x40049409
+
+# os.link failures that mean "this filesystem / this pair of paths cannot do
+# it", i.e. try the next method, as opposed to a real error to report.
+_LINK_FALLBACK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EACCES, errno.ENOTSUP, errno.EOPNOTSUPP}
+_CLONE_FALLBACK = {
+    errno.EXDEV,
+    errno.EPERM,
+    errno.EINVAL,
+    errno.ENOTTY,
+    errno.ENOTSUP,
+    errno.EOPNOTSUPP,
+    errno.EBADF,
+    errno.ENOSYS,
+}
+_COPY_CHUNK = 64 << 20
+_RENAME_EXCHANGE = 2
+
+
+def _temp_name(dst: Path) -> Path:
+    """A name beside ``dst`` that no other writer picks, recognisable as leftover if we die."""
+    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    os.close(fd)
+    os.unlink(name)
+    return Path(name)
+
+
+def _try_hardlink(src: Path, tmp: Path) -> bool:
+    try:
+        os.link(src, tmp, follow_symlinks=True)
+    except OSError as e:
+        if e.errno in _LINK_FALLBACK:
+            return False
+        raise
+    return True
+
+
+def _try_reflink(src: Path, tmp: Path) -> bool:
+    if not hasattr(fcntl, "ioctl") or os.name != "posix":
+        return False
+    src_fd = os.open(src, os.O_RDONLY)
+    try:
+        dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.ioctl(dst_fd, FICLONE, src_fd)
+        except OSError as e:
+            os.close(dst_fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            if e.errno in _CLONE_FALLBACK:
+                return False
+            raise
+        try:
+            os.fsync(dst_fd)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+    shutil.copystat(src, tmp)
+    return True
+
+
+def _copy_bytes(src_fd: int, dst_fd: int, size: int) -> None:
+    """Copy in the kernel where possible (``copy_file_range``), else through a buffer."""
+    offset = 0
+    use_cfr = hasattr(os, "copy_file_range")
+    while offset < size:
+        n = 0
+        if use_cfr:
+            try:
+                n = os.copy_file_range(src_fd, dst_fd, min(_COPY_CHUNK, size - offset))
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM):
+                    raise
+                use_cfr = False
+                continue
+        else:
+            chunk = os.read(src_fd, min(1 << 20, size - offset))
+            if chunk:
+                n = os.write(dst_fd, chunk)
+                if n < len(chunk):
+                    os.lseek(src_fd, offset + n, os.SEEK_SET)
+        if n == 0:
+            raise CacheError(f"source shrank while being copied (got {offset} of {size} bytes); retry")
+        offset += n
+
+
+def _copy(src: Path, tmp: Path) -> None:
+    src_fd = os.open(src, os.O_RDONLY)
+    try:
+        size = os.fstat(src_fd).st_size
+        dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            _copy_bytes(src_fd, dst_fd, size)
+            os.fsync(dst_fd)
+        finally:
+            os.close(dst_fd)
+    finally:
+        os.close(src_fd)
+    shutil.copystat(src, tmp)  # mode and atime/mtime to the nanosecond, like copy2
+
+
+def link_or_copy(src: Path, dst: Path) -> Method:
+    """Make ``dst`` hold ``src``'s bytes by the cheapest available means; return which.
+
+    ``dst`` is replaced if it exists (atomically: readers see the old file or
+    the new one). A ``dst`` that already is ``src`` (same inode) is left alone.
+    """
+    src, dst = Path(src), Path(dst)
+    try:
+        sst = src.stat()
+    except FileNotFoundError as e:
+        raise CacheError(f"cannot stage {src}: it does not exist; re-fetch the image") from e
+    if not stat.S_ISREG(sst.st_mode):
+        raise CacheError(f"cannot stage {src}: not a regular file")
+    with contextlib.suppress(OSError):
+        dst_st = dst.stat()
+        if (dst_st.st_dev, dst_st.st_ino) == (sst.st_dev, sst.st_ino):
+            return "hardlink"
+    tmp = _temp_name(dst)
+    method: Method
+    try:
+        if _try_hardlink(src, tmp):
+            method = "hardlink"
+        elif _try_reflink(src, tmp):
+            method = "reflink"
+        else:
+            _copy(src, tmp)
+            method = "copy"
+        os.replace(tmp, dst)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return method
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(None, use_errno=True)  # the already-loaded C library
+    except OSError:
+        return None
+
+
+def _renameat2_exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    libc = _libc()
+    fn = getattr(libc, "renameat2", None) if libc is not None else None
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
+def publish_dir(tmp_dir: Path, dst_dir: Path, *, replace: bool) -> bool:
+    """Rename a fully built ``tmp_dir`` to ``dst_dir``; True if it was published.
+
+    Without ``replace`` an existing ``dst_dir`` wins (``tmp_dir`` is removed).
+    With it the two are swapped in one atomic step where the kernel allows,
+    so a reader never sees a missing or half-filled directory; elsewhere
+    the old one is moved aside first, leaving only a brief gap.
+    """
+    tmp_dir, dst_dir = Path(tmp_dir), Path(dst_dir)
+    try:
+        os.rename(tmp_dir, dst_dir)
+        return True
+    except OSError as e:
+        if e.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+            raise
+    if not replace:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        return False
+    try:
+        if _renameat2_exchange(tmp_dir, dst_dir):
+            _remove_path(tmp_dir)  # now holds the old contents
+            return True
+        old = _temp_name(dst_dir)
+        os.rename(dst_dir, old)
+        os.rename(tmp_dir, dst_dir)
+        _remove_path(old)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return True
+
+
+def _remove_path(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def make_temp_dir(dst: Path) -> Path:
+    """An empty directory beside ``dst`` to build into before ``publish_dir``."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the snapshot from other users
+    return tmp
+
+
+def link_tree(src_dir: Path, dst_dir: Path, *, force: bool = False) -> dict[str, int]:
+    """Stage a whole directory tree file by file; return how many files each method took.
+
+    The tree is built beside ``dst_dir`` and renamed into place, so
+    ``dst_dir`` is either absent, the old tree, or the complete new one. An
+    existing ``dst_dir`` is kept as it is unless ``force`` (then it is
+    swapped out atomically); in that case the counts are all zero. Symlinks
+    are recreated as symlinks, never followed.
+    """
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    counts = dict.fromkeys(METHODS, 0)
+    if not src_dir.is_dir():
+        raise CacheError(f"cannot stage {src_dir}: not a directory")
+    if dst_dir.exists() and not force:
+        return counts
+    tmp = make_temp_dir(dst_dir)
+    try:
+        for root, dirs, files in os.walk(src_dir):
+            rel = Path(root).relative_to(src_dir)
+            out = tmp / rel
+            for d in dirs:
+                sp = Path(root) / d
+                if sp.is_symlink():
+                    os.symlink(os.readlink(sp), out / d)
+                else:
+                    (out / d).mkdir()
+            for f in files:
+                sp = Path(root) / f
+                if sp.is_symlink():
+                    os.symlink(os.readlink(sp), out / f)
+                elif sp.is_file():
+                    counts[link_or_copy(sp, out / f)] += 1
+            # directories that are symlinks were recreated above; do not descend into them
+            dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not publish_dir(tmp, dst_dir, replace=force):
+        return dict.fromkeys(METHODS, 0)
+    return counts
