@@ -182,13 +182,15 @@ class BlobWriter:
 class BlobStore:
     """Blobs under ``<root>/blobs/sha256/<hex>``; see the module docstring for the rules."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, readonly: bool = False) -> None:
+        """``readonly`` opens any ``blobs/sha256`` tree (an OCI layout has one) just to read."""
         self.root = Path(root).absolute()
         self.blobs_dir = self.root / "blobs" / "sha256"
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"
         self.trust_dir = self.root / "trust" / "sha256"
-        for d in (self.blobs_dir, self.tmp_dir, self.locks_dir, self.trust_dir):
+        self.readonly = readonly
+        for d in () if readonly else (self.blobs_dir, self.tmp_dir, self.locks_dir, self.trust_dir):
             try:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as e:
@@ -250,6 +252,32 @@ class BlobStore:
     def put_file(self, src: Path, expected_digest: str | None = None) -> str:
         with open(src, "rb") as fh:
             return self.put_stream(iter(lambda: fh.read(CHUNK), b""), expected_digest)
+
+    def adopt_file(self, src: Path, expected_digest: str | None = None) -> str:
+        """Move a finished file (a built SIF, a saved archive) into the store without copying.
+
+        It is hashed in place and renamed when it is on the store's
+        filesystem; from elsewhere it is copied through a writer instead.
+        """
+        digest = sha256_file(src)
+        if expected_digest is not None and digest != expected_digest:
+            raise IntegrityError(
+                f"{src} does not match its expected digest {expected_digest} (got {digest})",
+                expected=expected_digest,
+                actual=digest,
+            )
+        try:
+            same_fs = src.stat().st_dev == self.tmp_dir.stat().st_dev
+        except OSError as e:
+            raise CacheError(f"cannot read {src}: {e.strerror}") from e
+        if not same_fs:
+            self.put_file(src, digest)
+            src.unlink()
+            return digest
+        with open(src, "rb") as fh:
+            os.fsync(fh.fileno())
+        self._publish(src, digest)
+        return digest
 
     def _publish(self, tmp: Path, digest: str) -> None:
         final = self.path(digest)
