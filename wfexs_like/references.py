@@ -1,0 +1,658 @@
+"""Container tags, parsed once and written back one canonical way.
+
+A workflow names the same image in many spellings (``busybox``,
+``docker://busybox``, ``index.docker.io/library/busybox:latest``). Cache keys,
+registry calls, staged file names and provenance records must not depend on
+which spelling a workflow happened to use, so every later step works on a
+:class:`Reference` and on the strings this module derives from it.
+
+Accepted string forms (what :func:`parse_reference` reads):
+
+``[docker:/…/][host[:port]/]path[:tag][@digest]``
+    Docker's reference grammar (the distribution ``reference`` package),
+    including Docker Hub's short names and its ``library/`` namespace. A
+    ``docker:`` prefix is a scheme only when a ``/`` follows it, because
+    ``docker:24-dind`` is the official Docker-in-Docker *image*; likewise
+    ``docker:5000/img`` is the registry host ``docker`` on port 5000.
+``oras://[host[:port]/]path[:tag][@digest]``
+    The same grammar and defaults as Docker (what Apptainer's ORAS support
+    does through go-containerregistry).
+``library://[host/]entity/collection/container[:tag][@digest]``
+    Apptainer's grammar: a host is only recognised as the first of *four*
+    components; shorter paths (``library://alpine``,
+    ``library://sylabs/examples/lolcow``) mean the default endpoint, recorded
+    as ``cloud.sylabs.io``. ``library:///path`` (empty host) means the default
+    endpoint too.
+``shub://[host/]user/image[:tag][@digest]``
+    Singularity Hub; the host rule is Docker's, the default host is
+    ``singularity-hub.org``.
+``http(s)://host[:port]/path[?query]``
+    A SIF (or other image file) behind a URL.
+``/abs/path``, ``./rel``, ``../rel``, ``file:///abs``, ``file://localhost/abs``, ``file:path``
+    A local image file (or sandbox directory); relative paths are resolved
+    against the current directory at parse time.
+
+Digests are ``sha256:<64 lowercase hex>`` or ``sha512:<128 lowercase hex>``;
+nothing else identifies content unambiguously enough to be trusted as a pin.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import ipaddress
+import os
+import posixpath
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from .errors import InvalidReferenceError
+from .model import ContainerType
+
+__all__ = [
+    "DEFAULT_TAG",
+    "DOCKER_HUB",
+    "DOCKER_HUB_API",
+    "SINGULARITY_HUB",
+    "SYLABS_LIBRARY",
+    "SYLABS_LIBRARY_API",
+    "Reference",
+    "format_reference",
+    "nextflow_file_name",
+    "parse_reference",
+]
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+# Every name Docker Hub has gone by; all of them denote one registry, so one
+# cache entry.
+DOCKER_HUB_ALIASES = frozenset({DOCKER_HUB, "index.docker.io", DOCKER_HUB_API, "registry.hub.docker.com"})
+DOCKER_OFFICIAL_NAMESPACE = "library"
+SYLABS_LIBRARY = "cloud.sylabs.io"
+SYLABS_LIBRARY_API = "library.sylabs.io"
+SINGULARITY_HUB = "singularity-hub.org"
+DEFAULT_TAG = "latest"
+
+REGISTRY_SCHEMES = ("docker", "oras", "library", "shub")
+OCI_SCHEMES = ("docker", "oras")
+URL_SCHEMES = ("http", "https")
+FILE_SCHEME = "file"
+SCHEMES = (*REGISTRY_SCHEMES, *URL_SCHEMES, FILE_SCHEME)
+
+NAME_TOTAL_LENGTH_MAX = 255
+TAG_LENGTH_MAX = 128
+LIBRARY_PATH_COMPONENTS_MAX = 3
+
+_ALNUM = "[a-z0-9]+"
+_PATH_COMPONENT = re.compile(rf"{_ALNUM}(?:(?:[._]|__|-+){_ALNUM})*")
+# Go's \w is ASCII-only; spell it out so Python's Unicode \w cannot widen it.
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
+_DOMAIN_COMPONENT = r"(?:[A-Za-z0-9]|[A-Za-z0-9][A-Za-z0-9-]*[A-Za-z0-9])"
+_HOST = re.compile(
+    rf"(?:(?P<domain>{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*)|\[(?P<ipv6>[A-Fa-f0-9:]+)\])"
+    r"(?::(?P<port>[0-9]+))?"
+)
+_HEX = re.compile(r"[0-9A-Fa-f]*")
+_DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
+_IMAGE_ID = re.compile(r"[a-f0-9]{64}")
+_SCHEME_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_PORT_THEN_PATH = re.compile(r"[0-9]+(?:/|$)")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+_FILE_NAME_MAX = 200
+_SHORT_HASH_LENGTH = 12
+
+
+class _Invalid(Exception):
+    """Why a piece of a reference is wrong, raised before we know which whole
+    string (the user's tag, or a hand-built Reference) the message must quote."""
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One container image location, always in canonical form.
+
+    Construction validates and normalises (host lowercased, Docker Hub
+    aliases folded to ``docker.io``, the implicit ``library/`` namespace made
+    explicit, ``latest`` filled in when neither tag nor digest is given), so
+    two References are equal exactly when they denote the same image, and
+    ``parse_reference(format_reference(r)) == r`` holds for every value that
+    can exist. Invalid fields raise :class:`InvalidReferenceError`.
+
+    For ``http``/``https``, ``repository`` is the URL without its
+    ``scheme://`` (host, path and query), so the host is not lost while
+    ``registry`` stays None; for ``file`` it is the absolute, normalised path.
+    Neither carries a tag or a digest: an image file's checksum belongs in
+    the container record (``Container.signature``), not in its address.
+    """
+
+    scheme: str
+    registry: str | None
+    repository: str
+    tag: str | None = None
+    digest: str | None = None
+
+    def __post_init__(self) -> None:
+        try:
+            registry, repository, tag = _normalise(
+                self.scheme, self.registry, self.repository, self.tag, self.digest
+            )
+        except _Invalid as exc:
+            fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+            raise InvalidReferenceError(f"invalid container reference ({fields}): {exc}") from None
+        object.__setattr__(self, "registry", registry)
+        object.__setattr__(self, "repository", repository)
+        object.__setattr__(self, "tag", tag)
+
+    @property
+    def is_registry(self) -> bool:
+        """True when the image is fetched by name from a registry service."""
+        return self.scheme in REGISTRY_SCHEMES
+
+    @property
+    def name(self) -> str:
+        """``registry/repository``: the name a registry API is asked about.
+
+        For URLs it is the URL and for files the path, so that ``name`` is
+        always something that locates the bytes.
+        """
+        if self.is_registry:
+            return f"{self.registry}/{self.repository}"
+        if self.scheme in URL_SCHEMES:
+            return f"{self.scheme}://{self.repository}"
+        return self.repository
+
+    def canonical(self) -> str:
+        """The one string used as this image's identity (cache keys, records).
+
+        Fully qualified, except that a ``library://`` reference on the default
+        endpoint omits ``cloud.sylabs.io``: Apptainer would send the request
+        to that host literally, and only ``library://entity/collection/...``
+        means "the configured library".
+        """
+        if self.scheme in URL_SCHEMES:
+            return self.name
+        if self.scheme == FILE_SCHEME:
+            return self.repository
+        if self.scheme == "docker":
+            text = self.name
+        elif self.scheme == "library" and self.registry == SYLABS_LIBRARY:
+            text = f"library://{self.repository}"
+        else:
+            text = f"{self.scheme}://{self.name}"
+        if self.tag is not None:
+            text += f":{self.tag}"
+        if self.digest is not None:
+            text += f"@{self.digest}"
+        return text
+
+    def __str__(self) -> str:
+        return self.canonical()
+
+    def pinned(self) -> str:
+        """``registry/repository@digest``: the form that can never drift.
+
+        The tag is dropped because a tag is a mutable pointer and the digest
+        already says everything. Schemes other than ``docker`` keep their
+        ``scheme://`` prefix so the string parses back to the same kind of
+        reference.
+        """
+        if self.digest is None:
+            raise InvalidReferenceError(
+                f"container reference {self.canonical()!r} is not pinned: it has no digest; "
+                "resolve its tag against the registry first"
+            )
+        return dataclasses.replace(self, tag=None).canonical()
+
+    def with_digest(self, digest: str) -> Reference:
+        """The same reference pinned to ``digest``, keeping the tag for readers."""
+        if not self.is_registry:
+            raise InvalidReferenceError(
+                f"cannot pin {self.canonical()!r} to {digest!r}: only registry images have digests; "
+                "record a file's checksum in the container record instead"
+            )
+        return dataclasses.replace(self, digest=digest)
+
+    @property
+    def api_host(self) -> str:
+        """The host to open HTTP connections to.
+
+        Docker Hub and the Sylabs library answer their APIs on hosts other
+        than the names images are known by.
+        """
+        if self.is_registry:
+            assert self.registry is not None
+            if self.scheme in OCI_SCHEMES and self.registry == DOCKER_HUB:
+                return DOCKER_HUB_API
+            if self.scheme == "library" and self.registry == SYLABS_LIBRARY:
+                return SYLABS_LIBRARY_API
+            return self.registry
+        if self.scheme in URL_SCHEMES:
+            return _url_split(self.repository)[0]
+        raise InvalidReferenceError(f"{self.canonical()!r} is a local file: there is no host to talk to")
+
+
+def parse_reference(
+    tag: str,
+    *,
+    container_type: ContainerType | None = None,
+    registries: Mapping[ContainerType, str] | None = None,
+) -> Reference:
+    """Turn any tag a workflow may write into its canonical :class:`Reference`.
+
+    ``registries`` replaces Docker Hub as the registry of tags that name none
+    (``{ContainerType.Docker: "quay.io"}`` makes ``samtools:1.15`` mean
+    ``quay.io/samtools:1.15``). The entry for ``container_type`` wins; the
+    ``ContainerType.Docker`` entry is the fallback, because Podman and
+    Singularity images named without a scheme come from Docker registries.
+    It applies to ``docker`` and ``oras`` references only: ``library://`` and
+    ``shub://`` speak other protocols, whose endpoints a Docker registry
+    cannot stand in for.
+    """
+    if not isinstance(tag, str):
+        raise InvalidReferenceError(
+            f"invalid container tag {tag!r}: expected a string, got {type(tag).__name__}"
+        )
+    try:
+        fields = _parse(tag, container_type, registries)
+        registry, repository, tag_ = _normalise(*fields)
+    except _Invalid as exc:
+        raise InvalidReferenceError(f"invalid container tag {tag!r}: {exc}") from None
+    return Reference(fields[0], registry, repository, tag_, fields[4])
+
+
+def format_reference(ref: Reference) -> str:
+    """The string :func:`parse_reference` reads back into exactly ``ref``.
+
+    It is the canonical form: normalisation happens when a Reference is
+    built, so the canonical string already carries every field explicitly.
+    """
+    return ref.canonical()
+
+
+def nextflow_file_name(tag: str | Reference) -> str:
+    """A deterministic, filesystem-safe file name for an image, Nextflow style.
+
+    Registry images flatten their canonical form (``/``, ``:`` and ``@``
+    become ``-``), so a person can tell from ``containers/`` which image a
+    file holds: ``quay.io/biocontainers/samtools:1.15--h1170115_1`` becomes
+    ``quay.io-biocontainers-samtools-1.15--h1170115_1``. Schemes other than
+    ``docker`` are prefixed (``library-``, ``oras-``, ``shub-``); files and
+    URLs become ``<scheme>-<basename>-<hash>``, the hash (of the canonical
+    form) telling apart equal basenames in different places.
+
+    The result only uses ``[A-Za-z0-9._-]``, never starts with ``.`` or
+    ``-``, and is at most 200 characters, leaving room for suffixes such as
+    ``_meta.json`` within the usual 255-byte limit; longer names are cut and
+    end in a hash of the full canonical form.
+
+    Flattening is lossy because ``-`` is also legal inside names and tags:
+    ``quay.io/a-b/c:1`` and ``quay.io/a/b-c:1`` map to the same name, as do a
+    tag ``sha256-<hex>`` and a digest ``sha256:<hex>`` on the same
+    repository. Such pairs do not occur in practice; anything that needs
+    identity must compare the canonical form (kept in the metadata sidecar),
+    never the file name.
+    """
+    ref = tag if isinstance(tag, Reference) else parse_reference(tag)
+    canonical = ref.canonical()
+    if ref.scheme == "docker":
+        name = _flatten(canonical)
+    elif ref.is_registry:
+        # Always spell the host out, even the default library endpoint, so
+        # that two library endpoints never share a file name.
+        qualified = ref.name + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
+        name = f"{ref.scheme}-{_flatten(qualified)}"
+    else:
+        if ref.scheme in URL_SCHEMES:
+            host, path = _url_split(ref.repository)
+            path = path.split("?", 1)[0]
+            base = posixpath.basename(path.rstrip("/")) or host
+        else:
+            base = posixpath.basename(ref.repository)
+        name = f"{ref.scheme}-{_UNSAFE_FILE_CHARS.sub('_', base)}-{_short_hash(canonical)}"
+    if len(name) > _FILE_NAME_MAX:
+        name = f"{name[: _FILE_NAME_MAX - _SHORT_HASH_LENGTH - 1]}-{_short_hash(canonical)}"
+    if name.startswith((".", "-")):
+        name = "_" + name
+    return name
+
+
+# --------------------------------------------------------------------------
+# Parsing: split a string into raw fields; _normalise() validates them.
+# --------------------------------------------------------------------------
+
+_RawFields = tuple[str, str | None, str, str | None, str | None]
+
+
+def _parse(
+    tag: str,
+    container_type: ContainerType | None,
+    registries: Mapping[ContainerType, str] | None,
+) -> _RawFields:
+    if not tag:
+        raise _Invalid("it is empty")
+    match = _SCHEME_PREFIX.match(tag)
+    if match is not None:
+        scheme, rest = match[1].lower(), tag[match.end() :]
+        # "docker:5000/img" is the host "docker" on port 5000, not a scheme.
+        if scheme in SCHEMES and not _PORT_THEN_PATH.match(rest):
+            return _parse_scheme(tag, scheme, rest, container_type, registries)
+        if rest.startswith("//"):
+            expected = ", ".join(f"{s}://" for s in SCHEMES)
+            raise _Invalid(f"scheme {match[1]!r} is not supported; expected one of {expected} or a path")
+    if tag.startswith(("/", "./", "../")):
+        return _parse_file(tag)
+    return _parse_oci("docker", tag, _default_registry("docker", container_type, registries))
+
+
+def _parse_scheme(
+    tag: str,
+    scheme: str,
+    rest: str,
+    container_type: ContainerType | None,
+    registries: Mapping[ContainerType, str] | None,
+) -> _RawFields:
+    if scheme == "docker":
+        if not rest.startswith("/"):
+            # "docker:24-dind" is Docker Hub's docker image, tag 24-dind.
+            return _parse_oci("docker", tag, _default_registry("docker", container_type, registries))
+        rest = rest.lstrip("/")
+        if not rest:
+            raise _Invalid("it names no image after 'docker://'")
+        return _parse_oci("docker", rest, _default_registry("docker", container_type, registries))
+    if scheme == FILE_SCHEME:
+        return _parse_file_uri(rest)
+    if not rest.startswith("//"):
+        raise _Invalid(f"a {scheme} reference must start with '{scheme}://'")
+    rest = rest[2:]
+    if scheme in URL_SCHEMES:
+        _check_characters(rest)
+        return scheme, None, rest, None, None
+    if scheme == "oras":
+        return _parse_oci("oras", rest, _default_registry("oras", container_type, registries))
+    if scheme == "shub":
+        return _parse_oci("shub", rest, SINGULARITY_HUB)
+    return _parse_library(rest)
+
+
+def _parse_oci(scheme: str, text: str, default_registry: str) -> _RawFields:
+    """Docker's rule: the first component is a host iff it has '.' or ':' or is localhost."""
+    _check_characters(text)
+    if _IMAGE_ID.fullmatch(text):
+        raise _Invalid(
+            "a bare 64-digit hex string is an image ID, not a name; "
+            "write repository@sha256:<hex> to pin an image by digest"
+        )
+    name, tag, digest = _split_name(text)
+    first, slash, remainder = name.partition("/")
+    if slash and _looks_like_host(first):
+        return scheme, first, remainder, tag, digest
+    return scheme, default_registry, name, tag, digest
+
+
+def _parse_library(text: str) -> _RawFields:
+    """Apptainer's rule: only a fourth component makes the first one a host."""
+    empty_host = text.startswith("/")
+    if empty_host:
+        text = text[1:]
+    _check_characters(text)
+    name, tag, digest = _split_name(text)
+    parts = name.split("/")
+    if len(parts) == LIBRARY_PATH_COMPONENTS_MAX + 1 and not empty_host:
+        return "library", parts[0], "/".join(parts[1:]), tag, digest
+    if len(parts) > LIBRARY_PATH_COMPONENTS_MAX:
+        raise _Invalid("library paths are [host/]entity/collection/container")
+    return "library", SYLABS_LIBRARY, name, tag, digest
+
+
+def _parse_file(path: str) -> _RawFields:
+    _check_characters(path, allow_spaces=True)
+    return FILE_SCHEME, None, posixpath.join(os.getcwd(), path), None, None
+
+
+def _parse_file_uri(rest: str) -> _RawFields:
+    if rest.startswith("//"):
+        host, slash, path = rest[2:].partition("/")
+        if host.lower() not in ("", "localhost"):
+            raise _Invalid(
+                f"file URLs name local files: host {host!r} must be empty (file:///path) or 'localhost'"
+            )
+        rest = slash + path
+    if "?" in rest or "#" in rest:
+        raise _Invalid("a file URL cannot have a query or a fragment (write '%3F' / '%23' in the name)")
+    path = unquote(rest)
+    if not path:
+        raise _Invalid("it names no path after 'file:'")
+    return _parse_file(path)
+
+
+def _split_name(text: str) -> tuple[str, str | None, str | None]:
+    name, at, digest = text.partition("@")
+    if at:
+        if not digest:
+            raise _Invalid("it has an empty digest after '@'")
+        if "@" in digest:
+            raise _Invalid("it has more than one '@'")
+    tag: str | None = None
+    colon = name.rfind(":")
+    if colon > name.rfind("/"):
+        name, tag = name[:colon], name[colon + 1 :]
+        if not tag:
+            raise _Invalid("it has an empty tag after ':'")
+    if not name:
+        raise _Invalid("it names no repository")
+    return name, tag, digest if at else None
+
+
+def _default_registry(
+    scheme: str,
+    container_type: ContainerType | None,
+    registries: Mapping[ContainerType, str] | None,
+) -> str:
+    if registries:
+        for key in (container_type, ContainerType.Docker):
+            value = registries.get(key) if key is not None else None
+            if value:
+                try:
+                    return _registry_option(value, scheme)
+                except _Invalid as exc:
+                    raise _Invalid(f"the default registry for {key.name} is not usable: {exc}") from None
+    return DOCKER_HUB
+
+
+def _registry_option(value: str, scheme: str) -> str:
+    """Accept what people paste as "the registry": a bare host or its URL."""
+    text = value.strip()
+    for prefix in ("https://", "http://"):
+        if text.lower().startswith(prefix):
+            text = text[len(prefix) :]
+    text = text.rstrip("/")
+    if "/" in text:
+        raise _Invalid(f"{value!r} must be a host[:port], without a path")
+    return _registry_host(text, scheme)
+
+
+# --------------------------------------------------------------------------
+# Validation and normalisation of fields, shared by parsing and Reference().
+# --------------------------------------------------------------------------
+
+
+def _normalise(
+    scheme: str, registry: str | None, repository: str, tag: str | None, digest: str | None
+) -> tuple[str | None, str, str | None]:
+    if scheme not in SCHEMES:
+        raise _Invalid(f"scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+    if not isinstance(repository, str):
+        raise _Invalid("the repository must be a string")
+    if scheme not in REGISTRY_SCHEMES:
+        if registry is not None or tag is not None or digest is not None:
+            raise _Invalid(f"{scheme} references have no registry, tag or digest")
+        if scheme in URL_SCHEMES:
+            return None, _normalise_url(scheme, repository), None
+        return None, _normalise_path(repository), None
+
+    if not registry:
+        raise _Invalid(f"{scheme} references need a registry host")
+    registry = _registry_host(registry, scheme)
+    _check_path(repository)
+    if scheme in OCI_SCHEMES and registry == DOCKER_HUB and "/" not in repository:
+        repository = f"{DOCKER_OFFICIAL_NAMESPACE}/{repository}"
+    if scheme == "library":
+        components = repository.count("/") + 1
+        if components > LIBRARY_PATH_COMPONENTS_MAX:
+            raise _Invalid("library paths are [host/]entity/collection/container")
+        if registry != SYLABS_LIBRARY and components != LIBRARY_PATH_COMPONENTS_MAX:
+            raise _Invalid(
+                f"a library host other than {SYLABS_LIBRARY} can only be given with an "
+                "entity/collection/container path (Apptainer reads shorter paths as the host)"
+            )
+    full_name = f"{registry}/{repository}"
+    if len(full_name) > NAME_TOTAL_LENGTH_MAX:
+        raise _Invalid(
+            f"repository name {full_name!r} is {len(full_name)} characters long; "
+            f"the limit is {NAME_TOTAL_LENGTH_MAX}"
+        )
+    if tag is not None:
+        _check_tag(tag)
+    if digest is not None:
+        _check_digest(digest)
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
+    return registry, repository, tag
+
+
+def _check_characters(text: str, *, allow_spaces: bool = False) -> None:
+    for char in text:
+        if ord(char) < 32 or ord(char) == 127 or (char.isspace() and not (allow_spaces and char == " ")):
+            raise _Invalid(f"it contains whitespace or a control character ({char!r})")
+
+
+def _looks_like_host(component: str) -> bool:
+    return "." in component or ":" in component or component.lower() == "localhost"
+
+
+def _host(text: str, what: str) -> str:
+    match = _HOST.fullmatch(text)
+    if match is None:
+        raise _Invalid(f"{what} {text!r} is not a valid host[:port]")
+    if match["ipv6"] is not None:
+        try:
+            address = ipaddress.IPv6Address(match["ipv6"])
+        except ValueError:
+            raise _Invalid(f"{what} {text!r} is not a valid IPv6 address") from None
+        # Newer Pythons print IPv4-mapped addresses with dots, which the
+        # host grammar (and so our own parser) does not accept back.
+        text_form = address.compressed if "." not in address.compressed else address.exploded
+        host = f"[{text_form}]"
+    else:
+        host = match["domain"].lower()
+    if match["port"] is not None:
+        port = int(match["port"])
+        if not 0 < port < 65536:
+            raise _Invalid(f"{what} {text!r} has port {port}, outside 1-65535")
+        host += f":{port}"
+    return host
+
+
+def _registry_host(text: str, scheme: str) -> str:
+    host = _host(text, "registry host")
+    if scheme in OCI_SCHEMES and host in DOCKER_HUB_ALIASES:
+        return DOCKER_HUB
+    # library hosts are recognised by position; all others by their shape,
+    # and a host of another shape would be read back as a namespace.
+    if scheme != "library" and not _looks_like_host(host):
+        raise _Invalid(
+            f"registry host {host!r} has no '.' or ':' and is not 'localhost', "
+            "so it would be read as a Docker Hub namespace"
+        )
+    return host
+
+
+def _check_path(path: str) -> None:
+    if not path:
+        raise _Invalid("it names no repository")
+    if path.endswith("/"):
+        raise _Invalid("its repository path ends with '/'")
+    components = path.split("/")
+    if "" in components:  # a leading '/' is only reachable through '//'
+        raise _Invalid("its repository path has an empty component ('//')")
+    for component in components:
+        if not _PATH_COMPONENT.fullmatch(component):
+            if _PATH_COMPONENT.fullmatch(component.lower()):
+                raise _Invalid("repository names must be lowercase")
+            raise _Invalid(
+                f"repository path component {component!r} is not valid: use lowercase letters and digits, "
+                "joined by '.', '_', '__' or dashes"
+            )
+
+
+def _check_tag(tag: str) -> None:
+    if len(tag) > TAG_LENGTH_MAX:
+        raise _Invalid(f"its tag is {len(tag)} characters long; the limit is {TAG_LENGTH_MAX}")
+    if not _TAG.fullmatch(tag):
+        raise _Invalid(
+            f"tag {tag!r} is not valid: use letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+        )
+
+
+def _check_digest(digest: str) -> None:
+    algorithm, colon, hex_digits = digest.partition(":")
+    if not colon or not algorithm:
+        raise _Invalid(f"digest {digest!r} is not of the form <algorithm>:<hex>")
+    expected = _DIGEST_HEX_LENGTH.get(algorithm)
+    if expected is None:
+        raise _Invalid(f"digest algorithm {algorithm!r} is not supported; use sha256 (or sha512)")
+    if not _HEX.fullmatch(hex_digits):
+        raise _Invalid(f"digest {digest!r} is not hexadecimal")
+    if len(hex_digits) != expected:
+        raise _Invalid(f"a {algorithm} digest has {expected} hex digits, not {len(hex_digits)}")
+    if hex_digits != hex_digits.lower():
+        raise _Invalid("digest hex digits must be lowercase")
+
+
+def _url_split(rest: str) -> tuple[str, str]:
+    """(authority, path-and-query) of a URL written without its scheme."""
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    return rest[:cut], rest[cut:]
+
+
+def _normalise_url(scheme: str, rest: str) -> str:
+    _check_characters(rest)
+    if "#" in rest:
+        raise _Invalid("URL fragments ('#...') are never sent to a server; remove it")
+    authority, tail = _url_split(rest)
+    if "@" in authority:
+        raise _Invalid("credentials in a URL end up in logs and provenance records; use a .netrc instead")
+    if not authority:
+        raise _Invalid("the URL names no host")
+    host = _host(authority, "URL host")
+    default_port = f":{_DEFAULT_PORTS[scheme]}"
+    if host.endswith(default_port):
+        host = host[: -len(default_port)]
+    if not tail.startswith("/") or tail.split("?", 1)[0] == "/":
+        raise _Invalid("the URL names no file")
+    return host + tail
+
+
+def _normalise_path(path: str) -> str:
+    _check_characters(path, allow_spaces=True)
+    if not path.startswith("/"):
+        raise _Invalid(f"file references need an absolute path, not {path!r}")
+    path = posixpath.normpath(path)
+    if path.startswith("//"):  # POSIX lets normpath keep two leading slashes
+        path = "/" + path.lstrip("/")
+    if path == "/":
+        raise _Invalid("the path names the root directory, not an image")
+    return path
+
+
+def _flatten(text: str) -> str:
+    for separator in "/:@":
+        text = text.replace(separator, "-")
+    return _UNSAFE_FILE_CHARS.sub("_", text)
+
+
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:_SHORT_HASH_LENGTH]
