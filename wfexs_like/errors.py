@@ -52,7 +52,15 @@ class ContainerEngineException(ContainerFactoryException):
 
 
 class ContainerNotFoundException(ContainerFactoryException):
-    """A container image or its metadata could not be found."""
+    """A container image or its metadata could not be found.
+
+    ``failures`` lists ``(tag, reason)`` for every tag that failed, so a
+    caller materializing many tags learns about all of them at once.
+    """
+
+    def __init__(self, message: str, *, failures: Sequence[tuple[str, str]] = ()) -> None:
+        self.failures = list(failures)
+        super().__init__(message)
 
 
 class InvalidReferenceError(ContainerFactoryException, ValueError):

@@ -1,0 +1,38 @@
+"""The container factories, by engine name (the reference's ``container_factories``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import ContainerFactory, ContainerFileNamingMethod
+from .docker import DockerContainerFactory
+from .docker_like import DockerLikeContainerFactory
+from .none import NoContainerFactory
+from .podman import PodmanContainerFactory
+
+FACTORIES: dict[str, type[ContainerFactory]] = {
+    "docker": DockerContainerFactory,
+    "podman": PodmanContainerFactory,
+    "none": NoContainerFactory,
+}
+
+
+def make_factory(engine: str, **kwargs: Any) -> ContainerFactory:
+    """Build the factory for ``engine`` ('docker', 'podman', 'singularity', 'apptainer', 'none')."""
+    try:
+        cls = FACTORIES[engine]
+    except KeyError:
+        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(sorted(FACTORIES))}") from None
+    return cls(**kwargs)
+
+
+__all__ = [
+    "FACTORIES",
+    "ContainerFactory",
+    "ContainerFileNamingMethod",
+    "DockerContainerFactory",
+    "DockerLikeContainerFactory",
+    "NoContainerFactory",
+    "PodmanContainerFactory",
+    "make_factory",
+]

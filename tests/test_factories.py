@@ -1,0 +1,475 @@
+"""Docker and Podman factories end to end: real registry, real engines, no mocks.
+
+Each test pushes its own images (unique repository names) so tests are
+independent; images loaded into the engines are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.support.imagegen import BuiltImage, build_image, busybox_base_layer
+from tests.support.push import push_image
+from tests.support.registry import RunningRegistry, start_registry
+from wfexs_like.cache.blobstore import BlobStore
+from wfexs_like.container_factories import DockerContainerFactory, PodmanContainerFactory
+from wfexs_like.container_factories.docker_like import DockerLikeContainerFactory
+from wfexs_like.digests import sha256_file
+from wfexs_like.errors import ContainerNotFoundException, IntegrityError
+from wfexs_like.model import Container, ContainerTaggedName, ContainerType
+from wfexs_like.provenance import read_containers_file, write_containers_file
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def docker_client() -> Iterator[docker.DockerClient]:
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # the SDK raises several unrelated types
+        pytest.fail(f"the Docker engine is not running ({e}); run scripts/setup-host.sh")
+    yield client
+    client.close()
+
+
+def _podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["podman", *args], capture_output=True, text=True, check=check)
+
+
+class PushedSet:
+    """Three images in a registry: one with three layers, two sharing a base layer."""
+
+    def __init__(self, reg: RunningRegistry, store: BlobStore) -> None:
+        self.prefix = f"wl-{uuid.uuid4().hex[:8]}"
+        self.reg = reg
+        base = busybox_base_layer()
+        self.images: dict[str, BuiltImage] = {
+            "multi": build_image(
+                store,
+                [
+                    base,
+                    {"data/": None, "data/one": b"1\n"},
+                    {"data/two": b"2\n", "etc/multi": self.prefix.encode()},
+                ],
+                cmd=["/bin/busybox", "cat", "/data/two"],
+            ),
+            "left": build_image(
+                store, [base, {"etc/left": b"left\n"}], cmd=["/bin/busybox", "cat", "/etc/left"]
+            ),
+            "right": build_image(
+                store, [base, {"etc/right": b"right\n"}], cmd=["/bin/busybox", "cat", "/etc/right"]
+            ),
+        }
+        for name, img in self.images.items():
+            push_image(reg.url, f"{self.prefix}/{name}", "1.0", store, img.manifest)
+
+    def tag(self, name: str) -> str:
+        return f"{self.reg.host}/{self.prefix}/{name}:1.0"
+
+    def tags(self, ctype: ContainerType = ContainerType.Docker) -> list[ContainerTaggedName]:
+        return [ContainerTaggedName(self.tag(n), ctype) for n in self.images]
+
+
+@pytest.fixture
+def pushed(registry: RunningRegistry, src_store: BlobStore) -> PushedSet:
+    return PushedSet(registry, src_store)
+
+
+def _cleanup_docker(client: docker.DockerClient, ids: list[str]) -> None:
+    for image_id in ids:
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            client.images.remove(image_id, force=True)
+
+
+def _cleanup_podman(ids: list[str]) -> None:
+    for image_id in ids:
+        _podman("rmi", "-f", image_id, check=False)
+
+
+def _check_records(containers: list[Container], pushed: PushedSet) -> None:
+    by_name = {c.origTaggedName: c for c in containers}
+    for name, img in pushed.images.items():
+        c = by_name[pushed.tag(name)]
+        assert c.taggedName == pushed.tag(name)
+        assert c.signature == img.image_id
+        assert c.fingerprint == f"{pushed.reg.host}/{pushed.prefix}/{name}@{img.digest}"
+        assert (c.architecture, c.operatingSystem) == ("amd64", "linux")
+        assert c.source_type == ContainerType.Docker
+        assert c.localPath is not None and c.localPath.is_dir()
+        assert c.image_signature == sha256_file(c.localPath / "index.json")
+        assert c.metadataLocalPath is not None
+        meta = json.loads(c.metadataLocalPath.read_text())
+        assert meta["manifest_digest"] == img.digest and meta["image_signature"] == c.image_signature
+
+
+def test_docker_materialize_remove_deploy(
+    tmp_path: Path, pushed: PushedSet, docker_client: docker.DockerClient
+) -> None:
+    f = DockerContainerFactory(containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf1")
+    containers = f.materializeContainers(pushed.tags())
+    assert len(containers) == 3
+    _check_records(containers, pushed)
+    ids = [c.signature for c in containers if c.signature]
+    _cleanup_docker(docker_client, ids)
+    try:
+        results = [f.deploySingleContainer(c) for c in containers]
+        assert [loaded for _, loaded in results] == [True, True, True]
+        for c in containers:
+            assert docker_client.images.get(c.taggedName).id == c.signature
+        # a second deploy finds every image id present and loads nothing
+        assert [loaded for _, loaded in (f.deploySingleContainer(c) for c in containers)] == [False] * 3
+        out = docker_client.containers.run(pushed.tag("multi"), remove=True, network_mode="none")
+        assert out == b"2\n"
+    finally:
+        _cleanup_docker(docker_client, ids)
+
+
+def test_podman_materialize_remove_deploy(tmp_path: Path, pushed: PushedSet) -> None:
+    f = PodmanContainerFactory(containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf1")
+    containers = f.materializeContainers(pushed.tags(ContainerType.Podman))
+    _check_records(containers, pushed)
+    ids = [c.signature for c in containers if c.signature]
+    _cleanup_podman(ids)
+    try:
+        assert [f.deploySingleContainer(c)[1] for c in containers] == [True] * 3
+        for c in containers:
+            data = json.loads(_podman("image", "inspect", "--format", "json", c.taggedName).stdout)[0]
+            assert "sha256:" + data["Id"] == c.signature
+            # tagged with the canonical name only, not the layout path podman would invent
+            assert data["RepoTags"] == [c.taggedName]
+        assert [f.deploySingleContainer(c)[1] for c in containers] == [False] * 3
+        run = _podman(
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
+            pushed.tag("left"),
+        )
+        assert run.stdout == "left\n"
+    finally:
+        _cleanup_podman(ids)
+
+
+def test_podman_per_workdir_storage(tmp_path: Path, pushed: PushedSet) -> None:
+    root = tmp_path / "podman-root"
+    f = PodmanContainerFactory(
+        containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf", podman_root=root
+    )
+    c = f.materializeContainers([ContainerTaggedName(pushed.tag("right"), ContainerType.Podman)])[0]
+    try:
+        assert f.deploySingleContainer(c)[1] is True
+        private = _podman(*f._cmd("images", "-q", "--no-trunc")[1:])
+        assert c.signature in private.stdout
+        assert _podman("image", "exists", c.signature or "", check=False).returncode == 1
+    finally:
+        _podman(*f._cmd("rmi", "-af")[1:], check=False)
+
+
+def test_second_materialize_downloads_no_blob(
+    tmp_path: Path, pushed: PushedSet, registry: RunningRegistry
+) -> None:
+    f = DockerContainerFactory(containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf1")
+    mark = registry.mark()
+    first = f.materializeContainers(pushed.tags())
+    gets = registry.blob_gets(mark)
+    # shared base layer fetched once: 3 configs + 4 distinct layers (base, multi x2, left, right) = 8
+    assert len(gets) == len({g.path for g in gets}) == 8
+    mark = registry.mark()
+    second = f.materializeContainers(pushed.tags(), containers_dir=tmp_path / "wf2")
+    assert registry.blob_gets(mark) == []
+    assert [c.image_signature for c in first] == [c.image_signature for c in second]
+
+
+def test_offline_restage_with_registry_stopped(tmp_path: Path, src_store: BlobStore) -> None:
+    reg = start_registry(tmp_path / "own-registry")
+    try:
+        pushed = PushedSet(reg, src_store)
+        f = DockerContainerFactory(
+            containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf1"
+        )
+        online = f.materializeContainers(pushed.tags())
+    finally:
+        reg.stop()
+    f2 = DockerContainerFactory(containersCacheDir=tmp_path / "cache")
+    offline = f2.materializeContainers(pushed.tags(), containers_dir=tmp_path / "wf2", offline=True)
+    assert [(c.signature, c.fingerprint, c.image_signature) for c in offline] == [
+        (c.signature, c.fingerprint, c.image_signature) for c in online
+    ]
+    assert all(c.localPath and tmp_path / "wf2" in c.localPath.parents for c in offline)
+    # an uncached tag offline: every missing tag is named at once
+    missing = [
+        ContainerTaggedName(f"{reg.host}/{pushed.prefix}/absent:1", ContainerType.Docker),
+        ContainerTaggedName("quay.io/biocontainers/samtools:1.15--h1170115_1", ContainerType.Docker),
+    ]
+    with pytest.raises(ContainerNotFoundException) as ei:
+        f2.materializeContainers([*pushed.tags(), *missing], containers_dir=tmp_path / "wf3", offline=True)
+    assert [t for t, _ in ei.value.failures] == [m.origTaggedName for m in missing]
+    for m in missing:
+        assert m.origTaggedName in str(ei.value)
+
+
+def test_locally_built_image_materializes_through_the_engine(
+    tmp_path: Path, docker_client: docker.DockerClient
+) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    shutil.copy("/bin/busybox", ctx / "busybox")
+    (ctx / "note").write_text(uuid.uuid4().hex)
+    (ctx / "Dockerfile").write_text(
+        'FROM scratch\nCOPY busybox /bin/busybox\nCOPY note /note\nCMD ["/bin/busybox","cat","/note"]\n'
+    )
+    tag = f"wfexs-like-local/tool:dev-{uuid.uuid4().hex[:8]}"
+    image, _ = docker_client.images.build(path=str(ctx), tag=tag, rm=True)
+    try:
+        f = DockerContainerFactory(containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf")
+        c = f.materializeContainers([ContainerTaggedName(tag, ContainerType.Docker)])[0]
+        assert c.signature == image.id
+        meta = json.loads((c.metadataLocalPath or Path()).read_text())
+        assert meta["extra"]["source"] == "engine"
+        docker_client.images.remove(image.id, force=True)
+        assert f.deploySingleContainer(c)[1] is True
+        assert docker_client.images.get(c.taggedName).id == image.id
+        # and the same snapshot loads into podman with the same id
+        p = PodmanContainerFactory(containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf")
+        try:
+            assert p.deploySingleContainer(c)[1] is True
+            data = json.loads(_podman("image", "inspect", "--format", "json", c.taggedName).stdout)[0]
+            assert "sha256:" + data["Id"] == image.id
+        finally:
+            _cleanup_podman([image.id])
+    finally:
+        _cleanup_docker(docker_client, [image.id])
+
+
+def _tamper_copy(path: Path) -> None:
+    """Replace a file with different bytes under a new inode (the cache's hard link is untouched)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.unlink()
+    path.write_bytes(bytes(data))
+
+
+def test_tampered_snapshot_is_refused(
+    tmp_path: Path, pushed: PushedSet, docker_client: docker.DockerClient
+) -> None:
+    f = DockerContainerFactory(containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf")
+    c = f.materializeContainers([ContainerTaggedName(pushed.tag("multi"), ContainerType.Docker)])[0]
+    _cleanup_docker(docker_client, [c.signature or ""])
+    assert c.localPath is not None
+    layer = pushed.images["multi"].manifest.layers[-1].digest.split(":")[1]
+    _tamper_copy(c.localPath / "blobs" / "sha256" / layer)
+    with pytest.raises(IntegrityError) as ei:
+        f.deploySingleContainer(c)
+    assert "refusing to deploy" in str(ei.value) and str(c.localPath) in str(ei.value)
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(c.signature)
+    # a tampered index.json (pointing elsewhere) is refused too
+    c2 = f.materializeContainers([ContainerTaggedName(pushed.tag("left"), ContainerType.Docker)], force=True)[
+        0
+    ]
+    assert c2.localPath is not None
+    idx = c2.localPath / "index.json"
+    text = idx.read_text()
+    idx.unlink()
+    idx.write_text(text.replace("1.0", "6.6"))
+    with pytest.raises(IntegrityError):
+        f.deploySingleContainer(c2)
+    # re-materializing with force restores a trustworthy staged copy
+    c3 = f.materializeContainers(
+        [ContainerTaggedName(pushed.tag("multi"), ContainerType.Docker)], force=True
+    )[0]
+    try:
+        assert f.deploySingleContainer(c3)[1] is True
+    finally:
+        _cleanup_docker(docker_client, [c3.signature or ""])
+
+
+def test_pinned_digest_rematerializes_exactly_that_image(
+    tmp_path: Path, pushed: PushedSet, src_store: BlobStore
+) -> None:
+    f = DockerContainerFactory(containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf")
+    first = f.materializeContainers([ContainerTaggedName(pushed.tag("left"), ContainerType.Docker)])[0]
+    # the tag moves to another image
+    moved = build_image(src_store, [busybox_base_layer(), {"etc/left": b"moved\n"}])
+    push_image(pushed.reg.url, f"{pushed.prefix}/left", "1.0", src_store, moved.manifest)
+    again = f.materializeContainers([first], containers_dir=tmp_path / "wf2")[0]
+    assert again.signature == first.signature and again.fingerprint == first.fingerprint
+    unpinned = f.materializeContainers(
+        [ContainerTaggedName(pushed.tag("left"), ContainerType.Docker)], containers_dir=tmp_path / "wf3"
+    )[0]
+    assert unpinned.signature == moved.image_id
+
+    # a pin the registry does not have: said so, and the tag is used only when allowed
+    gone = Container(
+        origTaggedName=pushed.tag("left"),
+        type=ContainerType.Docker,
+        taggedName=pushed.tag("left"),
+        fingerprint=f"{pushed.reg.host}/{pushed.prefix}/left@sha256:{'ab' * 32}",
+    )
+    with pytest.raises(ContainerNotFoundException) as ei:
+        f.materializeContainers([gone], containers_dir=tmp_path / "wf4")
+    assert "no longer has the pinned digest" in str(ei.value)
+    lenient = DockerContainerFactory(
+        containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf5", allow_tag_fallback=True
+    )
+    assert lenient.materializeContainers([gone])[0].signature == moved.image_id
+
+
+def test_injected_containers_are_reused_without_network(tmp_path: Path, src_store: BlobStore) -> None:
+    reg = start_registry(tmp_path / "reg")
+    try:
+        pushed = PushedSet(reg, src_store)
+        a = DockerContainerFactory(
+            containersCacheDir=tmp_path / "cacheA", stagedContainersDir=tmp_path / "wf1"
+        )
+        earlier = a.materializeContainers(pushed.tags())
+    finally:
+        reg.stop()
+    # a different machine/cache, no network: the earlier staged dir is the only source
+    b = DockerContainerFactory(containersCacheDir=tmp_path / "cacheB", stagedContainersDir=tmp_path / "wf2")
+    reused = b.materializeContainers(pushed.tags(), offline=True, injectable_containers=earlier)
+    assert [c.signature for c in reused] == [c.signature for c in earlier]
+    assert all(c.localPath and (tmp_path / "wf2") in c.localPath.parents for c in reused)
+
+
+_DEPLOY_IN_NEW_PROCESS = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from wfexs_like.container_factories import {cls}
+    from wfexs_like.provenance import read_containers_file
+    containers = read_containers_file(Path(sys.argv[1]))
+    f = {cls}(containersCacheDir=Path(sys.argv[2]), stagedContainersDir=Path(sys.argv[3]))
+    for c in f.deployContainers(containers):
+        print(c.taggedName, c.signature)
+    """
+)
+
+
+@pytest.mark.parametrize("factory_cls", [DockerContainerFactory, PodmanContainerFactory])
+def test_wfexs_call_sequence_across_processes(
+    tmp_path: Path,
+    pushed: PushedSet,
+    docker_client: docker.DockerClient,
+    factory_cls: type[DockerLikeContainerFactory],
+) -> None:
+    f = factory_cls(containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf")
+    containers = f.materializeContainers(pushed.tags(f.ContainerType()))
+    yaml_path = tmp_path / "wf" / "containers.yaml"
+    write_containers_file(containers, yaml_path)
+    assert read_containers_file(yaml_path) == containers
+    ids = [c.signature or "" for c in containers]
+    cleanup = (
+        (lambda: _cleanup_docker(docker_client, ids))
+        if factory_cls is DockerContainerFactory
+        else (lambda: _cleanup_podman(ids))
+    )
+    cleanup()
+    try:
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _DEPLOY_IN_NEW_PROCESS.format(cls=factory_cls.__name__),
+                str(yaml_path),
+                str(tmp_path / "cache"),
+                str(tmp_path / "wf"),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO_ROOT,
+            check=False,
+        )
+        assert out.returncode == 0, out.stderr
+        assert sorted(out.stdout.split()) == sorted(
+            x for c in containers for x in (c.taggedName, c.signature or "")
+        )
+    finally:
+        cleanup()
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "wfexs_like.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+def test_cli_materialize_and_deploy(
+    tmp_path: Path, pushed: PushedSet, docker_client: docker.DockerClient
+) -> None:
+    out = _cli(
+        "materialize",
+        pushed.tag("left"),
+        pushed.tag("right"),
+        "--engine",
+        "docker",
+        "--stage-dir",
+        str(tmp_path / "wf"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
+    assert out.returncode == 0, out.stderr
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False, dir=tmp_path) as fh:
+        fh.write(out.stdout)
+    records = read_containers_file(Path(fh.name))
+    assert {r.signature for r in records} == {pushed.images["left"].image_id, pushed.images["right"].image_id}
+    _cleanup_docker(docker_client, [r.signature or "" for r in records])
+    try:
+        dep = _cli(
+            "deploy",
+            fh.name,
+            "--engine",
+            "docker",
+            "--stage-dir",
+            str(tmp_path / "wf"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        )
+        assert dep.returncode == 0, dep.stderr
+        assert dep.stdout.count("loaded\t") == 2
+    finally:
+        _cleanup_docker(docker_client, [r.signature or "" for r in records])
+
+
+def test_cli_names_each_failed_tag_without_traceback(tmp_path: Path, pushed: PushedSet) -> None:
+    bad = f"{pushed.reg.host}/{pushed.prefix}/does-not-exist:9"
+    out = _cli(
+        "materialize",
+        pushed.tag("left"),
+        bad,
+        "Not_A:Valid Tag",
+        "--engine",
+        "podman",
+        "--stage-dir",
+        str(tmp_path / "wf"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
+    assert out.returncode == 1
+    assert "Traceback" not in out.stderr
+    assert bad in out.stderr and "Not_A:Valid Tag" in out.stderr
+    assert "2 container(s) failed" in out.stderr
+    assert out.stdout == ""

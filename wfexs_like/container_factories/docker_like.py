@@ -1,0 +1,414 @@
+"""What Docker and Podman share: fetch through the registry client, snapshot as an OCI layout, deploy.
+
+Both engines run the same images, so materializing is engine-agnostic: the
+native registry client fills the blob store, an OCI layout directory whose
+blobs are hard links into the store becomes the snapshot, and the cache
+handler stages it. The engine is needed only to *deploy* (load the snapshot
+when the engine lacks that image id) and, as a fallback, to *fetch* an image
+that exists nowhere but in the local engine. Those few operations are the
+abstract hooks below; ``docker.py`` and ``podman.py`` implement them.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import json
+import shutil
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..cache.blobstore import BlobStore
+from ..cache.handler import write_json_atomic
+from ..errors import (
+    ContainerEngineException,
+    ContainerFactoryException,
+    ContainerNotFoundException,
+    IntegrityError,
+    ManifestUnknownError,
+    RegistryError,
+)
+from ..images.docker_archive import ingest_docker_archive
+from ..images.image import StoredImage
+from ..images.manifest import image_platform
+from ..images.oci_layout import read_oci_layout, write_oci_layout
+from ..model import META_JSON_POSTFIX, Container, ContainerTaggedName, ContainerType, ImageMetadata
+from ..references import Reference
+from ..registry.client import PullResult, RegistryClient
+from .base import ContainerFactory
+
+
+@dataclass(frozen=True)
+class EngineImage:
+    """What an engine says about an image it holds."""
+
+    image_id: str  # sha256:<hex>
+    repo_digests: tuple[str, ...] = ()
+    repo_tags: tuple[str, ...] = ()
+
+
+def normalize_image_id(value: str) -> str:
+    value = value.strip()
+    return value if value.startswith("sha256:") else f"sha256:{value}"
+
+
+def pin_from_fingerprint(fingerprint: str | None) -> str | None:
+    """The manifest digest a ``registry/repo@sha256:...`` fingerprint pins, if any."""
+    if fingerprint and "@sha256:" in fingerprint:
+        return "sha256:" + fingerprint.rsplit("@sha256:", 1)[1]
+    return None
+
+
+class DockerLikeContainerFactory(ContainerFactory):
+    """Shared materialize/deploy for OCI engines; subclasses supply the engine hooks."""
+
+    SNAPSHOT_KIND = "oci-layout"
+
+    def __init__(
+        self,
+        *args: Any,
+        registry_client: RegistryClient | None = None,
+        allow_tag_fallback: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._client = registry_client
+        self.allow_tag_fallback = allow_tag_fallback
+        self._prefetched: dict[str, PullResult | BaseException] = {}
+
+    @property
+    def registry_client(self) -> RegistryClient:
+        if self._client is None:
+            self._client = RegistryClient(
+                insecure_registries=self.insecure_registries, platform=self.platform
+            )
+        return self._client
+
+    @property
+    def store(self) -> BlobStore:
+        return self.cc_handler.store
+
+    # -- engine hooks ---------------------------------------------------------
+    @abc.abstractmethod
+    def _engine_inspect(self, name_or_id: str) -> EngineImage | None:
+        """The engine's view of an image, None when it lacks it; raises only when the engine is down."""
+
+    @abc.abstractmethod
+    def _engine_load(self, layout: Path, image: StoredImage, canonical_tag: str) -> None:
+        """Load a staged OCI layout into the engine."""
+
+    @abc.abstractmethod
+    def _engine_tag(self, image_id: str, tag: str) -> None: ...
+
+    @abc.abstractmethod
+    def _engine_save(self, name: str, dest: Path) -> None:
+        """Write the engine's image ``name`` as a docker-archive file at ``dest``."""
+
+    def _engine_available(self) -> bool:
+        try:
+            self._engine_inspect("sha256:" + "0" * 64)
+        except ContainerEngineException:
+            return False
+        return True
+
+    # -- materialize ------------------------------------------------------------
+    def _prefetch(self, tags: Sequence[ContainerTaggedName], *, offline: bool, force: bool) -> None:
+        """Pull every tag that needs the network through one shared download pool.
+
+        Layers of different images download in parallel, and a layer two
+        images share is fetched once.
+        """
+        self._prefetched.clear()
+        if offline:
+            return
+        wanted: list[tuple[str, tuple[str, str, str]]] = []
+        for tag in tags:
+            try:
+                ref = self.parse_tag(tag)
+            except ContainerFactoryException:
+                continue
+            if isinstance(tag, Container) and self._usable_injected_snapshot(tag):
+                continue
+            if self._local_only_engine_image(ref) is not None:
+                continue
+            pin = ref.digest or (
+                pin_from_fingerprint(tag.fingerprint) if isinstance(tag, Container) else None
+            )
+            wanted.append(
+                (ref.canonical(), (ref.registry or "docker.io", ref.repository, pin or ref.tag or "latest"))
+            )
+        if len(wanted) < 2:
+            return
+        results = self.registry_client.pull_many([w[1] for w in wanted], self.store, platform=self.platform)
+        for (canonical, _), res in zip(wanted, results, strict=True):
+            self._prefetched[canonical] = res
+
+    def materializeSingleContainer(
+        self,
+        tag: ContainerTaggedName,
+        containers_dir: Path | None = None,
+        offline: bool = False,
+        force: bool = False,
+    ) -> Container | None:
+        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        ref = self.parse_tag(tag)
+        canonical = ref.canonical()
+
+        if isinstance(tag, Container) and self._usable_injected_snapshot(tag):
+            self._ingest_injected(tag)
+            return self._stage(tag, ref, cdir, force)
+
+        if offline:
+            staged = self._stage_cached(tag, ref, cdir, force)
+            if staged is None:
+                raise ContainerNotFoundException(
+                    f"{tag.origTaggedName} ({canonical}) is not in the cache at {self.containersCacheDir} "
+                    "and offline mode forbids fetching it; materialize it once with network access"
+                )
+            return staged
+
+        manifest_digest, source = self._fetch(tag, ref)
+        self._snapshot(tag, ref, manifest_digest, source)
+        return self._stage(tag, ref, cdir, force)
+
+    def _fetch(self, tag: ContainerTaggedName, ref: Reference) -> tuple[str, dict[str, Any]]:
+        """Fill the blob store with the image; return its manifest digest and where it came from."""
+        local = self._local_only_engine_image(ref)
+        if local is not None:
+            return self._fetch_from_engine(ref, local.image_id), {
+                "source": "engine",
+                "engine": self.engine_name,
+            }
+
+        pin = ref.digest or (pin_from_fingerprint(tag.fingerprint) if isinstance(tag, Container) else None)
+        registry = ref.registry or "docker.io"
+        reference = pin or ref.tag or "latest"
+        result = self._prefetched.pop(ref.canonical(), None)
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            if result is None:
+                result = self.registry_client.pull(
+                    registry, ref.repository, reference, self.store, platform=self.platform
+                )
+        except ManifestUnknownError as e:
+            if pin and ref.tag and self.allow_tag_fallback:
+                self.logger.warning("%s no longer has %s; falling back to tag %s", registry, pin, ref.tag)
+                result = self.registry_client.pull(
+                    registry, ref.repository, ref.tag, self.store, platform=self.platform
+                )
+            elif pin:
+                raise ContainerNotFoundException(
+                    f"{registry}/{ref.repository} no longer has the pinned digest {pin}"
+                    + (
+                        f"; allow falling back to tag '{ref.tag}' to use what it points to now"
+                        if ref.tag
+                        else ""
+                    )
+                ) from e
+            else:
+                engine_img = self._engine_image_or_none(ref.canonical())
+                if engine_img is None:
+                    raise
+                return self._fetch_from_engine(ref, engine_img.image_id), {"source": "engine"}
+        except RegistryError:
+            engine_img = self._engine_image_or_none(ref.canonical())
+            if engine_img is None:
+                raise
+            self.logger.warning("registry unreachable for %s; using the engine's copy", ref.canonical())
+            return self._fetch_from_engine(ref, engine_img.image_id), {"source": "engine"}
+        return result.manifest_digest, {
+            "source": "registry",
+            "index_digest": result.index_digest,
+            "downloaded_bytes": result.downloaded_bytes,
+            "downloaded_blobs": result.downloaded_blobs,
+            "reused_blobs": result.reused_blobs,
+        }
+
+    def _engine_image_or_none(self, name: str) -> EngineImage | None:
+        try:
+            return self._engine_inspect(name)
+        except ContainerEngineException:
+            return None
+
+    def _local_only_engine_image(self, ref: Reference) -> EngineImage | None:
+        """An image the engine built locally (never pulled: no repo digests) needs no registry at all."""
+        img = self._engine_image_or_none(ref.canonical()) if ref.tag and not ref.digest else None
+        if img is not None and not img.repo_digests:
+            return img
+        return None
+
+    def _fetch_from_engine(self, ref: Reference, image_id: str) -> str:
+        tmp = self.store.tmp_dir / f"engine-save-{uuid.uuid4().hex}.tar"
+        try:
+            self._engine_save(image_id, tmp)
+            manifest_digest = ingest_docker_archive(self.store, tmp)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        got = StoredImage(self.store, manifest_digest).config_name()
+        if normalize_image_id(got) != normalize_image_id(image_id):
+            raise IntegrityError(
+                f"the engine's copy of {ref.canonical()} changed while it was saved "
+                f"(expected image id {image_id}, got {got}); retry",
+                expected=image_id,
+                actual=got,
+            )
+        return manifest_digest
+
+    def _snapshot(
+        self, tag: ContainerTaggedName, ref: Reference, manifest_digest: str, source: dict[str, Any]
+    ) -> str:
+        """Build the OCI layout snapshot (hard links into the store) and hand it to the cache."""
+        image = StoredImage(self.store, manifest_digest)
+        work = self.store.tmp_dir / f"snapshot-{uuid.uuid4().hex}"
+        work.mkdir()
+        try:
+            layout = work / "layout"
+            fingerprint = write_oci_layout(image, layout, ref_name=ref.canonical())
+            meta = self._metadata(ref, image, fingerprint, source)
+            meta_path = work / "meta.json"
+            write_json_atomic(meta_path, meta.to_json())
+            return self.cc_handler.update(tag, layout, meta_path)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _metadata(
+        self, ref: Reference, image: StoredImage, fingerprint: str, source: dict[str, Any]
+    ) -> ImageMetadata:
+        plat = image_platform(image.config())
+        return ImageMetadata(
+            tagged_name=ref.canonical(),
+            manifest_digest=image.digest(),
+            image_id=image.config_name(),
+            image_signature=fingerprint,
+            architecture=plat.architecture,
+            os=plat.os,
+            variant=plat.variant,
+            registry=ref.registry,
+            repository=ref.repository,
+            size=image.size(),
+            layers=tuple(layer.digest() for layer in image.layers()),
+            media_type=image.manifest().media_type,
+            snapshot_kind=self.SNAPSHOT_KIND,
+            extra=source,
+        )
+
+    def _usable_injected_snapshot(self, tag: Container) -> bool:
+        if tag.localPath is None or tag.image_signature is None:
+            return False
+        path = Path(tag.localPath)
+        if not path.is_dir():
+            return False
+        return not self.cc_handler.verify_snapshot(path, tag.image_signature)
+
+    def _ingest_injected(self, tag: Container) -> None:
+        """Adopt a snapshot staged elsewhere (an earlier working dir) into this cache, verified."""
+        assert tag.localPath is not None
+        layout = Path(tag.localPath)
+        manifest_digest = read_oci_layout(layout)[1]
+        source_store = BlobStore(layout, readonly=True)
+        for digest in [manifest_digest, *StoredImage(source_store, manifest_digest).blob_digests()]:
+            if not self.store.has(digest):
+                self.store.put_file(source_store.path(digest), digest)
+        ref = self.parse_tag(tag)
+        self._snapshot(tag, ref, manifest_digest, {"source": "injected", "from": str(layout)})
+
+    def _stage_cached(
+        self, tag: ContainerTaggedName, ref: Reference, cdir: Path, force: bool
+    ) -> Container | None:
+        if not self.cc_handler.query(tag)[0]:
+            return None
+        return self._stage(tag, ref, cdir, force)
+
+    def _stage(self, tag: ContainerTaggedName, ref: Reference, cdir: Path, force: bool) -> Container:
+        paths = self.cc_handler.transfer(tag, cdir, force=force)
+        if paths is None:
+            raise ContainerNotFoundException(
+                f"{tag.origTaggedName}: the cache entry vanished or is damaged; retry with force=True"
+            )
+        path, meta_path = paths
+        meta = ImageMetadata.from_json(json.loads(meta_path.read_text()))
+        registry = meta.registry or ref.registry
+        repository = meta.repository or ref.repository
+        return Container(
+            origTaggedName=tag.origTaggedName,
+            type=self.ContainerType(),
+            registries=tag.registries,
+            taggedName=meta.tagged_name,
+            architecture=meta.architecture,
+            operatingSystem=meta.os,
+            localPath=path,
+            signature=meta.image_id,
+            fingerprint=f"{registry}/{repository}@{meta.manifest_digest}",
+            metadataLocalPath=meta_path,
+            source_type=ContainerType.Docker,
+            image_signature=meta.image_signature,
+        )
+
+    # -- deploy -----------------------------------------------------------------
+    def deploySingleContainer(
+        self,
+        container: Container,
+        containers_dir: Path | None = None,
+        force: bool = False,
+    ) -> tuple[Container, bool]:
+        """Load the staged snapshot only if the engine lacks that image id; verify it first.
+
+        A snapshot whose bytes no longer match the recorded fingerprint is
+        refused: loading it would run something other than what provenance says.
+        """
+        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        path = Path(container.localPath) if container.localPath else None
+        if path is None or not path.exists():
+            path, _ = self.cc_handler.genStagedContainersDirPaths(container, cdir)
+        if not path.exists() and self.cc_handler.transfer(container, cdir) is None:
+            raise ContainerNotFoundException(
+                f"{container.origTaggedName}: no staged snapshot at {path} and none in the cache; "
+                "materialize it first"
+            )
+        if not container.image_signature or not container.signature:
+            raise ContainerFactoryException(
+                f"{container.origTaggedName}: the record lacks image_signature/signature; "
+                "re-materialize it to get a verifiable record"
+            )
+        problems = self.cc_handler.verify_snapshot(path, container.image_signature)
+        if problems:
+            raise IntegrityError(
+                f"refusing to deploy {container.origTaggedName}: the staged snapshot at {path} "
+                f"does not match its recorded fingerprint {container.image_signature}: "
+                + "; ".join(problems)
+                + ". Re-materialize it (force=True) to restore a trustworthy copy.",
+                expected=container.image_signature,
+            )
+        image_id = normalize_image_id(container.signature)
+        canonical = container.taggedName or self.generateCanonicalTag(container)
+        present = None if force else self._engine_inspect(image_id)
+        loaded = False
+        if present is None:
+            _, manifest_digest, _ = read_oci_layout(path)
+            image = StoredImage(BlobStore(path, readonly=True), manifest_digest)
+            if normalize_image_id(image.config_name()) != image_id:
+                raise IntegrityError(
+                    f"refusing to deploy {container.origTaggedName}: the snapshot holds image "
+                    f"{image.config_name()}, the record says {image_id}",
+                    expected=image_id,
+                    actual=image.config_name(),
+                )
+            self._engine_load(path, image, canonical)
+            present = self._engine_inspect(image_id)
+            if present is None:
+                raise ContainerEngineException(
+                    f"{self.engine_name} accepted {container.origTaggedName} "
+                    f"but does not report image {image_id}"
+                )
+            loaded = True
+        if canonical not in present.repo_tags:
+            self._engine_tag(image_id, canonical)
+        return container, loaded
+
+    def _meta_path_for(self, path: Path) -> Path:
+        return path.with_name(path.name + META_JSON_POSTFIX)
