@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import json
 import shutil
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,10 +33,9 @@ from ..images.docker_archive import ingest_docker_archive
 from ..images.image import StoredImage
 from ..images.manifest import image_platform
 from ..images.oci_layout import read_oci_layout, write_oci_layout
-from ..model import META_JSON_POSTFIX, Container, ContainerTaggedName, ContainerType, ImageMetadata
+from ..model import Container, ContainerTaggedName, ContainerType, ImageMetadata
 from ..references import Reference
-from ..registry.client import PullResult, RegistryClient
-from .base import ContainerFactory
+from .registry_backed import RegistryBackedFactory
 
 
 @dataclass(frozen=True)
@@ -55,41 +52,10 @@ def normalize_image_id(value: str) -> str:
     return value if value.startswith("sha256:") else f"sha256:{value}"
 
 
-def pin_from_fingerprint(fingerprint: str | None) -> str | None:
-    """The manifest digest a ``registry/repo@sha256:...`` fingerprint pins, if any."""
-    if fingerprint and "@sha256:" in fingerprint:
-        return "sha256:" + fingerprint.rsplit("@sha256:", 1)[1]
-    return None
-
-
-class DockerLikeContainerFactory(ContainerFactory):
+class DockerLikeContainerFactory(RegistryBackedFactory):
     """Shared materialize/deploy for OCI engines; subclasses supply the engine hooks."""
 
     SNAPSHOT_KIND = "oci-layout"
-
-    def __init__(
-        self,
-        *args: Any,
-        registry_client: RegistryClient | None = None,
-        allow_tag_fallback: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(*args, **kwargs)
-        self._client = registry_client
-        self.allow_tag_fallback = allow_tag_fallback
-        self._prefetched: dict[str, PullResult | BaseException] = {}
-
-    @property
-    def registry_client(self) -> RegistryClient:
-        if self._client is None:
-            self._client = RegistryClient(
-                insecure_registries=self.insecure_registries, platform=self.platform
-            )
-        return self._client
-
-    @property
-    def store(self) -> BlobStore:
-        return self.cc_handler.store
 
     # -- engine hooks ---------------------------------------------------------
     @abc.abstractmethod
@@ -115,36 +81,10 @@ class DockerLikeContainerFactory(ContainerFactory):
         return True
 
     # -- materialize ------------------------------------------------------------
-    def _prefetch(self, tags: Sequence[ContainerTaggedName], *, offline: bool, force: bool) -> None:
-        """Pull every tag that needs the network through one shared download pool.
-
-        Layers of different images download in parallel, and a layer two
-        images share is fetched once.
-        """
-        self._prefetched.clear()
-        if offline:
-            return
-        wanted: list[tuple[str, tuple[str, str, str]]] = []
-        for tag in tags:
-            try:
-                ref = self.parse_tag(tag)
-            except ContainerFactoryException:
-                continue
-            if isinstance(tag, Container) and self._usable_injected_snapshot(tag):
-                continue
-            if self._local_only_engine_image(ref) is not None:
-                continue
-            pin = ref.digest or (
-                pin_from_fingerprint(tag.fingerprint) if isinstance(tag, Container) else None
-            )
-            wanted.append(
-                (ref.canonical(), (ref.registry or "docker.io", ref.repository, pin or ref.tag or "latest"))
-            )
-        if len(wanted) < 2:
-            return
-        results = self.registry_client.pull_many([w[1] for w in wanted], self.store, platform=self.platform)
-        for (canonical, _), res in zip(wanted, results, strict=True):
-            self._prefetched[canonical] = res
+    def _needs_registry(self, tag: ContainerTaggedName, ref: Reference) -> bool:
+        if isinstance(tag, Container) and self._usable_injected_snapshot(tag):
+            return False
+        return self._local_only_engine_image(ref) is None
 
     def materializeSingleContainer(
         self,
@@ -155,20 +95,13 @@ class DockerLikeContainerFactory(ContainerFactory):
     ) -> Container | None:
         cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
         ref = self.parse_tag(tag)
-        canonical = ref.canonical()
 
         if isinstance(tag, Container) and self._usable_injected_snapshot(tag):
             self._ingest_injected(tag)
             return self._stage(tag, ref, cdir, force)
 
         if offline:
-            staged = self._stage_cached(tag, ref, cdir, force)
-            if staged is None:
-                raise ContainerNotFoundException(
-                    f"{tag.origTaggedName} ({canonical}) is not in the cache at {self.containersCacheDir} "
-                    "and offline mode forbids fetching it; materialize it once with network access"
-                )
-            return staged
+            return self._offline_or_raise(tag, ref, cdir, force)
 
         manifest_digest, source = self._fetch(tag, ref)
         self._snapshot(tag, ref, manifest_digest, source)
@@ -183,50 +116,22 @@ class DockerLikeContainerFactory(ContainerFactory):
                 "engine": self.engine_name,
             }
 
-        pin = ref.digest or (pin_from_fingerprint(tag.fingerprint) if isinstance(tag, Container) else None)
-        registry = ref.registry or "docker.io"
-        reference = pin or ref.tag or "latest"
-        result = self._prefetched.pop(ref.canonical(), None)
         try:
-            if isinstance(result, BaseException):
-                raise result
-            if result is None:
-                result = self.registry_client.pull(
-                    registry, ref.repository, reference, self.store, platform=self.platform
-                )
-        except ManifestUnknownError as e:
-            if pin and ref.tag and self.allow_tag_fallback:
-                self.logger.warning("%s no longer has %s; falling back to tag %s", registry, pin, ref.tag)
-                result = self.registry_client.pull(
-                    registry, ref.repository, ref.tag, self.store, platform=self.platform
-                )
-            elif pin:
-                raise ContainerNotFoundException(
-                    f"{registry}/{ref.repository} no longer has the pinned digest {pin}"
-                    + (
-                        f"; allow falling back to tag '{ref.tag}' to use what it points to now"
-                        if ref.tag
-                        else ""
-                    )
-                ) from e
-            else:
-                engine_img = self._engine_image_or_none(ref.canonical())
-                if engine_img is None:
-                    raise
-                return self._fetch_from_engine(ref, engine_img.image_id), {"source": "engine"}
+            result = self._pull(tag, ref)
+        except ManifestUnknownError:
+            if self._pin(tag, ref):
+                raise
+            engine_img = self._engine_image_or_none(ref.canonical())
+            if engine_img is None:
+                raise
+            return self._fetch_from_engine(ref, engine_img.image_id), {"source": "engine"}
         except RegistryError:
             engine_img = self._engine_image_or_none(ref.canonical())
             if engine_img is None:
                 raise
             self.logger.warning("registry unreachable for %s; using the engine's copy", ref.canonical())
             return self._fetch_from_engine(ref, engine_img.image_id), {"source": "engine"}
-        return result.manifest_digest, {
-            "source": "registry",
-            "index_digest": result.index_digest,
-            "downloaded_bytes": result.downloaded_bytes,
-            "downloaded_blobs": result.downloaded_blobs,
-            "reused_blobs": result.reused_blobs,
-        }
+        return result.manifest_digest, self.pull_source(result)
 
     def _engine_image_or_none(self, name: str) -> EngineImage | None:
         try:
@@ -317,21 +222,9 @@ class DockerLikeContainerFactory(ContainerFactory):
         ref = self.parse_tag(tag)
         self._snapshot(tag, ref, manifest_digest, {"source": "injected", "from": str(layout)})
 
-    def _stage_cached(
-        self, tag: ContainerTaggedName, ref: Reference, cdir: Path, force: bool
-    ) -> Container | None:
-        if not self.cc_handler.query(tag)[0]:
-            return None
-        return self._stage(tag, ref, cdir, force)
-
-    def _stage(self, tag: ContainerTaggedName, ref: Reference, cdir: Path, force: bool) -> Container:
-        paths = self.cc_handler.transfer(tag, cdir, force=force)
-        if paths is None:
-            raise ContainerNotFoundException(
-                f"{tag.origTaggedName}: the cache entry vanished or is damaged; retry with force=True"
-            )
-        path, meta_path = paths
-        meta = ImageMetadata.from_json(json.loads(meta_path.read_text()))
+    def _record(
+        self, tag: ContainerTaggedName, ref: Reference, path: Path, meta_path: Path, meta: ImageMetadata
+    ) -> Container:
         registry = meta.registry or ref.registry
         repository = meta.repository or ref.repository
         return Container(
@@ -409,6 +302,3 @@ class DockerLikeContainerFactory(ContainerFactory):
         if canonical not in present.repo_tags:
             self._engine_tag(image_id, canonical)
         return container, loaded
-
-    def _meta_path_for(self, path: Path) -> Path:
-        return path.with_name(path.name + META_JSON_POSTFIX)

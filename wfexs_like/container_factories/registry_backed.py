@@ -1,0 +1,155 @@
+"""Factories whose images come from OCI registries: Docker, Podman, and Singularity's ``docker://``.
+
+They share how a tag becomes blobs in the store: one download pool across
+all the tags of a call (a layer shared by two images is fetched once),
+digest pins honoured exactly, and a moved-away pin falling back to its tag
+only when the caller allows it.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..cache.blobstore import BlobStore
+from ..errors import ContainerFactoryException, ContainerNotFoundException, ManifestUnknownError
+from ..model import Container, ContainerTaggedName, ImageMetadata
+from ..references import Reference
+from ..registry.client import PullResult, RegistryClient
+from .base import ContainerFactory
+
+
+def pin_from_fingerprint(fingerprint: str | None) -> str | None:
+    """The manifest digest a ``registry/repo@sha256:...`` fingerprint pins, if any."""
+    if fingerprint and "@sha256:" in fingerprint:
+        return "sha256:" + fingerprint.rsplit("@sha256:", 1)[1]
+    return None
+
+
+class RegistryBackedFactory(ContainerFactory):
+    def __init__(
+        self,
+        *args: Any,
+        registry_client: RegistryClient | None = None,
+        allow_tag_fallback: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._client = registry_client
+        self.allow_tag_fallback = allow_tag_fallback
+        self._prefetched: dict[str, PullResult | BaseException] = {}
+
+    @property
+    def registry_client(self) -> RegistryClient:
+        if self._client is None:
+            self._client = RegistryClient(
+                insecure_registries=self.insecure_registries, platform=self.platform
+            )
+        return self._client
+
+    @property
+    def store(self) -> BlobStore:
+        return self.cc_handler.store
+
+    def _needs_registry(self, tag: ContainerTaggedName, ref: Reference) -> bool:
+        """Whether materializing ``tag`` will pull from a registry (subclasses narrow this)."""
+        return ref.scheme == "docker"
+
+    @staticmethod
+    def _pin(tag: ContainerTaggedName, ref: Reference) -> str | None:
+        return ref.digest or (pin_from_fingerprint(tag.fingerprint) if isinstance(tag, Container) else None)
+
+    def _prefetch(self, tags: Sequence[ContainerTaggedName], *, offline: bool, force: bool) -> None:
+        """Pull every tag that needs the network through one shared download pool."""
+        self._prefetched.clear()
+        if offline:
+            return
+        wanted: list[tuple[str, tuple[str, str, str]]] = []
+        for tag in tags:
+            try:
+                ref = self.parse_tag(tag)
+            except ContainerFactoryException:
+                continue
+            if not self._needs_registry(tag, ref):
+                continue
+            reference = self._pin(tag, ref) or ref.tag or "latest"
+            wanted.append((ref.canonical(), (ref.registry or "docker.io", ref.repository, reference)))
+        if len(wanted) < 2:
+            return
+        results = self.registry_client.pull_many([w[1] for w in wanted], self.store, platform=self.platform)
+        for (canonical, _), res in zip(wanted, results, strict=True):
+            self._prefetched[canonical] = res
+
+    def _pull(self, tag: ContainerTaggedName, ref: Reference) -> PullResult:
+        """Blobs of ``tag`` into the store (or the prefetched result); pins are exact."""
+        pin = self._pin(tag, ref)
+        registry = ref.registry or "docker.io"
+        result = self._prefetched.pop(ref.canonical(), None)
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            if result is None:
+                result = self.registry_client.pull(
+                    registry, ref.repository, pin or ref.tag or "latest", self.store, platform=self.platform
+                )
+            return result
+        except ManifestUnknownError as e:
+            if not pin:
+                raise
+            if ref.tag and self.allow_tag_fallback:
+                self.logger.warning("%s no longer has %s; falling back to tag %s", registry, pin, ref.tag)
+                return self.registry_client.pull(
+                    registry, ref.repository, ref.tag, self.store, platform=self.platform
+                )
+            hint = f"; allow falling back to tag '{ref.tag}' to use what it points to now" if ref.tag else ""
+            raise ContainerNotFoundException(
+                f"{registry}/{ref.repository} no longer has the pinned digest {pin}{hint}"
+            ) from e
+
+    # -- staging: the same for every snapshot kind ------------------------------
+    def _stage_cached(
+        self, tag: ContainerTaggedName, ref: Reference, cdir: Path, force: bool
+    ) -> Container | None:
+        if not self.cc_handler.query(tag)[0]:
+            return None
+        return self._stage(tag, ref, cdir, force)
+
+    def _stage(self, tag: ContainerTaggedName, ref: Reference, cdir: Path, force: bool) -> Container:
+        paths = self.cc_handler.transfer(tag, cdir, force=force)
+        if paths is None:
+            raise ContainerNotFoundException(
+                f"{tag.origTaggedName}: the cache entry vanished or is damaged; retry with force=True"
+            )
+        path, meta_path = paths
+        meta = ImageMetadata.from_json(json.loads(meta_path.read_text()))
+        return self._record(tag, ref, path, meta_path, meta)
+
+    @abc.abstractmethod
+    def _record(
+        self, tag: ContainerTaggedName, ref: Reference, path: Path, meta_path: Path, meta: ImageMetadata
+    ) -> Container:
+        """The Container record for a staged snapshot (engines differ in what they call signature)."""
+
+    def _offline_or_raise(
+        self, tag: ContainerTaggedName, ref: Reference, cdir: Path, force: bool
+    ) -> Container:
+        staged = self._stage_cached(tag, ref, cdir, force)
+        if staged is None:
+            raise ContainerNotFoundException(
+                f"{tag.origTaggedName} ({ref.canonical()}) is not in the cache at {self.containersCacheDir} "
+                "and offline mode forbids fetching it; materialize it once with network access"
+            )
+        return staged
+
+    @staticmethod
+    def pull_source(result: PullResult) -> dict[str, Any]:
+        return {
+            "source": "registry",
+            "index_digest": result.index_digest,
+            "downloaded_bytes": result.downloaded_bytes,
+            "downloaded_blobs": result.downloaded_blobs,
+            "reused_blobs": result.reused_blobs,
+        }
