@@ -1,0 +1,668 @@
+"""YAML records of materialized containers, written and read without ever running code.
+
+Our format
+----------
+A plain YAML mapping, no tags at all, so any YAML reader in any language can
+consume it and a safe loader can never be talked into building objects::
+
+    wfexs_like_containers: 1          # format version; a newer one is refused
+    containers:
+    - origTaggedName: quay.io/biocontainers/samtools:1.15--h1170115_1
+      type: singularity                # ContainerType values, not names
+      registries: {docker: quay.io}    # or null
+      taggedName: docker://quay.io/biocontainers/samtools:1.15--h1170115_1
+      architecture: amd64
+      ...
+      localPath: /wd/containers/samtools.sif   # paths as strings
+      source_type: docker
+
+Every field of :class:`~wfexs_like.model.Container` is written, in field
+order, ``None`` as ``null``. Scalars are emitted by PyYAML's safe dumper,
+which quotes any string a YAML 1.1 reader would re-type (``"yes"``,
+``"null"``, ``"1.0"``, ``"1:20"``, ``"2001-12-14"``...) and escapes what is
+not printable, so ``load_containers(dump_containers(cs)) == cs`` holds
+exactly. A bare list of such records is also accepted.
+
+WfExS-backend records
+---------------------
+Records written by the reference are read too, in the shapes its versions
+actually produced (``inab/WfExS-backend``):
+
+* ``_type: Container`` mappings with ``type: {_enum: ContainerType, value:
+  docker}`` — ``utils/marshalling_handling.py`` (``marshall_namedtuple``)
+  applied to the NamedTuple ``Container`` of early ``common.py``; found in the
+  ``containers`` list of a working directory's marshalled stage state.
+* ``!!python/object:wfexs_backend.common.Container`` (dataclass era of
+  ``common.py``) and ``!!python/object:wfexs_backend.container_factories.Container``
+  (after the class moved), with ``!!python/object/apply:
+  wfexs_backend.common.ContainerType [docker]`` enums (also as ``registries``
+  keys), plain-string paths, or ``!!python/object/apply:pathlib.PosixPath``
+  paths once the reference switched to ``pathlib``. ``marshall_namedtuple``
+  leaves those dataclasses untouched, so ``yaml.dump`` with the full dumper
+  wrote them as Python-object tags; the reference reads them back with the
+  full loader (``Container.RegisterYAMLConstructor``).
+
+Those tags are honoured by a :class:`yaml.SafeLoader` subclass that knows
+exactly that short list (:data:`KNOWN_TAGS`) and builds our own
+``Container``/``ContainerType``/``Path`` from the node data; it never imports
+or calls anything a document names. Before anything is constructed, every
+node of the document is checked, and a document carrying any other tag
+(``!!python/object/apply:os.system``, ``!!python/object/new:``,
+``!!python/name:``, ``!!python/module:``, ``!local``...) is refused whole
+with a :class:`~wfexs_like.errors.ProvenanceError` that names the tag and its
+line. WfExS records get the reference's ``_value_defaults_fixes`` (old ones
+lack ``metadataLocalPath``/``source_type``); fields newer reference versions
+add are ignored with a warning. Records in our format are returned as written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path, PurePath
+from typing import IO, Any
+
+import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+
+from .errors import ProvenanceError
+from .model import Container, ContainerType
+
+__all__ = [
+    "FORMAT_KEY",
+    "FORMAT_VERSION",
+    "KNOWN_TAGS",
+    "container_from_dict",
+    "container_to_dict",
+    "dump_containers",
+    "load_containers",
+    "read_containers_file",
+    "write_containers_file",
+]
+
+logger = logging.getLogger(__name__)
+
+FORMAT_KEY = "wfexs_like_containers"
+FORMAT_VERSION = 1
+
+_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Container))
+_REQUIRED_STR = ("origTaggedName", "taggedName")
+_PATH_FIELDS = ("localPath", "metadataLocalPath")
+# Record types the reference's marshaller names in ``_type``; a tagged name is
+# a Container with nothing materialized yet.
+_WFEXS_RECORD_TYPES = frozenset({"Container", "ContainerTaggedName"})
+
+_YAML = "tag:yaml.org,2002:"
+_PY = _YAML + "python/"
+
+# Where the reference's classes lived, across its versions.
+_CONTAINER_TAGS = frozenset(
+    _PY + "object:" + cls
+    for cls in (
+        "wfexs_backend.common.Container",
+        "wfexs_backend.container_factories.Container",
+        "wfexs_backend.common.ContainerTaggedName",
+    )
+)
+_CONTAINER_TYPE_TAGS = frozenset(
+    _PY + "object/apply:" + cls
+    for cls in (
+        "wfexs_backend.common.ContainerType",
+        "wfexs_backend.container_factories.ContainerType",
+    )
+)
+# pathlib's classes pickle under ``pathlib`` up to 3.12 and ``pathlib._local``
+# from 3.13; only POSIX flavours, as the reference runs on Linux and macOS.
+_PATH_TAGS = frozenset(
+    _PY + "object/apply:" + module + "." + cls
+    for module in ("pathlib", "pathlib._local")
+    for cls in ("PosixPath", "PurePosixPath", "Path", "PurePath")
+)
+_TUPLE_TAG = _PY + "tuple"
+
+KNOWN_TAGS: frozenset[str] = _CONTAINER_TAGS | _CONTAINER_TYPE_TAGS | _PATH_TAGS | {_TUPLE_TAG}
+"""The only non-standard tags a document may carry; any other one is refused."""
+
+# Standard YAML tags the safe loader understands (``<<`` merge keys keep their
+# tag until the mapping is flattened, so it is listed too).
+_STANDARD_TAGS: frozenset[str] = frozenset(
+    tag for tag in yaml.SafeLoader.yaml_constructors if tag is not None
+) | {_YAML + "merge"}
+_ALLOWED_TAGS = _STANDARD_TAGS | KNOWN_TAGS
+
+
+# --------------------------------------------------------------------------
+# Container <-> plain data
+
+
+def container_to_dict(c: Container) -> dict[str, Any]:
+    """The record as plain YAML-safe data, so no tag ever reaches the file.
+
+    Values are checked rather than trusted: a field holding something other
+    than its declared type would not load back equal, and a provenance record
+    that silently differs from what ran is worse than none.
+    """
+    if not isinstance(c, Container):
+        raise ProvenanceError(f"cannot record {c!r}: expected a Container, got {type(c).__name__}")
+    where = f"Container {getattr(c, 'origTaggedName', '?')!r}"
+    out: dict[str, Any] = {}
+    for name in _FIELDS:
+        value = getattr(c, name)
+        if name == "type":
+            out[name] = _type_for_dump(value, where, name)
+        elif name == "source_type":
+            out[name] = None if value is None else _type_for_dump(value, where, name)
+        elif name == "registries":
+            if value is None:
+                out[name] = None
+            elif isinstance(value, Mapping):
+                regs: dict[str, str] = {}
+                for key, registry in value.items():
+                    if not isinstance(registry, str):
+                        raise ProvenanceError(
+                            f"cannot record {where}: registries[{key!r}] is "
+                            f"{type(registry).__name__}, expected text"
+                        )
+                    regs[_type_for_dump(key, where, "registries key")] = registry
+                out[name] = regs
+            else:
+                raise ProvenanceError(
+                    f"cannot record {where}: registries is {type(value).__name__}, expected a mapping"
+                )
+        elif name in _PATH_FIELDS:
+            if value is None:
+                out[name] = None
+            elif isinstance(value, (str, os.PathLike)):
+                path = os.fspath(value)
+                if not isinstance(path, str):
+                    raise ProvenanceError(f"cannot record {where}: {name} is a bytes path, expected text")
+                out[name] = path
+            else:
+                raise ProvenanceError(
+                    f"cannot record {where}: {name} is {type(value).__name__}, expected a path"
+                )
+        else:
+            optional = name not in _REQUIRED_STR
+            if not (isinstance(value, str) or (optional and value is None)):
+                raise ProvenanceError(
+                    f"cannot record {where}: {name} is {type(value).__name__}, expected text"
+                    + (" or None" if optional else "")
+                )
+            out[name] = value
+    return out
+
+
+def container_from_dict(d: Mapping[str, Any]) -> Container:
+    """Build a Container from one record, exactly as written (no defaults fixes).
+
+    Accepts our format and the WfExS marshalled shape (``_type``, ``_enum``);
+    ``load_containers`` decides which records also get the reference's fixes.
+    """
+    return _record_to_container(d, "record")
+
+
+def _type_for_dump(value: Any, where: str, what: str) -> str:
+    if isinstance(value, ContainerType):
+        return value.value
+    raise ProvenanceError(f"cannot record {where}: {what} is {value!r}, expected a ContainerType")
+
+
+def _container_type(value: Any, where: str, what: str) -> ContainerType:
+    """Accept every spelling a record may carry: enum, value, name, marshalled enum."""
+    if isinstance(value, ContainerType):
+        return value
+    if isinstance(value, Mapping) and "_enum" in value:
+        if value.get("_enum") != "ContainerType":
+            raise ProvenanceError(
+                f"{where}: {what} is a marshalled {value.get('_enum')!r}, expected a ContainerType"
+            )
+        value = value.get("value")
+    if isinstance(value, str):
+        try:
+            return ContainerType(value)
+        except ValueError:
+            with contextlib.suppress(KeyError):
+                return ContainerType[value]
+    choices = ", ".join(sorted({t.value for t in ContainerType}))
+    raise ProvenanceError(f"{where}: unknown container type {value!r} in {what}; expected one of: {choices}")
+
+
+def _record_to_container(record: Mapping[Any, Any], where: str) -> Container:
+    if not isinstance(record, Mapping):
+        raise ProvenanceError(f"{where}: expected a mapping of Container fields, got {type(record).__name__}")
+    fields = dict(record)
+    record_type = fields.pop("_type", None)
+    if record_type is not None and record_type not in _WFEXS_RECORD_TYPES:
+        raise ProvenanceError(f"{where}: a {record_type!r} record is not a container record")
+
+    unknown = [k for k in fields if k not in _FIELDS]
+    if unknown:
+        logger.warning(
+            "%s: ignoring field(s) unknown to this version: %s",
+            where,
+            ", ".join(repr(k) for k in unknown),
+        )
+    for name in ("origTaggedName", "type"):
+        if name not in fields:
+            raise ProvenanceError(f"{where}: missing required field {name!r}")
+
+    kwargs: dict[str, Any] = {}
+    for name in _FIELDS:
+        if name not in fields:
+            continue
+        value = fields[name]
+        if name == "type":
+            kwargs[name] = _container_type(value, where, name)
+        elif name == "source_type":
+            kwargs[name] = None if value is None else _container_type(value, where, name)
+        elif name == "registries":
+            kwargs[name] = _registries(value, where)
+        elif name in _PATH_FIELDS:
+            if value is None or isinstance(value, PurePath):
+                kwargs[name] = None if value is None else Path(value)
+            elif isinstance(value, str):
+                kwargs[name] = Path(value)
+            else:
+                raise ProvenanceError(f"{where}: {name} is {_describe(value)}, expected a path string")
+        else:
+            optional = name not in _REQUIRED_STR
+            if not (isinstance(value, str) or (optional and value is None)):
+                raise ProvenanceError(
+                    f"{where}: {name} is {_describe(value)}, expected text" + (" or null" if optional else "")
+                )
+            kwargs[name] = value
+    return Container(**kwargs)
+
+
+def _registries(value: Any, where: str) -> dict[ContainerType, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ProvenanceError(f"{where}: registries is {_describe(value)}, expected a mapping")
+    regs: dict[ContainerType, str] = {}
+    for key, registry in value.items():
+        ctype = _container_type(key, where, "registries")
+        if not isinstance(registry, str):
+            raise ProvenanceError(f"{where}: registries[{key!r}] is {_describe(registry)}, expected text")
+        regs[ctype] = registry
+    return regs
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+# --------------------------------------------------------------------------
+# Dumping
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe dumper that never emits anchors, so records stay independent."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+    def represent_str(self, data: str) -> ScalarNode:
+        # PyYAML may pick single quotes for a string holding NEL or a Unicode
+        # line/paragraph separator, writes it as a raw break, and reads the
+        # break back folded into a space. Double quotes escape every break.
+        if any(ch in _LINE_BREAKS for ch in data):
+            return self.represent_scalar(_YAML + "str", data, style='"')
+        return super().represent_str(data)
+
+
+_LINE_BREAKS = frozenset("\n\r\x85\u2028\u2029")
+_Dumper.add_representer(str, _Dumper.represent_str)
+
+
+def dump_containers(containers: Sequence[Container], stream: IO[str] | None = None) -> str | None:
+    """Write ``containers`` in our format; the text is returned when no stream is given.
+
+    The whole text is rendered before the stream is touched, so a record that
+    cannot be dumped leaves nothing half-written behind.
+    """
+    document = {
+        FORMAT_KEY: FORMAT_VERSION,
+        "containers": [container_to_dict(c) for c in containers],
+    }
+    text = yaml.dump(
+        document,
+        Dumper=_Dumper,
+        sort_keys=False,
+        allow_unicode=True,
+        default_flow_style=False,
+        # Never fold long scalars: unfolded lines are what a reviewer greps.
+        width=float("inf"),
+    )
+    if stream is None:
+        return text
+    stream.write(text)
+    return None
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+
+@dataclasses.dataclass
+class _TaggedRecord:
+    """A reference Container read from its Python-object tag, not yet converted."""
+
+    fields: dict[Any, Any]
+    line: int
+
+
+class _RecordLoader(yaml.SafeLoader):
+    """Safe loader plus constructors for exactly the reference's record tags."""
+
+    def __init__(self, stream: Any, where: str) -> None:
+        super().__init__(stream)
+        self.where = where
+
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
+        # Keys of a marshalled ``registries`` may be ``{_enum: ContainerType,
+        # value: ...}`` mappings, which plain YAML cannot hash.
+        if not isinstance(node, MappingNode):
+            raise ProvenanceError(f"{self.where}: line {_line(node)}: expected a mapping, found a {node.id}")
+        self.flatten_mapping(node)
+        mapping: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, Mapping) and "_enum" in key:
+                key = _container_type(key, f"{self.where}: line {_line(key_node)}", "a mapping key")
+            try:
+                hash(key)
+            except TypeError:
+                raise ProvenanceError(
+                    f"{self.where}: line {_line(key_node)}: a {type(key).__name__} cannot be a mapping key"
+                ) from None
+            mapping[key] = self.construct_object(value_node, deep=deep)
+        return mapping
+
+    def _apply_args(self, node: Node) -> list[Any]:
+        # The full dumper writes ``apply`` as a bare argument list; the long
+        # form is a mapping whose only meaningful key here is ``args``.
+        if isinstance(node, SequenceNode):
+            return list(self.construct_sequence(node, deep=True))
+        if isinstance(node, MappingNode):
+            value = self.construct_mapping(node, deep=True)
+            extra = {k for k, v in value.items() if k != "args" and v not in (None, {}, [])}
+            if not extra and isinstance(value.get("args", []), list):
+                return list(value.get("args", []))
+        raise ProvenanceError(
+            f"{self.where}: line {_line(node)}: {_short(node.tag)} must carry a plain list of arguments"
+        )
+
+    def construct_container_record(self, node: Node) -> _TaggedRecord:
+        if not isinstance(node, MappingNode):
+            raise ProvenanceError(f"{self.where}: line {_line(node)}: {_short(node.tag)} must be a mapping")
+        return _TaggedRecord(self.construct_mapping(node, deep=True), _line(node))
+
+    def construct_container_type(self, node: Node) -> ContainerType:
+        args = self._apply_args(node)
+        if len(args) != 1:
+            raise ProvenanceError(
+                f"{self.where}: line {_line(node)}: a ContainerType takes one value, got {args!r}"
+            )
+        return _container_type(args[0], f"{self.where}: line {_line(node)}", "ContainerType")
+
+    def construct_path(self, node: Node) -> Path:
+        args = self._apply_args(node)
+        if not all(isinstance(a, str) for a in args):
+            raise ProvenanceError(f"{self.where}: line {_line(node)}: a path takes text parts, got {args!r}")
+        return Path(*args)
+
+    def construct_tuple(self, node: Node) -> tuple[Any, ...]:
+        if not isinstance(node, SequenceNode):
+            raise ProvenanceError(f"{self.where}: line {_line(node)}: !!python/tuple must be a sequence")
+        return tuple(self.construct_sequence(node, deep=True))
+
+
+def _register(tags: frozenset[str], method: Callable[..., Any]) -> None:
+    for tag in tags:
+        _RecordLoader.add_constructor(tag, method)
+
+
+_register(_CONTAINER_TAGS, _RecordLoader.construct_container_record)
+_register(_CONTAINER_TYPE_TAGS, _RecordLoader.construct_container_type)
+_register(_PATH_TAGS, _RecordLoader.construct_path)
+_register(frozenset({_TUPLE_TAG}), _RecordLoader.construct_tuple)
+
+
+def _line(node: Node) -> int:
+    return node.start_mark.line + 1
+
+
+def _short(tag: str) -> str:
+    return "!!" + tag[len(_YAML) :] if tag.startswith(_YAML) else tag
+
+
+def _walk(root: Node) -> Iterator[Node]:
+    """Every node once, in document order; aliases may share or even loop."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        yield node
+        if isinstance(node, SequenceNode):
+            stack.extend(reversed(node.value))
+        elif isinstance(node, MappingNode):
+            for key, value in reversed(node.value):
+                stack.extend((value, key))
+
+
+def _refuse_unknown_tags(root: Node, where: str) -> None:
+    """Refuse the whole document before a single constructor has run."""
+    for node in _walk(root):
+        if node.tag in _ALLOWED_TAGS:
+            continue
+        position = f"{where}: line {_line(node)}, column {node.start_mark.column + 1}"
+        tag = _short(node.tag)
+        if node.tag.startswith(_PY):
+            raise ProvenanceError(
+                f"{position}: refused: tag {tag} asks to construct Python objects. "
+                "This reader never builds objects a file names; it accepts plain YAML "
+                "and only the WfExS-backend Container, ContainerType and path tags."
+            )
+        raise ProvenanceError(
+            f"{position}: refused: unknown tag {tag}. Only plain YAML and the "
+            "WfExS-backend Container, ContainerType and path tags are accepted."
+        )
+
+
+def _item_nodes(root: Node) -> list[Node] | None:
+    """The nodes of the ``containers`` list, for line numbers in messages."""
+    found = None
+    if isinstance(root, MappingNode):
+        for key_node, value_node in root.value:
+            if (
+                isinstance(key_node, ScalarNode)
+                and key_node.tag == _YAML + "str"
+                and key_node.value == "containers"
+            ):
+                found = value_node
+    return found.value if isinstance(found, SequenceNode) else None
+
+
+def load_containers(source: str | bytes | IO[str] | IO[bytes]) -> list[Container]:
+    """Read records in our format or either WfExS-backend form.
+
+    ``source`` is YAML text (``str``/``bytes``) or an open stream; a path is
+    for :func:`read_containers_file`, so it is rejected here rather than
+    parsed as a one-word YAML document.
+    """
+    if isinstance(source, os.PathLike):
+        raise TypeError("load_containers takes YAML text or a stream; use read_containers_file for a path")
+    where = "<string>" if isinstance(source, (str, bytes)) else str(getattr(source, "name", "<stream>"))
+    return _load(source, where)
+
+
+def _load(source: Any, where: str) -> list[Container]:
+    loader: _RecordLoader | None = None
+    try:
+        # The reader decodes (and may reject) the first bytes on creation.
+        loader = _RecordLoader(source, where)
+        root = loader.get_single_node()
+        if root is None:
+            raise ProvenanceError(f"{where}: empty document; expected a containers record")
+        _refuse_unknown_tags(root, where)
+        data = loader.construct_document(root)
+    except ProvenanceError:
+        raise
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = "; ".join(part for part in (e.context, e.problem) if part)
+        raise ProvenanceError(f"{where}: {at}malformed YAML: {what or e}") from e
+    except yaml.YAMLError as e:
+        raise ProvenanceError(f"{where}: malformed YAML: {e}") from e
+    except RecursionError:
+        raise ProvenanceError(f"{where}: YAML nested too deeply to be a containers record") from None
+    except (ValueError, TypeError, OverflowError) as e:
+        # A standard tag fed a value it cannot hold (``!!int abc``).
+        raise ProvenanceError(f"{where}: malformed YAML: {e}") from e
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return _records(data, root, where)
+
+
+def _records(data: Any, root: Node, where: str) -> list[Container]:
+    items: Any
+    nodes: list[Node] | None
+    label: str
+    stage_state = False
+    if isinstance(data, dict) and FORMAT_KEY in data:
+        version = data[FORMAT_KEY]
+        if type(version) is not int or version < 1:
+            raise ProvenanceError(f"{where}: {FORMAT_KEY} is {version!r}, expected a format version number")
+        if version > FORMAT_VERSION:
+            raise ProvenanceError(
+                f"{where}: written in format {version} by a newer wfexs-like; "
+                f"this one reads format {FORMAT_VERSION}: upgrade wfexs-like to read it"
+            )
+        if "containers" not in data:
+            raise ProvenanceError(f"{where}: missing the 'containers' list")
+        items, nodes, label = data["containers"], _item_nodes(root), "containers[{}]"
+    elif isinstance(data, dict) and "containers" in data:
+        # A WfExS-backend marshalled stage state: only its containers are ours.
+        # Its engine may have needed no container at all (``containers: null``).
+        items, nodes, label = data["containers"], _item_nodes(root), "containers[{}]"
+        if items is None:
+            items = []
+        stage_state = True
+    elif isinstance(data, list):
+        items, nodes, label = data, root.value, "record {}"
+    elif isinstance(data, _TaggedRecord) or (isinstance(data, dict) and "_type" in data):
+        items, nodes, label = [data], [root], "record {}"
+    else:
+        raise ProvenanceError(
+            f"{where}: not a containers record: expected a mapping with {FORMAT_KEY!r} and "
+            f"'containers', a WfExS-backend stage state, or a list of records; got {_describe(data)}"
+        )
+    if not isinstance(items, list):
+        raise ProvenanceError(f"{where}: 'containers' is {_describe(items)}, expected a list")
+
+    containers: list[Container] = []
+    for index, item in enumerate(items):
+        position = f"{where}: {label.format(index)}"
+        line = item.line if isinstance(item, _TaggedRecord) else None
+        if line is None and nodes is not None and index < len(nodes):
+            line = _line(nodes[index])
+        if line is not None:
+            position += f" (line {line})"
+
+        if isinstance(item, _TaggedRecord):
+            container, from_wfexs = _record_to_container(item.fields, position), True
+        elif isinstance(item, Mapping):
+            from_wfexs = stage_state or "_type" in item or _has_marshalled_enum(item)
+            container = _record_to_container(item, position)
+        else:
+            raise ProvenanceError(f"{position}: expected a container record, got {_describe(item)}")
+        if from_wfexs:
+            container._value_defaults_fixes()
+        containers.append(container)
+    return containers
+
+
+def _has_marshalled_enum(record: Mapping[Any, Any]) -> bool:
+    return any(isinstance(v, Mapping) and "_enum" in v for v in record.values())
+
+
+# --------------------------------------------------------------------------
+# Files
+
+
+def write_containers_file(containers: Sequence[Container], path: Path) -> None:
+    """Replace ``path`` with the records, all or nothing.
+
+    A workflow re-staged from a half-written record would pin the wrong
+    images, so the text goes to a temporary file beside ``path`` (same
+    filesystem, so the rename is atomic), is fsynced, and only then renamed
+    over the final name; the directory is fsynced so the rename survives a
+    crash. On any failure the temporary file is removed and ``path`` keeps
+    its previous content, if it had one.
+    """
+    path = Path(path)
+    data = dump_containers(containers)
+    assert data is not None
+    payload = data.encode("utf-8")
+    try:
+        fd, tmp = _create_temp_beside(path)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as e:
+        raise ProvenanceError(f"could not write containers record {path}: {e}") from e
+    _fsync_directory(path.parent)
+
+
+def _create_temp_beside(path: Path) -> tuple[int, Path]:
+    # Opened with 0o666 so the umask applies as for any file the user writes
+    # (mkstemp would leave it 0o600, and the rename would keep that).
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    stem = path.name[:200]
+    for _ in range(100):
+        tmp = path.with_name(f".{stem}.{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Best effort: some filesystems (and all of Windows) cannot fsync a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_containers_file(path: Path) -> list[Container]:
+    """Read a records file; every failure is a ProvenanceError naming ``path``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ProvenanceError(f"cannot read containers record {path}: {e.strerror or e}") from e
+    return _load(data, str(path))
