@@ -22,6 +22,8 @@ declare -A PKGS=(
   [unsquashfs]=squashfs-tools
   [htpasswd]=apache2-utils
   [openssl]=openssl
+  [zstd]=zstd
+  [setpriv]=util-linux
 )
 missing=()
 for cmd in "${!PKGS[@]}"; do

@@ -1,0 +1,414 @@
+"""Apply OCI / Docker layer tarballs onto a directory, as a container runtime would, but safely.
+
+A layer is untrusted input: it comes from whatever registry a workflow names.
+So every member is placed by resolving its path component by component,
+never letting the kernel follow a symlink the layer planted, and nothing is
+ever created, changed or deleted outside the root.
+
+The rules (the interpretation of "a symlink escaping the root is refused"):
+
+- A member name that is absolute or has a ``..`` component is refused.
+- Symlinks are stored exactly as the layer says, whatever they point to:
+  ``etc/mtab -> /proc/mounts`` is normal in an image, and a symlink is
+  harmless until something is written *through* it.
+- A member (or a whiteout) whose parent path goes through a symlink is
+  followed only while the link is relative and stays inside the root. A
+  link with an absolute target, or one whose ``..`` climbs above the root,
+  points outside the root from the host's point of view, so writing
+  through it is refused: ``etc -> /`` followed by ``etc/passwd`` raises
+  ``UnsafeArchiveError``, it never touches the host's ``/passwd``.
+- A hardlink's target must be a non-directory already in the root, named
+  without ``..`` or a leading ``/``, and reached by the same rules.
+
+Any refusal raises ``UnsafeArchiveError`` naming the layer and the member;
+the root is then half-applied and should be thrown away.
+
+Other behaviour follows the OCI image-spec layer rules: ``.wh.<name>``
+deletes ``<name>`` from lower layers, ``.wh..wh..opq`` empties its directory
+of lower-layer content, later entries replace earlier ones. Modes (setuid
+and sticky bits included) and mtimes are kept; ownership is kept when
+running as root (an unprivileged user cannot chown). Device nodes are
+skipped with a warning, since creating them needs privileges and a rootfs
+for an unprivileged runtime does not need them. Extended attributes
+(e.g. file capabilities) are not applied.
+"""
+
+from __future__ import annotations
+
+import bz2
+import collections
+import gzip
+import logging
+import lzma
+import os
+import shutil
+import stat
+import tarfile
+import zlib
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from ..errors import ContainerFactoryException, UnsafeArchiveError
+
+log = logging.getLogger(__name__)
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_WHITEOUT = ".wh..wh..opq"
+_MAX_SYMLINK_HOPS = 40
+_COPY_CHUNK = 1 << 20
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_BZIP2_MAGIC = b"BZh"
+_XZ_MAGIC = b"\xfd7zXZ\x00"
+
+
+def apply_layers(layers: Sequence[Path], rootfs: Path, *, implicit_mtime: int = 0) -> None:
+    """Apply layer tarballs, lowest first, into ``rootfs`` (created if missing).
+
+    Directory modes and mtimes are set only once every layer is in, because
+    extracting into a directory changes its mtime and a read-only directory
+    from one layer may still receive files from the next. Directories no
+    layer describes (implicit parents, and the root when no layer has a
+    ``./`` entry) get mode 0755 and ``implicit_mtime``, so that the result
+    does not depend on when it was extracted.
+    """
+    rootfs = Path(rootfs)
+    rootfs.mkdir(parents=True, exist_ok=True)
+    applier = _Applier(os.path.realpath(rootfs), implicit_mtime)
+    for layer in layers:
+        applier.apply(Path(layer))
+    applier.finish()
+
+
+@dataclass(frozen=True)
+class _DirMeta:
+    mode: int
+    mtime: float
+    uid: int
+    gid: int
+
+
+@contextmanager
+def _open_layer(layer: Path) -> Iterator[tarfile.TarFile]:
+    """Open a layer as a tar stream, choosing the decompressor from its first bytes.
+
+    Media types lie (docker-archive layers are plain tars named .tar.gz
+    and vice versa), magic bytes don't.
+    """
+    with ExitStack() as stack:
+        raw = stack.enter_context(open(layer, "rb"))
+        magic = raw.read(6)
+        raw.seek(0)
+        stream: IO[bytes] = raw
+        if magic.startswith(_ZSTD_MAGIC):
+            raise ContainerFactoryException(
+                f"layer {layer} is zstd-compressed: zstd layers are not supported yet; "
+                "pull a gzip variant of the image (most registries serve one) or convert the layer"
+            )
+        if magic.startswith(_GZIP_MAGIC):
+            stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
+        elif magic.startswith(_BZIP2_MAGIC):
+            stream = stack.enter_context(bz2.BZ2File(raw, mode="rb"))
+        elif magic.startswith(_XZ_MAGIC):
+            stream = stack.enter_context(lzma.LZMAFile(raw, mode="rb"))
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tf:
+                yield tf
+        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as exc:
+            raise ContainerFactoryException(
+                f"layer {layer} is not a readable (compressed) tar archive: {exc}; "
+                "the blob may be corrupt: verify it against its digest and fetch it again"
+            ) from exc
+
+
+def _member_parts(name: str, layer: Path, member: str, what: str = "member") -> list[str]:
+    if "\x00" in name:
+        raise UnsafeArchiveError(f"layer {layer}: {what} {member!r} has a NUL byte in its name")
+    if name.startswith("/"):
+        raise UnsafeArchiveError(f"layer {layer}: {what} {member!r} has an absolute path {name!r}")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise UnsafeArchiveError(f"layer {layer}: {what} {member!r} has a '..' component in {name!r}")
+    return parts
+
+
+def _lstat(path: str) -> os.stat_result | None:
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
+class _Applier:
+    def __init__(self, root: str, implicit_mtime: int) -> None:
+        self.root = root
+        self.implicit_mtime = implicit_mtime
+        self.as_root = os.geteuid() == 0
+        self.dirs: dict[str, _DirMeta] = {root: _DirMeta(0o755, implicit_mtime, 0, 0)}
+        # Paths this layer wrote (and their ancestors): whiteouts only remove lower content.
+        self.layer_paths: set[str] = set()
+
+    # ---- one layer -------------------------------------------------------------------
+    def apply(self, layer: Path) -> None:
+        self.layer_paths = set()
+        with _open_layer(layer) as tf:
+            for count, member in enumerate(tf):
+                try:
+                    self._member(tf, member, layer)
+                except ContainerFactoryException:
+                    raise
+                except OSError as exc:
+                    raise ContainerFactoryException(
+                        f"layer {layer}: cannot extract member {member.name!r}: {exc}"
+                    ) from exc
+                if count % 1000 == 999:
+                    tf.members = []  # a stream never looks back; don't keep every header in memory
+
+    def _member(self, tf: tarfile.TarFile, m: tarfile.TarInfo, layer: Path) -> None:
+        parts = _member_parts(m.name, layer, m.name)
+        if not parts:
+            if not m.isdir():
+                raise UnsafeArchiveError(f"layer {layer}: member {m.name!r} would replace the root")
+            self.dirs[self.root] = _DirMeta(m.mode & 0o7777, m.mtime, m.uid, m.gid)
+            return
+        base = parts[-1]
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parts, layer, m.name)
+            return
+        parent = self._resolve_dir(parts[:-1], layer, m.name, create=True)
+        assert parent is not None
+        target = os.path.join(parent, base)
+
+        link_source = None
+        if m.islnk():
+            link_source = self._hardlink_source(m, layer)
+            if link_source == target:
+                self._mark(target)
+                return
+
+        existing = _lstat(target)
+        if existing is not None and not (m.isdir() and stat.S_ISDIR(existing.st_mode)):
+            self._remove(target)
+            existing = None
+
+        if m.isdir():
+            if existing is None:
+                os.mkdir(target, 0o700)
+            elif not os.access(target, os.W_OK | os.X_OK):
+                os.chmod(target, stat.S_IMODE(existing.st_mode) | 0o700)
+            self.dirs[target] = _DirMeta(m.mode & 0o7777, m.mtime, m.uid, m.gid)
+            if self.as_root:
+                os.lchown(target, m.uid, m.gid)
+        elif m.isreg():
+            self._write_file(tf, m, target)
+        elif m.issym():
+            os.symlink(m.linkname, target)
+            if self.as_root:
+                os.lchown(target, m.uid, m.gid)
+            os.utime(target, (m.mtime, m.mtime), follow_symlinks=False)
+        elif m.islnk():
+            assert link_source is not None
+            os.link(link_source, target, follow_symlinks=False)
+        elif m.isfifo():
+            os.mkfifo(target, 0o600)
+            self._set_meta(target, m)
+        elif m.ischr() or m.isblk():
+            log.warning(
+                "layer %s: skipping device node %r (not created by an unprivileged build)", layer, m.name
+            )
+            return
+        else:
+            log.warning("layer %s: skipping member %r of unsupported tar type %r", layer, m.name, m.type)
+            return
+        self._mark(target)
+
+    def _write_file(self, tf: tarfile.TarFile, m: tarfile.TarInfo, target: str) -> None:
+        src = tf.extractfile(m)
+        assert src is not None
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            with os.fdopen(fd, "wb", closefd=False) as out:
+                shutil.copyfileobj(src, out, _COPY_CHUNK)
+            if self.as_root:
+                os.fchown(fd, m.uid, m.gid)  # before chmod: chown clears setuid/setgid
+            os.fchmod(fd, m.mode & 0o7777)
+            os.utime(fd, (m.mtime, m.mtime))
+        finally:
+            os.close(fd)
+
+    def _set_meta(self, target: str, m: tarfile.TarInfo) -> None:
+        if self.as_root:
+            os.lchown(target, m.uid, m.gid)
+        os.chmod(target, m.mode & 0o7777)
+        os.utime(target, (m.mtime, m.mtime))
+
+    def _hardlink_source(self, m: tarfile.TarInfo, layer: Path) -> str:
+        parts = _member_parts(m.linkname, layer, m.name, what="hardlink target of")
+        if not parts:
+            raise UnsafeArchiveError(f"layer {layer}: member {m.name!r} is a hardlink to the root")
+        parent = self._resolve_dir(parts[:-1], layer, m.name, create=False)
+        source = os.path.join(parent, parts[-1]) if parent is not None else None
+        st = _lstat(source) if source is not None else None
+        if source is None or st is None:
+            raise ContainerFactoryException(
+                f"layer {layer}: member {m.name!r} is a hardlink to {m.linkname!r}, "
+                "which is not in the image (yet); the layer is malformed or its layers are out of order"
+            )
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeArchiveError(
+                f"layer {layer}: member {m.name!r} is a hardlink to directory {m.linkname!r}"
+            )
+        return source
+
+    def _whiteout(self, parts: list[str], layer: Path, member: str) -> None:
+        base = parts[-1]
+        if base == OPAQUE_WHITEOUT:
+            directory = self._resolve_dir(parts[:-1], layer, member, create=True)
+            assert directory is not None
+            self._mark(directory)
+            self._clear_lower(directory)
+            return
+        name = base[len(WHITEOUT_PREFIX) :]
+        if name.startswith(WHITEOUT_PREFIX) or name in ("", ".", ".."):
+            log.debug("layer %s: ignoring special whiteout %r", layer, member)
+            return
+        parent = self._resolve_dir(parts[:-1], layer, member, create=False)
+        if parent is None:
+            return
+        target = os.path.join(parent, name)
+        if target not in self.layer_paths and _lstat(target) is not None:
+            self._remove(target)
+
+    def _clear_lower(self, directory: str) -> None:
+        with os.scandir(directory) as entries:
+            children = [(e.path, e.is_dir(follow_symlinks=False)) for e in entries]
+        for path, is_dir in children:
+            if path in self.layer_paths:
+                if is_dir:
+                    self._clear_lower(path)
+            else:
+                self._remove(path)
+
+    # ---- paths -----------------------------------------------------------------------
+    def _resolve_dir(self, parts: Sequence[str], layer: Path, member: str, *, create: bool) -> str | None:
+        """The real directory ``parts`` names, following only symlinks that stay inside.
+
+        Missing directories are created (as implicit parents) when ``create``;
+        otherwise a missing one yields None.
+        """
+        cur = self.root
+        pending = collections.deque(parts)
+        hops = 0
+        while pending:
+            comp = pending.popleft()
+            if comp in ("", "."):
+                continue
+            if comp == "..":
+                if cur == self.root:
+                    raise UnsafeArchiveError(
+                        f"layer {layer}: member {member!r} resolves, through a symlink, outside the root"
+                    )
+                cur = os.path.dirname(cur)
+                continue
+            nxt = os.path.join(cur, comp)
+            st = _lstat(nxt)
+            if st is None:
+                if not create:
+                    return None
+                os.mkdir(nxt, 0o700)
+                self.dirs[nxt] = _DirMeta(0o755, self.implicit_mtime, 0, 0)
+                self._mark(nxt)
+                cur = nxt
+            elif stat.S_ISLNK(st.st_mode):
+                hops += 1
+                if hops > _MAX_SYMLINK_HOPS:
+                    raise UnsafeArchiveError(f"layer {layer}: member {member!r}: too many levels of symlinks")
+                link = os.readlink(nxt)
+                if link.startswith("/"):
+                    raise UnsafeArchiveError(
+                        f"layer {layer}: member {member!r} would be written through symlink "
+                        f"/{os.path.relpath(nxt, self.root)} -> {link}, which points outside the root"
+                    )
+                pending.extendleft(reversed(link.split("/")))
+            elif stat.S_ISDIR(st.st_mode):
+                cur = nxt
+            else:
+                raise ContainerFactoryException(
+                    f"layer {layer}: member {member!r} needs /{os.path.relpath(nxt, self.root)} "
+                    "to be a directory, but it is a file; the layer is malformed"
+                )
+        return cur
+
+    def _mark(self, path: str) -> None:
+        while path != self.root and path not in self.layer_paths:
+            self.layer_paths.add(path)
+            path = os.path.dirname(path)
+
+    def _remove(self, path: str) -> None:
+        st = os.lstat(path)
+        if stat.S_ISDIR(st.st_mode):
+            _make_tree_removable(path)
+            shutil.rmtree(path)
+            prefix = path + os.sep
+            for key in [k for k in self.dirs if k == path or k.startswith(prefix)]:
+                del self.dirs[key]
+        else:
+            os.unlink(path)
+
+    def _is_plain(self, path: str) -> bool:
+        """True when every component below the root is a real directory (no symlink)."""
+        rel = os.path.relpath(path, self.root)
+        cur = self.root
+        if rel == ".":
+            return True
+        for comp in rel.split(os.sep):
+            cur = os.path.join(cur, comp)
+            st = _lstat(cur)
+            if st is None or not stat.S_ISDIR(st.st_mode):
+                return False
+        return True
+
+    def finish(self) -> None:
+        # Deepest first: an unprivileged user needs x on a parent to reach its children.
+        for path in sorted(self.dirs, key=lambda p: p.count(os.sep), reverse=True):
+            if not self._is_plain(path):
+                continue
+            meta = self.dirs[path]
+            if self.as_root:
+                os.lchown(path, meta.uid, meta.gid)
+            os.chmod(path, meta.mode)
+            os.utime(path, (meta.mtime, meta.mtime))
+
+
+def _make_tree_removable(top: str) -> None:
+    """Give the owner rwx on every real directory under ``top`` so rmtree can empty it.
+
+    Never follows symlinks: a planted ``x -> /`` must not get ``/`` chmodded.
+    """
+    st = os.lstat(top)
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    if stat.S_IMODE(st.st_mode) & 0o700 != 0o700:
+        os.chmod(top, stat.S_IMODE(st.st_mode) | 0o700)
+    for dirpath, dirnames, _files in os.walk(top):
+        for name in dirnames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISDIR(st.st_mode) and stat.S_IMODE(st.st_mode) & 0o700 != 0o700:
+                os.chmod(path, stat.S_IMODE(st.st_mode) | 0o700)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove an extracted rootfs, read-only directories included; missing is fine."""
+    p = os.fspath(path)
+    if _lstat(p) is None:
+        return
+    if os.path.islink(p) or not os.path.isdir(p):
+        os.unlink(p)
+        return
+    _make_tree_removable(p)
+    shutil.rmtree(p)
