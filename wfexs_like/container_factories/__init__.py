@@ -9,10 +9,13 @@ from .docker import DockerContainerFactory
 from .docker_like import DockerLikeContainerFactory
 from .none import NoContainerFactory
 from .podman import PodmanContainerFactory
+from .singularity import SingularityContainerFactory
 
 FACTORIES: dict[str, type[ContainerFactory]] = {
     "docker": DockerContainerFactory,
     "podman": PodmanContainerFactory,
+    "singularity": SingularityContainerFactory,
+    "apptainer": SingularityContainerFactory,
     "none": NoContainerFactory,
 }
 
@@ -34,5 +37,6 @@ __all__ = [
     "DockerLikeContainerFactory",
     "NoContainerFactory",
     "PodmanContainerFactory",
+    "SingularityContainerFactory",
     "make_factory",
 ]
