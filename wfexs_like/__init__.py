@@ -11,6 +11,8 @@ from .model import (
     ContainerTaggedName,
     ContainerType,
 )
+from .provenance import dump_containers, load_containers, read_containers_file, write_containers_file
+from .references import Reference, parse_reference
 
 __all__ = [
     "META_JSON_POSTFIX",
@@ -20,5 +22,11 @@ __all__ = [
     "ContainerNotFoundException",
     "ContainerTaggedName",
     "ContainerType",
+    "Reference",
+    "dump_containers",
+    "load_containers",
+    "parse_reference",
+    "read_containers_file",
+    "write_containers_file",
 ]
 __version__ = "0.1.0"

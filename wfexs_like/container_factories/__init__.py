@@ -1,9 +1,17 @@
-"""The container factories, by engine name (the reference's ``container_factories``)."""
+"""The container factories, by engine name.
+
+Mirrors WfExS-backend's ``container_factories`` module, which also exposes
+``Container``, the cache handler and the exceptions, so imports written
+against the reference resolve here too.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..cache.handler import ContainerCacheHandler
+from ..errors import ContainerEngineException, ContainerFactoryException, ContainerNotFoundException
+from ..model import META_JSON_POSTFIX, Container, ContainerTaggedName, ContainerType
 from .base import ContainerFactory, ContainerFileNamingMethod
 from .docker import DockerContainerFactory
 from .docker_like import DockerLikeContainerFactory
@@ -31,8 +39,16 @@ def make_factory(engine: str, **kwargs: Any) -> ContainerFactory:
 
 __all__ = [
     "FACTORIES",
+    "META_JSON_POSTFIX",
+    "Container",
+    "ContainerCacheHandler",
+    "ContainerEngineException",
     "ContainerFactory",
+    "ContainerFactoryException",
     "ContainerFileNamingMethod",
+    "ContainerNotFoundException",
+    "ContainerTaggedName",
+    "ContainerType",
     "DockerContainerFactory",
     "DockerLikeContainerFactory",
     "NoContainerFactory",
