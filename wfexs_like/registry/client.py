@@ -1,0 +1,875 @@
+"""A native OCI distribution client: tag -> pinned manifest -> verified blobs in the store.
+
+Why not ``docker pull`` + ``docker save``: that needs a daemon, decompresses
+every layer into the daemon's storage only to compress it again, and gives
+no say over where bytes land. Talking to the registry directly lets every
+blob stream once into the content-addressed store, verified by digest as it
+arrives, shared between images, resumable, and skipped with no request at
+all when it is already there.
+
+Order of publication matters: layers and config first, then the manifest,
+then the index, so a manifest found in the store means a complete image.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import requests
+import urllib3
+
+from ..cache.blobstore import BlobStore, BlobWriter
+from ..digests import is_digest, sha256_bytes
+from ..errors import (
+    IntegrityError,
+    ManifestUnknownError,
+    PlatformMismatchError,
+    RegistryError,
+)
+from ..images.manifest import (
+    ACCEPT_MANIFESTS,
+    Descriptor,
+    Index,
+    Manifest,
+    ManifestError,
+    Platform,
+    detect_media_type,
+    image_platform,
+    parse_manifest_or_index,
+)
+from .auth import RegistryAuth
+from .credentials import DOCKER_HUB_HOSTS, CredentialResolver
+from .transport import RetryPolicy, Transport, verify_setting
+
+log = logging.getLogger(__name__)
+
+DOCKER_HUB_API = "registry-1.docker.io"
+#: containerd's limit: a manifest bigger than this is an attack or a mistake, not an image.
+MAX_MANIFEST_BYTES = 4 << 20
+STREAM_CHUNK = 256 << 10
+_STREAM_ERRORS = (
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ReadTimeoutError,
+)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """One step of one blob. ``image`` names the image that asked for it (first one, if shared)."""
+
+    digest: str
+    kind: Literal["start", "advance", "done", "reused"]
+    total: int | None
+    done: int
+    image: str
+
+
+#: Called from worker threads; keep it quick. An exception raised here aborts that blob.
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class PullResult:
+    registry: str
+    repository: str
+    reference: str
+    manifest_digest: str
+    index_digest: str | None
+    manifest: Manifest
+    config: dict
+    platform: Platform
+    downloaded_bytes: int
+    downloaded_blobs: int
+    reused_blobs: int
+
+
+def image_label(registry: str, repository: str, reference: str) -> str:
+    sep = "@" if is_digest(reference) else ":"
+    return f"{registry}/{repository}{sep}{reference}"
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 and ::1, with or without a port, the way Docker decides."""
+    name = _strip_port(host)
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _strip_port(host: str) -> str:
+    if host.startswith("["):
+        return host[1 : host.index("]")] if "]" in host else host
+    if host.count(":") == 1:
+        return host.split(":", 1)[0]
+    return host
+
+
+def _host_matches(host: str, patterns: Iterable[str]) -> bool:
+    """``insecure_registries`` entries: ``host``, ``host:port`` or a CIDR like ``10.0.0.0/8``."""
+    bare = _strip_port(host).lower()
+    for pat in patterns:
+        pat = pat.strip().lower()
+        for prefix in ("http://", "https://"):
+            pat = pat.removeprefix(prefix)
+        pat = pat.rstrip("/")
+        if pat in (host.lower(), bare):
+            return True
+        if "/" in pat:
+            try:
+                net = ipaddress.ip_network(pat, strict=False)
+                if ipaddress.ip_address(bare) in net:
+                    return True
+            except ValueError:
+                continue
+    return False
+
+
+class _Endpoint:
+    """One registry as the API sees it: base URL (scheme decided once), auth state."""
+
+    def __init__(self, name: str, api_host: str, scheme: str, explicit_scheme: bool, auth: RegistryAuth):
+        self.name = name
+        self.api_host = api_host
+        self.scheme = scheme
+        self.explicit_scheme = explicit_scheme
+        self.auth = auth
+        self.pinged = False
+        self.lock = threading.Lock()
+
+    @property
+    def base(self) -> str:
+        return f"{self.scheme}://{self.api_host}"
+
+
+@dataclass
+class _BlobOutcome:
+    downloaded: bool
+    nbytes: int
+
+
+@dataclass
+class _Plan:
+    """What one image needs, once its manifests are resolved."""
+
+    index: int
+    endpoint: _Endpoint
+    registry: str
+    repository: str
+    reference: str
+    label: str
+    manifest: Manifest
+    index_obj: Index | None
+    config: dict
+    platform: Platform
+    #: Blobs fetched while planning (the config), with what it took.
+    prefetched: dict[str, _BlobOutcome]
+
+    @property
+    def blobs(self) -> list[Descriptor]:
+        """Config and layers, each digest once (a manifest may repeat an empty layer)."""
+        seen: dict[str, Descriptor] = {}
+        for d in (self.manifest.config, *self.manifest.layers):
+            seen.setdefault(d.digest, d)
+        return list(seen.values())
+
+
+class _ShortRead(Exception):
+    """The body ended cleanly but short of the promised size: resume it like a broken one."""
+
+
+class RegistryClient:
+    """Pull images from OCI / Docker v2 registries into a BlobStore.
+
+    Scheme: HTTPS, except loopback hosts and ``insecure_registries`` which
+    start with plain HTTP (as Docker does) and switch to HTTPS when the
+    server turns out to speak TLS; a registry written ``https://host`` or
+    ``http://host`` is taken at its word. TLS is verified against the
+    system store or ``ca_bundle`` (which then replaces the system store),
+    except for hosts in ``insecure_registries``.
+    """
+
+    def __init__(
+        self,
+        *,
+        insecure_registries: Iterable[str] = (),
+        platform: Platform | None = None,
+        max_workers: int = 4,
+        retries: int = 5,
+        backoff: float = 0.5,
+        timeout: float = 60,
+        docker_config: Path | None = None,
+        progress: ProgressCallback | None = None,
+        ca_bundle: str | Path | None = None,
+    ) -> None:
+        self.insecure_registries = tuple(insecure_registries)
+        self.platform = platform
+        self.max_workers = max(1, max_workers)
+        self.policy = RetryPolicy(retries=retries, backoff=backoff)
+        self.transport = Transport(policy=self.policy, timeout=timeout, pool_size=self.max_workers + 4)
+        self.credentials = CredentialResolver(docker_config)
+        self.progress = progress
+        self.ca_bundle = ca_bundle
+        self._endpoints: dict[str, _Endpoint] = {}
+        self._lock = threading.Lock()
+
+    # -- lifecycle --------------------------------------------------------------
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> RegistryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public API -------------------------------------------------------------
+    def resolve(
+        self, registry: str, repository: str, reference: str, *, store: BlobStore | None = None
+    ) -> tuple[str, str, bytes]:
+        """(digest, media type, raw bytes) of what ``reference`` names; the digest is of those bytes.
+
+        A HEAD comes first because it is cheap and, on Docker Hub, does not count
+        against the pull quota: when ``store`` already holds the digest it names,
+        no GET follows. A ``Docker-Content-Digest`` that disagrees with the bytes
+        is an IntegrityError, never silently corrected.
+        """
+        ep = self._endpoint(registry)
+        label = image_label(registry, repository, reference)
+        if is_digest(reference):
+            cached = _from_store(store, reference)
+            if cached is not None:
+                return reference, detect_media_type(cached), cached
+            raw, header_digest, ctype = self._get_manifest(ep, repository, reference, label)
+            actual = sha256_bytes(raw)
+            if actual != reference:
+                raise IntegrityError(
+                    f"{label}: the registry sent a manifest whose sha256 is {actual}, not the "
+                    "digest asked for; the registry (or something between us) is serving wrong data.",
+                    expected=reference,
+                    actual=actual,
+                )
+            _check_header_digest(header_digest, actual, label)
+            return actual, detect_media_type(raw, ctype), raw
+
+        head_digest = self._head_manifest(ep, repository, reference, label)
+        if head_digest is not None:
+            cached = _from_store(store, head_digest)
+            if cached is not None:
+                return head_digest, detect_media_type(cached), cached
+        raw, header_digest, ctype = self._get_manifest(ep, repository, reference, label)
+        actual = sha256_bytes(raw)
+        _check_header_digest(header_digest, actual, label)
+        if head_digest is not None and head_digest != actual and header_digest != actual:
+            raise IntegrityError(
+                f"{label}: HEAD said the tag is {head_digest} but the manifest fetched hashes to "
+                f"{actual}. Either the tag moved in between (pull again) or the registry lies.",
+                expected=head_digest,
+                actual=actual,
+            )
+        return actual, detect_media_type(raw, ctype), raw
+
+    def pull(
+        self,
+        registry: str,
+        repository: str,
+        reference: str,
+        store: BlobStore,
+        *,
+        platform: Platform | None = None,
+    ) -> PullResult:
+        """Fetch one image (manifest, index, config, layers) into ``store``; see ``pull_many``."""
+        result = self.pull_many([(registry, repository, reference)], store, platform=platform)[0]
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def pull_reference(self, ref: Any, store: BlobStore, *, platform: Platform | None = None) -> PullResult:
+        """Pull a ``references.Reference`` (anything with ``registry``, ``repository``, ``tag``, ``digest``).
+
+        The digest wins over the tag when both are present: ``name:tag@sha256:...``
+        means exactly that manifest, whatever the tag points to today.
+        """
+        scheme = getattr(ref, "scheme", "docker")
+        if scheme not in ("docker", "oras") or not getattr(ref, "registry", None):
+            raise RegistryError(
+                f"{ref} is not an image in an OCI registry (scheme {scheme!r}); "
+                "use the engine or the URL/file handler for it"
+            )
+        reference = ref.digest or ref.tag or "latest"
+        return self.pull(ref.registry, ref.repository, reference, store, platform=platform)
+
+    def pull_many(
+        self,
+        requests: Sequence[tuple[str, str, str]],
+        store: BlobStore,
+        *,
+        platform: Platform | None = None,
+    ) -> list[PullResult | BaseException]:
+        """Pull several images through one worker pool; one result or exception per request.
+
+        Each image's layers are scheduled as soon as its manifest is resolved,
+        every distinct blob once, so a base layer shared by several images is
+        downloaded once and the layers of all images stream in parallel
+        (``max_workers`` at a time). ``downloaded_*`` count the transfers
+        attributed to the image that scheduled a blob; the others count it in
+        ``reused_blobs``, so sums over all results are the real network totals.
+        """
+        explicit = platform or self.platform
+        want = explicit or Platform.host()
+        results: list[PullResult | BaseException | None] = [None] * len(requests)
+        plans: list[_Plan] = []
+        blob_futs: dict[str, Future[_BlobOutcome]] = {}
+        owner: dict[str, int] = {}
+        pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="wfexs-pull")
+        try:
+            plan_futs = {
+                pool.submit(self._plan, i, reg, repo, ref, store, want, explicit): i
+                for i, (reg, repo, ref) in enumerate(requests)
+            }
+            for fut in as_completed(plan_futs):
+                try:
+                    plan = fut.result()
+                except Exception as e:
+                    results[plan_futs[fut]] = e
+                    continue
+                plans.append(plan)
+                for digest, outcome in plan.prefetched.items():
+                    if digest not in blob_futs or outcome.downloaded:
+                        done: Future[_BlobOutcome] = Future()
+                        done.set_result(outcome)
+                        blob_futs[digest] = done
+                        owner[digest] = plan.index
+                for desc in plan.blobs:
+                    if desc.digest not in blob_futs:
+                        owner[desc.digest] = plan.index
+                        blob_futs[desc.digest] = pool.submit(
+                            self._fetch_blob_locked, plan.endpoint, plan.repository, desc, store, plan.label
+                        )
+            for plan in plans:
+                try:
+                    results[plan.index] = self._finish(plan, store, blob_futs, owner)
+                except Exception as e:
+                    results[plan.index] = e
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
+        return [r if r is not None else RegistryError("internal error: no result") for r in results]
+
+    def fetch_blob(
+        self, registry: str, repository: str, descriptor: Descriptor, store: BlobStore, *, image: str = ""
+    ) -> bool:
+        """Make sure one blob is in ``store``; True when it had to be downloaded."""
+        ep = self._endpoint(registry)
+        label = image or f"{registry}/{repository}"
+        return self._fetch_blob_locked(ep, repository, descriptor, store, label).downloaded
+
+    def fetch_blob_bytes(
+        self, registry: str, repository: str, digest: str, *, max_size: int = 16 << 20
+    ) -> bytes:
+        """A small blob (a config, a signature) in memory, verified, without touching a store."""
+        ep = self._endpoint(registry)
+        what = f"fetching blob {digest} of {registry}/{repository}"
+        resp = self._blob_response(ep, repository, digest, {}, what)
+        with resp:
+            if resp.status_code != 200:
+                _raise_for(resp, what, kind="blob", label=f"{registry}/{repository}")
+            data = _read_limited(resp, max_size, what)
+        actual = sha256_bytes(data)
+        if actual != digest:
+            raise IntegrityError(f"{what}: got bytes hashing to {actual}", expected=digest, actual=actual)
+        return data
+
+    # -- planning ---------------------------------------------------------------
+    def _plan(
+        self,
+        i: int,
+        registry: str,
+        repository: str,
+        reference: str,
+        store: BlobStore,
+        want: Platform,
+        explicit: Platform | None,
+    ) -> _Plan:
+        ep = self._endpoint(registry)
+        label = image_label(registry, repository, reference)
+        _digest, _mt, raw = self.resolve(registry, repository, reference, store=store)
+        doc = parse_manifest_or_index(raw)
+        index_obj: Index | None = None
+        if isinstance(doc, Index):
+            index_obj = doc
+            try:
+                chosen = doc.select(want)
+            except PlatformMismatchError as e:
+                raise PlatformMismatchError(f"{label}: {e}", available=e.available) from None
+            _d, _m, child_raw = self.resolve(registry, repository, chosen.digest, store=store)
+            if len(child_raw) != chosen.size:
+                raise IntegrityError(
+                    f"{label}: manifest {chosen.digest} is {len(child_raw)} bytes, the index says "
+                    f"{chosen.size}",
+                    expected=chosen.digest,
+                )
+            doc = parse_manifest_or_index(child_raw)
+            if not isinstance(doc, Manifest):
+                raise ManifestError(f"{label}: index entry {chosen.digest} is not an image manifest")
+        # The config is tiny and says which platform the image is really for: get it
+        # before any layer, so a wrong platform costs one small blob, not the image.
+        cfg = doc.config
+        outcome = self._fetch_blob_locked(ep, repository, cfg, store, label)
+        config = _load_config(store, cfg.digest, label)
+        actual = image_platform(config)
+        if index_obj is None and explicit is not None and not explicit.matches(actual):
+            raise PlatformMismatchError(
+                f"{label} is a single-platform image for {actual}, not the requested "
+                f"{explicit}; pull it without a platform or pick another tag.",
+                available=[str(actual)],
+            )
+        if index_obj is None and explicit is None and not want.matches(actual):
+            log.warning("%s is built for %s, which is not this machine's platform", label, actual)
+        return _Plan(
+            index=i,
+            endpoint=ep,
+            registry=registry,
+            repository=repository,
+            reference=reference,
+            label=label,
+            manifest=doc,
+            index_obj=index_obj,
+            config=config,
+            platform=actual,
+            prefetched={cfg.digest: outcome},
+        )
+
+    def _finish(
+        self,
+        plan: _Plan,
+        store: BlobStore,
+        blob_futs: dict[str, Future[_BlobOutcome]],
+        owner: dict[str, int],
+    ) -> PullResult:
+        dl_bytes = dl_blobs = reused = 0
+        first_error: BaseException | None = None
+        for desc in plan.blobs:
+            try:
+                outcome = blob_futs[desc.digest].result()
+            except Exception as e:
+                first_error = first_error or e
+                continue
+            if outcome.downloaded and owner[desc.digest] == plan.index:
+                dl_blobs += 1
+                dl_bytes += outcome.nbytes
+            else:
+                reused += 1
+        if first_error is not None:
+            raise first_error
+        _put_if_missing(store, plan.manifest.raw, plan.manifest.digest)
+        if plan.index_obj is not None:
+            _put_if_missing(store, plan.index_obj.raw, plan.index_obj.digest)
+        return PullResult(
+            registry=plan.registry,
+            repository=plan.repository,
+            reference=plan.reference,
+            manifest_digest=plan.manifest.digest,
+            index_digest=plan.index_obj.digest if plan.index_obj is not None else None,
+            manifest=plan.manifest,
+            config=plan.config,
+            platform=plan.platform,
+            downloaded_bytes=dl_bytes,
+            downloaded_blobs=dl_blobs,
+            reused_blobs=reused,
+        )
+
+    # -- blobs ------------------------------------------------------------------
+    def _emit(self, digest: str, kind: str, total: int | None, done: int, image: str) -> None:
+        if self.progress is not None:
+            self.progress(ProgressEvent(digest, kind, total, done, image))  # type: ignore[arg-type]
+
+    def _fetch_blob_locked(
+        self, ep: _Endpoint, repository: str, desc: Descriptor, store: BlobStore, label: str
+    ) -> _BlobOutcome:
+        """Download unless present; the per-digest file lock makes other processes wait, not repeat."""
+        if store.has(desc.digest):
+            self._emit(desc.digest, "reused", desc.size, desc.size, label)
+            return _BlobOutcome(False, 0)
+        with store.lock(desc.digest):
+            if store.has(desc.digest):
+                self._emit(desc.digest, "reused", desc.size, desc.size, label)
+                return _BlobOutcome(False, 0)
+            nbytes = self._download(ep, repository, desc, store, label)
+            return _BlobOutcome(True, nbytes)
+
+    def _download(
+        self, ep: _Endpoint, repository: str, desc: Descriptor, store: BlobStore, label: str
+    ) -> int:
+        """Foreign (non-distributable) layers come from their ``urls`` first, the registry last."""
+        urls = [u for u in desc.urls if urlsplit(u).scheme in ("http", "https")]
+        errors: list[str] = []
+        for url in urls:
+            try:
+                return self._download_from(ep, repository, desc, store, label, url)
+            except (RegistryError, IntegrityError) as e:
+                errors.append(f"{url}: {e}")
+                log.warning("%s: foreign layer %s not fetched from %s: %s", label, desc.digest, url, e)
+        try:
+            return self._download_from(ep, repository, desc, store, label, None)
+        except (RegistryError, IntegrityError) as e:
+            if errors:
+                raise RegistryError(
+                    f"{label}: layer {desc.digest} could be fetched neither from its URLs "
+                    f"({'; '.join(errors)}) nor from the registry ({e})",
+                    status=getattr(e, "status", None),
+                ) from e
+            raise
+
+    def _download_from(
+        self,
+        ep: _Endpoint,
+        repository: str,
+        desc: Descriptor,
+        store: BlobStore,
+        label: str,
+        url: str | None,
+    ) -> int:
+        digest, size = desc.digest, desc.size
+        what = f"downloading blob {digest} of {label}" + (f" from {url}" if url else "")
+        attempt = 0
+        fetched = 0
+        while True:
+            writer = store.writer(digest, size, resumable=True)
+            try:
+                if writer.offset < size:
+                    self._emit(digest, "start", size, writer.offset, label)
+                    headers = {"Range": f"bytes={writer.offset}-"} if writer.offset else {}
+                    if url is None:
+                        resp = self._blob_response(ep, repository, digest, headers, what)
+                    else:
+                        resp = self.transport.get_following_redirects(
+                            url, headers=headers, auth_headers={}, verify_for=self._verify_for, what=what
+                        )
+                    with resp:
+                        if resp.status_code == 206:
+                            if _content_range_start(resp) != writer.offset:
+                                writer.restart()
+                                raise _ShortRead("unexpected Content-Range; starting over")
+                        elif resp.status_code == 200:
+                            if writer.offset:
+                                log.info("%s: server ignored Range, restarting from 0", what)
+                                writer.restart()
+                        elif resp.status_code == 416 and writer.offset:
+                            writer.restart()
+                            raise _ShortRead("range not satisfiable; starting over")
+                        else:
+                            _raise_for(resp, what, kind="blob", label=label)
+                        for chunk in resp.iter_content(STREAM_CHUNK):
+                            writer.write(chunk)
+                            fetched += len(chunk)
+                            self._emit(digest, "advance", size, writer.written, label)
+                if writer.written < size:
+                    raise _ShortRead(f"body ended at {writer.written} of {size} bytes")
+                writer.commit()
+            except IntegrityError:
+                writer.discard()
+                raise
+            except (*_STREAM_ERRORS, _ShortRead) as e:
+                _park(writer)
+                if attempt >= self.policy.retries:
+                    raise RegistryError(
+                        f"{what}: the transfer kept breaking off ({e}) after {attempt + 1} attempts. "
+                        "What arrived is kept and the next pull resumes from there.",
+                    ) from e
+                delay = self.policy.delay(attempt)
+                log.info("%s: %s; resuming in %.2f s", what, e, delay)
+                attempt += 1
+                time.sleep(delay)
+                continue
+            except BaseException:
+                _park(writer)
+                raise
+            self._emit(digest, "done", size, size, label)
+            return fetched
+
+    def _blob_response(
+        self, ep: _Endpoint, repository: str, digest: str, headers: dict[str, str], what: str
+    ) -> requests.Response:
+        self._ping(ep, what)
+        url = f"{ep.base}/v2/{repository}/blobs/{digest}"
+        auth_h = ep.auth.headers(repository, what)
+        resp = self.transport.get_following_redirects(
+            url, headers=headers, auth_headers=auth_h, verify_for=self._verify_for, what=what
+        )
+        if resp.status_code == 401:
+            resp.close()
+            auth_h = ep.auth.challenged(resp, repository, what, auth_h.get("Authorization"))
+            resp = self.transport.get_following_redirects(
+                url, headers=headers, auth_headers=auth_h, verify_for=self._verify_for, what=what
+            )
+        if resp.status_code in (401, 403):
+            resp.close()
+            raise ep.auth.failure(what, resp.status_code, url, repository)
+        return resp
+
+    # -- manifests --------------------------------------------------------------
+    def _head_manifest(self, ep: _Endpoint, repository: str, reference: str, label: str) -> str | None:
+        resp = self._request(ep, "HEAD", f"/v2/{repository}/manifests/{reference}", repository, label)
+        with resp:
+            if resp.status_code != 200:
+                return None  # the GET that follows produces the real error, with a body
+            d = resp.headers.get("Docker-Content-Digest", "").strip()
+            return d if is_digest(d) and d.startswith("sha256:") else None
+
+    def _get_manifest(
+        self, ep: _Endpoint, repository: str, reference: str, label: str
+    ) -> tuple[bytes, str | None, str | None]:
+        what = f"fetching manifest of {label}"
+        attempt = 0
+        while True:
+            resp = self._request(
+                ep, "GET", f"/v2/{repository}/manifests/{reference}", repository, label, stream=True
+            )
+            with resp:
+                if resp.status_code != 200:
+                    _raise_for(resp, what, kind="manifest", label=label)
+                try:
+                    raw = _read_limited(resp, MAX_MANIFEST_BYTES, what)
+                except _STREAM_ERRORS as e:
+                    if attempt >= self.policy.retries:
+                        raise RegistryError(f"{what}: transfer kept breaking off: {e}") from e
+                    time.sleep(self.policy.delay(attempt))
+                    attempt += 1
+                    continue
+                return raw, resp.headers.get("Docker-Content-Digest"), resp.headers.get("Content-Type")
+
+    def _request(
+        self,
+        ep: _Endpoint,
+        method: str,
+        path: str,
+        repository: str,
+        label: str,
+        *,
+        stream: bool = False,
+    ) -> requests.Response:
+        """A registry API call with the Accept header for manifests and one re-authentication on 401."""
+        what = f"{'checking' if method == 'HEAD' else 'fetching'} the manifest of {label}"
+        self._ping(ep, label)
+        url = ep.base + path
+        headers = {"Accept": ACCEPT_MANIFESTS}
+        auth_h = ep.auth.headers(repository, what)
+        resp = self.transport.get_following_redirects(
+            url,
+            headers=headers,
+            auth_headers=auth_h,
+            verify_for=self._verify_for,
+            what=what,
+            method=method,
+            stream=stream,
+        )
+        if resp.status_code == 401:
+            resp.close()
+            auth_h = ep.auth.challenged(resp, repository, what, auth_h.get("Authorization"))
+            resp = self.transport.get_following_redirects(
+                url,
+                headers=headers,
+                auth_headers=auth_h,
+                verify_for=self._verify_for,
+                what=what,
+                method=method,
+                stream=stream,
+            )
+        if resp.status_code in (401, 403):
+            resp.close()
+            raise ep.auth.failure(f"{what}", resp.status_code, url, repository)
+        return resp
+
+    # -- endpoints --------------------------------------------------------------
+    def _endpoint(self, registry: str) -> _Endpoint:
+        with self._lock:
+            ep = self._endpoints.get(registry)
+            if ep is not None:
+                return ep
+            name = registry.strip().rstrip("/")
+            explicit = None
+            if "://" in name:
+                explicit, _, name = name.partition("://")
+                explicit = explicit.lower()
+                if explicit not in ("http", "https"):
+                    raise RegistryError(f"unsupported registry scheme {explicit!r} in {registry!r}")
+            host = name.lower()
+            api_host = DOCKER_HUB_API if host in DOCKER_HUB_HOSTS else host
+            if explicit:
+                scheme = explicit
+            elif is_loopback(api_host) or _host_matches(api_host, self.insecure_registries):
+                scheme = "http"
+            else:
+                scheme = "https"
+            auth = RegistryAuth(
+                registry=host,
+                transport=self.transport,
+                resolver=self.credentials,
+                verify_for=self._verify_for,
+            )
+            ep = _Endpoint(host, api_host, scheme, explicit is not None, auth)
+            self._endpoints[registry] = ep
+            return ep
+
+    def base_url(self, registry: str) -> str:
+        """The API base URL used for ``registry`` (``docker.io`` -> ``https://registry-1.docker.io``)."""
+        return self._endpoint(registry).base
+
+    def _verify_for(self, url: str) -> bool | str:
+        host = urlsplit(url).netloc
+        return verify_setting(self.ca_bundle, _host_matches(host, self.insecure_registries))
+
+    def _ping(self, ep: _Endpoint, purpose: str) -> None:
+        """``GET /v2/`` once per registry: learn the auth challenge and whether it really speaks TLS."""
+        if ep.pinged:
+            return
+        with ep.lock:
+            if ep.pinged:
+                return
+            for _ in range(2):
+                url = f"{ep.base}/v2/"
+                what = f"contacting {url} ({purpose})"
+                resp = self.transport.send("GET", url, verify=self._verify_for(url), what=what)
+                with resp:
+                    if (
+                        resp.status_code == 400
+                        and ep.scheme == "http"
+                        and not ep.explicit_scheme
+                        and "https" in resp.text.lower()
+                    ):
+                        log.info("%s speaks TLS; switching to https", ep.api_host)
+                        ep.scheme = "https"
+                        continue
+                    if resp.status_code == 401:
+                        ep.auth.learn(resp.headers.get("WWW-Authenticate"))
+                    elif resp.status_code >= 500:
+                        raise RegistryError(
+                            f"{what}: the registry is failing (HTTP {resp.status_code}); try later",
+                            status=resp.status_code,
+                            url=url,
+                        )
+                break
+            ep.pinged = True
+
+
+# -- helpers --------------------------------------------------------------------
+def _park(writer: BlobWriter) -> None:
+    """Keep what arrived for a later resume; an empty partial is just litter."""
+    if writer.written:
+        writer.close_keep_partial()
+    else:
+        writer.discard()
+
+
+def _from_store(store: BlobStore | None, digest: str) -> bytes | None:
+    if store is None or not store.has(digest):
+        return None
+    try:
+        raw = store.path(digest).read_bytes()
+    except OSError:
+        return None
+    return raw if sha256_bytes(raw) == digest else None
+
+
+def _load_config(store: BlobStore, digest: str, label: str) -> dict:
+    try:
+        config = json.loads(store.path(digest).read_bytes())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{label}: image config {digest} is not JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ManifestError(f"{label}: image config {digest} is not a JSON object")
+    return config
+
+
+def _put_if_missing(store: BlobStore, raw: bytes, digest: str) -> None:
+    if not store.has(digest):
+        store.put_bytes(raw, digest)
+
+
+def _check_header_digest(header: str | None, actual: str, label: str) -> None:
+    header = (header or "").strip()
+    if header.startswith("sha256:") and header != actual:
+        raise IntegrityError(
+            f"{label}: the registry's Docker-Content-Digest says {header} but the manifest it sent "
+            f"hashes to {actual}; refusing it (a broken registry or proxy, or tampering).",
+            expected=header,
+            actual=actual,
+        )
+
+
+def _read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
+    buf = bytearray()
+    for chunk in resp.iter_content(64 << 10):
+        buf += chunk
+        if len(buf) > limit:
+            raise RegistryError(f"{what}: response larger than {limit} bytes; refusing it", url=resp.url)
+    return bytes(buf)
+
+
+def _content_range_start(resp: requests.Response) -> int | None:
+    value = resp.headers.get("Content-Range", "")
+    # "bytes 100-999/1000"
+    try:
+        unit, _, rng = value.partition(" ")
+        if unit.strip().lower() != "bytes":
+            return None
+        return int(rng.split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def _error_codes(resp: requests.Response) -> list[tuple[str, str]]:
+    try:
+        data: Any = resp.json()
+    except ValueError:
+        return []
+    out = []
+    if isinstance(data, dict):
+        for err in data.get("errors") or []:
+            if isinstance(err, dict):
+                out.append((str(err.get("code", "")), str(err.get("message", ""))))
+    return out
+
+
+def _raise_for(resp: requests.Response, what: str, *, kind: str, label: str) -> None:
+    """Turn a final non-success answer into the error a user can act on."""
+    status = resp.status_code
+    codes = _error_codes(resp) if resp.request.method != "HEAD" else []
+    detail = "; ".join(f"{c}: {m}" if m else c for c, m in codes)
+    names = {c for c, _ in codes}
+    suffix = f" ({detail})" if detail else ""
+    if kind == "manifest" and (status == 404 or names & {"MANIFEST_UNKNOWN", "NAME_UNKNOWN"}):
+        raise ManifestUnknownError(
+            f"image {label} not found: the registry answered HTTP {status}{suffix}. Check the "
+            "repository name and tag (e.g. `skopeo list-tags docker://REGISTRY/REPOSITORY`).",
+            status=status,
+            url=resp.url,
+        )
+    if kind == "blob" and (status == 404 or "BLOB_UNKNOWN" in names):
+        raise RegistryError(
+            f"{what}: the registry does not have this blob (HTTP {status}{suffix}); the image's "
+            "manifest references a blob that was deleted or never pushed. Ask the image owner to push "
+            "it again.",
+            status=status,
+            url=resp.url,
+        )
+    transient = status >= 500 or status == 429
+    hint = " (the registry kept failing after all retries; try later)" if transient else ""
+    raise RegistryError(f"{what}: HTTP {status}{suffix}{hint}", status=status, url=resp.url)
