@@ -100,7 +100,7 @@ def docker_client() -> Iterator[object]:
         client = docker.from_env()
         client.ping()
     except Exception as e:  # any failure to reach the daemon means: no Docker here
-        pytest.skip(f"Docker engine not reachable: {e}")
+        pytest.fail(f"Docker engine not reachable: {e}; run scripts/setup-host.sh")
     loaded: list[str] = []
     client._wfexs_loaded = loaded  # type: ignore[attr-defined]
     yield client
@@ -113,7 +113,7 @@ def docker_client() -> Iterator[object]:
 @pytest.fixture(scope="module")
 def podman() -> Iterator[list[str]]:
     if shutil.which("podman") is None:
-        pytest.skip("podman is not installed")
+        pytest.fail("podman is not installed; run scripts/setup-host.sh")
     loaded: list[str] = []
     yield loaded
     for image_id in reversed(loaded):
@@ -167,7 +167,7 @@ def test_stored_image_names_the_missing_blob(tmp_path: Path) -> None:
 
 def _other_fs(tmp_path: Path) -> Path:
     if not SHM.is_dir() or SHM.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no /dev/shm on a filesystem other than the test's tmp dir")
+        pytest.fail("needs /dev/shm on a filesystem other than the test's tmp dir")
     d = SHM / f"wfexs-like-test-{RUN_ID}-{uuid.uuid4().hex[:6]}"
     d.mkdir()
     return d
@@ -318,7 +318,7 @@ def test_oci_layout_is_deterministic_hardlinked_and_fingerprinted(
 
 def test_skopeo_reads_the_oci_layout(tmp_path: Path, store: BlobStore, three: BuiltImage) -> None:
     if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
+        pytest.fail("skopeo is not installed; run scripts/setup-host.sh")
     img = StoredImage(store, three.digest)
     ref = f"{REPO}/three:v1"
     layout = tmp_path / "layout"
@@ -397,7 +397,7 @@ def test_docker_archive_is_byte_identical_and_known_before_writing(
 
 def test_skopeo_reads_the_docker_archive(tmp_path: Path, store: BlobStore, three: BuiltImage) -> None:
     if shutil.which("skopeo") is None:
-        pytest.skip("skopeo is not installed")
+        pytest.fail("skopeo is not installed; run scripts/setup-host.sh")
     img = StoredImage(store, three.digest)
     write_docker_archive(img, tmp_path / "a.tar", [f"{REPO}/three:v1"])
     info = json.loads(_run("skopeo", "inspect", f"docker-archive:{tmp_path / 'a.tar'}").stdout)

@@ -50,10 +50,14 @@ from wfexs_like.images.sif import (
 )
 from wfexs_like.images.sif_build import build_sif_from_image, make_squashfs, sif_uuid
 
-pytestmark = pytest.mark.skipif(
-    not all(shutil.which(t) for t in ("siftool", "mksquashfs", "unsquashfs")),
-    reason="needs siftool and squashfs-tools (apt-get install siftool squashfs-tools)",
-)
+
+@pytest.fixture(autouse=True)
+def _tools_installed() -> None:
+    """Missing tools fail the test: a skip must never stand in for a pass (setup-host installs them)."""
+    missing = [t for t in ("siftool", "mksquashfs", "unsquashfs") if shutil.which(t) is None]
+    if missing:
+        pytest.fail(f"missing {', '.join(missing)}; run scripts/setup-host.sh")
+
 
 SOURCE_DIGEST = "sha256:" + "ab" * 32
 ENV = ["PATH=/usr/local/bin:/bin", "GREETING=hello world", 'TRICKY=it\'s "quoted" $HOME `x` \\n']
@@ -570,7 +574,7 @@ def test_dir_modes_are_applied_after_all_layers(tmp_path: Path) -> None:
 
 def test_zstd_layers_are_refused_clearly(tmp_path: Path) -> None:
     if shutil.which("zstd") is None:
-        pytest.skip("zstd CLI not installed")
+        pytest.fail("zstd CLI not installed; run scripts/setup-host.sh")
     layer = write_layer(tmp_path / "l.tar.zst", [file("a", b"a")], compression="zstd")
     with pytest.raises(ContainerFactoryException, match="zstd layers are not supported yet"):
         apply_layers([layer], tmp_path / "rootfs")
@@ -623,7 +627,7 @@ def test_unprivileged_build_is_identical_to_a_root_build(tmp_path: Path) -> None
     """Read-only dirs, setuid bits and cleanup without privileges; ownership normalised to root."""
     nobody = _as_nobody()
     if nobody is None:
-        pytest.skip("needs root, setpriv and a python that nobody can run")
+        pytest.fail("needs root, setpriv and /usr/bin/python3 (as on CI); run scripts/setup-host.sh as root")
     work = Path(tempfile.mkdtemp(prefix="sif-nobody-"))
     try:
         os.chown(work, 65534, 65534)
