@@ -28,7 +28,7 @@ from wfexs_like.cache.blobstore import BlobStore
 from wfexs_like.container_factories import DockerContainerFactory, PodmanContainerFactory
 from wfexs_like.container_factories.docker_like import DockerLikeContainerFactory
 from wfexs_like.digests import sha256_file
-from wfexs_like.errors import ContainerNotFoundException, IntegrityError
+from wfexs_like.errors import ContainerEngineException, ContainerNotFoundException, IntegrityError
 from wfexs_like.model import Container, ContainerTaggedName, ContainerType
 from wfexs_like.provenance import read_containers_file, write_containers_file
 
@@ -473,3 +473,40 @@ def test_cli_names_each_failed_tag_without_traceback(tmp_path: Path, pushed: Pus
     assert bad in out.stderr and "Not_A:Valid Tag" in out.stderr
     assert "2 container(s) failed" in out.stderr
     assert out.stdout == ""
+
+
+def test_engine_errors_carry_command_exit_code_and_stderr(
+    tmp_path: Path, pushed: PushedSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tag = [ContainerTaggedName(pushed.tag("left"), ContainerType.Docker)]
+    # Docker daemon down: materializing needs no daemon at all; deploying says what failed and where.
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-such.sock")
+    d = DockerContainerFactory(containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf")
+    c = d.materializeContainers(tag)[0]
+    with pytest.raises(ContainerEngineException) as ei:
+        d.deploySingleContainer(c)
+    assert "cannot reach the Docker engine" in str(ei.value) and "no-such.sock" in str(ei.value)
+    monkeypatch.delenv("DOCKER_HOST")
+
+    # Podman with a storage root it cannot use: the real podman error comes through.
+    not_a_dir = tmp_path / "not-a-dir"
+    not_a_dir.write_text("x")
+    p = PodmanContainerFactory(
+        containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf", podman_root=not_a_dir
+    )
+    with pytest.raises(ContainerEngineException) as ei:
+        p.deploySingleContainer(c)
+    err = ei.value
+    assert err.returncode not in (None, 0, 1)
+    assert err.command is not None and str(not_a_dir) in " ".join(err.command)
+    assert err.stderr_tail and "exit code" in str(err) and "stderr" in str(err)
+
+    # Podman not installed where the mapping says.
+    q = PodmanContainerFactory(
+        containersCacheDir=tmp_path / "cache",
+        stagedContainersDir=tmp_path / "wf",
+        progs_mapping={"podman": str(tmp_path / "no-podman")},
+    )
+    with pytest.raises(ContainerEngineException) as ei:
+        q.deploySingleContainer(c)
+    assert "not installed or not on PATH" in str(ei.value)

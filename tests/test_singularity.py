@@ -153,6 +153,29 @@ def test_offline_restage_deploy_and_tamper(tmp_path: Path, src_store: BlobStore)
     assert sha256_file(c.localPath) == c.image_signature
 
 
+def test_injected_sif_is_reused_without_network(tmp_path: Path, src_store: BlobStore) -> None:
+    reg = start_registry(tmp_path / "reg")
+    try:
+        pushed = Pushed(reg, src_store)
+        earlier = _factory(tmp_path, "cacheA", "wf1").materializeContainers(
+            [ContainerTaggedName(pushed.tag, ContainerType.Singularity)]
+        )
+    finally:
+        reg.stop()
+    f = _factory(tmp_path, "cacheB", "wf2")
+    reused = f.materializeContainers(
+        [ContainerTaggedName(pushed.tag, ContainerType.Singularity)],
+        offline=True,
+        injectable_containers=earlier,
+    )[0]
+    assert (reused.image_signature, reused.fingerprint) == (
+        earlier[0].image_signature,
+        earlier[0].fingerprint,
+    )
+    assert reused.localPath is not None and (tmp_path / "wf2") in reused.localPath.parents
+    assert f.cc_handler.query(ContainerTaggedName(pushed.tag, ContainerType.Singularity))[0]
+
+
 def test_local_sif_file_is_ingested_as_is(tmp_path: Path, pushed: Pushed) -> None:
     built = _factory(tmp_path).materializeContainers(
         [ContainerTaggedName(pushed.tag, ContainerType.Singularity)]

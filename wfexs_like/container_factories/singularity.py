@@ -3,11 +3,12 @@
 Apptainer runs a SIF in place, so "deploy" is only "verify it is there and
 intact". Materializing differs by source:
 
-- ``docker://`` (and plain docker tags): the native registry client fills the
-  blob store, and the SIF is built from those blobs in Python (layers applied
-  safely, Apptainer's runtime files added, ``mksquashfs``, SIF writer). This
-  needs no Apptainer binary, so it is the path CI exercises; it is also taken
-  when a binary exists unless ``use_engine_for_docker=True``.
+- ``docker://`` (and plain docker tags): with an Apptainer/Singularity binary,
+  it pulls them (through ``spython``), as DESIGN.md decides. Without one (or
+  with ``use_engine_for_docker=False``) the native registry client fills the
+  blob store and the SIF is built from those blobs in Python (layers applied
+  safely, Apptainer's runtime files added, ``mksquashfs``, SIF writer); that
+  is the path CI exercises.
 - ``library://``, ``oras://``, ``shub://``: only Apptainer/Singularity speak
   those protocols, driven through ``spython``.
 - ``http(s)://`` SIF URLs are downloaded and checked (SIF header, and the
@@ -17,6 +18,7 @@ intact". Materializing differs by source:
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import uuid
@@ -43,16 +45,19 @@ ENGINE_ONLY_SCHEMES = ("library", "oras", "shub")
 class SingularityContainerFactory(RegistryBackedFactory):
     SNAPSHOT_KIND = "sif"
 
-    def __init__(self, *args: Any, use_engine_for_docker: bool = False, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, use_engine_for_docker: bool | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("engine_name", "singularity")
         super().__init__(*args, **kwargs)
-        self.use_engine_for_docker = use_engine_for_docker
         self.runtime_cmd = (
             self.progs_mapping.get("apptainer")
             or self.progs_mapping.get("singularity")
             or shutil.which("apptainer")
             or shutil.which("singularity")
             or ""
+        )
+        # None: use the engine when there is one (DESIGN.md), the native builder otherwise.
+        self.use_engine_for_docker = (
+            self.has_engine if use_engine_for_docker is None else use_engine_for_docker
         )
         engine_cache = self.containersCacheDir / "apptainer-cache"
         for prefix in ("APPTAINER", "SINGULARITY"):
@@ -93,8 +98,7 @@ class SingularityContainerFactory(RegistryBackedFactory):
         cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
         ref = self.parse_tag(tag)
         if isinstance(tag, Container) and self._usable_injected_sif(tag):
-            assert tag.localPath is not None
-            self._ingest_sif(tag, ref, Path(tag.localPath), {"source": "injected"}, move=False)
+            self._ingest_injected(tag, ref)
             return self._stage(tag, ref, cdir, force)
         if offline:
             return self._offline_or_raise(tag, ref, cdir, force)
@@ -152,6 +156,20 @@ class SingularityContainerFactory(RegistryBackedFactory):
                 extra={**self.pull_source(result), "builder": "wfexs-like native"},
             )
             self._update(tag, sif, meta, work, move=True)
+
+    def _ingest_injected(self, tag: Container, ref: Reference) -> None:
+        """Adopt a SIF staged elsewhere, keeping its provenance (pin, registry) when its sidecar is there."""
+        assert tag.localPath is not None
+        sidecar = Path(tag.metadataLocalPath) if tag.metadataLocalPath else None
+        try:
+            meta = ImageMetadata.from_json(json.loads(sidecar.read_text())) if sidecar else None
+        except (OSError, ValueError, KeyError):
+            meta = None
+        if meta is None:
+            self._ingest_sif(tag, ref, Path(tag.localPath), {"source": "injected"}, move=False)
+            return
+        with self._workdir() as work:
+            self._update(tag, Path(tag.localPath), meta, work, move=False)
 
     def _ingest_sif(
         self, tag: ContainerTaggedName, ref: Reference, path: Path, source: dict[str, Any], *, move: bool
