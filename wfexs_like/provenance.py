@@ -61,7 +61,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import secrets
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import IO, Any
@@ -70,6 +69,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .errors import ProvenanceError
+from .fsutil import atomic_write_bytes
 from .model import Container, ContainerType
 
 __all__ = [
@@ -616,46 +616,10 @@ def write_containers_file(containers: Sequence[Container], path: Path) -> None:
     path = Path(path)
     data = dump_containers(containers)
     assert data is not None
-    payload = data.encode("utf-8")
     try:
-        fd, tmp = _create_temp_beside(path)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(payload)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        atomic_write_bytes(path, data.encode("utf-8"))
     except OSError as e:
         raise ProvenanceError(f"could not write containers record {path}: {e}") from e
-    _fsync_directory(path.parent)
-
-
-def _create_temp_beside(path: Path) -> tuple[int, Path]:
-    # Opened with 0o666 so the umask applies as for any file the user writes
-    # (mkstemp would leave it 0o600, and the rename would keep that).
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    stem = path.name[:200]
-    for _ in range(100):
-        tmp = path.with_name(f".{stem}.{secrets.token_hex(8)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name beside {path}")
-
-
-def _fsync_directory(directory: Path) -> None:
-    # Best effort: some filesystems (and all of Windows) cannot fsync a directory.
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def read_containers_file(path: Path) -> list[Container]:

@@ -34,22 +34,9 @@ from filelock import FileLock
 
 from ..digests import CHUNK, sha256_file, split_digest
 from ..errors import CacheError, IntegrityError
+from ..fsutil import atomic_write_bytes, fsync_dir
 
 BLOB_MODE = 0o444
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a rename durable; some filesystems (and all of Windows) refuse, which is fine."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class BlobWriter:
@@ -301,11 +288,7 @@ class BlobStore:
         return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
 
     def _record_trust(self, digest: str, path: Path) -> None:
-        tf = self._trust_file(digest)
-        fd, name = tempfile.mkstemp(dir=self.tmp_dir, prefix="trust-", suffix=".tmp")
-        with os.fdopen(fd, "w") as fh:
-            json.dump(self._stat_key(path), fh)
-        os.replace(name, tf)
+        atomic_write_bytes(self._trust_file(digest), json.dumps(self._stat_key(path)).encode())
 
     def is_trusted(self, digest: str, path: Path | None = None) -> bool:
         """Fast check: does ``path`` (default: the stored blob) still look as when verified?

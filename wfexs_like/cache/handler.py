@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -35,10 +34,11 @@ from filelock import FileLock
 
 from ..digests import is_digest, normalize_fingerprint, sha256_file, split_digest
 from ..errors import CacheError, IntegrityError
+from ..fsutil import atomic_write_bytes, fsync_dir
 from ..images.oci_layout import verify_oci_layout
 from ..images.staging import link_or_copy, link_tree
 from ..model import META_JSON_POSTFIX, ContainerTaggedName
-from .blobstore import BlobStore, fsync_dir
+from .blobstore import BlobStore
 from .paths import default_cache_dir
 
 logger = logging.getLogger(__name__)
@@ -66,18 +66,7 @@ def name_to_fingerprint(name: str) -> str | None:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Sidecars are tiny but must never be seen half-written by a concurrent reader."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -22,24 +22,22 @@ config bytes, so the config digest is the engine's image id.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
-import os
 import posixpath
 import re
 import tarfile
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..cache.blobstore import BlobStore, BlobWriter, fsync_dir
+from ..cache.blobstore import BlobStore, BlobWriter
 from ..digests import CHUNK, sha256_bytes, sha256_chunks
 from ..errors import CacheError, IntegrityError, UnsafeArchiveError
+from ..fsutil import atomic_write
 from .image import GZIP_MAGIC, ZSTD_MAGIC, StoredImage, StoredLayer
 from .manifest import OCI_CONFIG, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST
 
@@ -210,23 +208,11 @@ def write_docker_archive(image: StoredImage, dest: Path, repo_tags: Sequence[str
     """Write the archive to ``dest`` atomically (temp file + rename); return its sha256."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    tmp = Path(name)
     h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            for chunk in iter_docker_archive(image, repo_tags):
-                h.update(chunk)
-                fh.write(chunk)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fsync_dir(dest.parent)
+    with atomic_write(dest, mode=0o644) as fh:
+        for chunk in iter_docker_archive(image, repo_tags):
+            h.update(chunk)
+            fh.write(chunk)
     return "sha256:" + h.hexdigest()
 
 

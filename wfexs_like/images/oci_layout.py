@@ -28,9 +28,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..cache.blobstore import BlobStore, fsync_dir
+from ..cache.blobstore import BlobStore
 from ..digests import sha256_bytes, sha256_file, split_digest
 from ..errors import CacheError, IntegrityError
+from ..fsutil import fsync_dir
 from .image import StoredImage
 from .manifest import (
     INDEX_TYPES,

@@ -21,13 +21,13 @@ from __future__ import annotations
 import enum
 import os
 import struct
-import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ContainerFactoryException
+from ..fsutil import atomic_write
 
 LAUNCH_SCRIPT = b"#!/usr/bin/env run-singularity\n"
 MAGIC = b"SIF_MAGIC\x00"
@@ -271,78 +271,54 @@ def write_sif(dest: Path, objects: Sequence[SifObject], *, uuid: uuid.UUID, crea
     header_arch = sif_arch_code(primaries[0].arch) if primaries and primaries[0].arch else ARCH_UNKNOWN
 
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            descriptors: list[bytes] = []
-            offset = DATA_OFFSET
-            out.seek(offset)
-            for index, obj in enumerate(objects):
-                start = _align(offset, obj.effective_alignment)
-                out.write(b"\x00" * (start - offset))
-                size = _copy_into(out, obj.data)
-                descriptors.append(
-                    _DESCRIPTOR.pack(
-                        int(obj.datatype),
-                        True,
-                        index + 1,
-                        obj.group_id | GROUP_MASK,
-                        obj.link_id,
-                        start,
-                        size,
-                        start - offset + size,
-                        created,
-                        created,
-                        0,
-                        0,
-                        _fixed(obj.name.encode(), NAME_LEN),
-                        _fixed(obj.extra(), EXTRA_LEN),
-                    )
+    # Executable like the SIFs Apptainer writes: the launch line lets `./image.sif` run it.
+    with atomic_write(dest, mode=0o755) as out:
+        descriptors: list[bytes] = []
+        offset = DATA_OFFSET
+        out.seek(offset)
+        for index, obj in enumerate(objects):
+            start = _align(offset, obj.effective_alignment)
+            out.write(b"\x00" * (start - offset))
+            size = _copy_into(out, obj.data)
+            descriptors.append(
+                _DESCRIPTOR.pack(
+                    int(obj.datatype),
+                    True,
+                    index + 1,
+                    obj.group_id | GROUP_MASK,
+                    obj.link_id,
+                    start,
+                    size,
+                    start - offset + size,
+                    created,
+                    created,
+                    0,
+                    0,
+                    _fixed(obj.name.encode(), NAME_LEN),
+                    _fixed(obj.extra(), EXTRA_LEN),
                 )
-                offset = start + size
-            header = _HEADER.pack(
-                _fixed(LAUNCH_SCRIPT, 32),
-                MAGIC,
-                SPEC_VERSION,
-                _fixed(header_arch, 3),
-                uuid.bytes,
-                created,
-                created,
-                DESCRIPTOR_CAPACITY - len(objects),
-                DESCRIPTOR_CAPACITY,
-                DESCRIPTORS_OFFSET,
-                DESCRIPTOR_CAPACITY * DESCRIPTOR_SIZE,
-                DATA_OFFSET,
-                offset - DATA_OFFSET,
             )
-            out.seek(0)
-            out.write(header.ljust(DESCRIPTORS_OFFSET, b"\x00"))
-            table = b"".join(descriptors)
-            out.write(table + b"\x00" * (DESCRIPTOR_CAPACITY * DESCRIPTOR_SIZE - len(table)))
-            out.truncate(offset)
-            out.flush()
-            os.fsync(out.fileno())
-        # Executable like the SIFs Apptainer writes: the launch line lets `./image.sif` run it.
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(dest.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        dfd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
+            offset = start + size
+        header = _HEADER.pack(
+            _fixed(LAUNCH_SCRIPT, 32),
+            MAGIC,
+            SPEC_VERSION,
+            _fixed(header_arch, 3),
+            uuid.bytes,
+            created,
+            created,
+            DESCRIPTOR_CAPACITY - len(objects),
+            DESCRIPTOR_CAPACITY,
+            DESCRIPTORS_OFFSET,
+            DESCRIPTOR_CAPACITY * DESCRIPTOR_SIZE,
+            DATA_OFFSET,
+            offset - DATA_OFFSET,
+        )
+        out.seek(0)
+        out.write(header.ljust(DESCRIPTORS_OFFSET, b"\x00"))
+        table = b"".join(descriptors)
+        out.write(table + b"\x00" * (DESCRIPTOR_CAPACITY * DESCRIPTOR_SIZE - len(table)))
+        out.truncate(offset)
 
 
 def _cstr(raw: bytes) -> str:
