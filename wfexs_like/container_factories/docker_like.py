@@ -24,7 +24,6 @@ from ..cache.handler import write_json_atomic
 from ..errors import (
     ContainerEngineException,
     ContainerFactoryException,
-    ContainerNotFoundException,
     IntegrityError,
     ManifestUnknownError,
     RegistryError,
@@ -249,34 +248,13 @@ class DockerLikeContainerFactory(RegistryBackedFactory):
         containers_dir: Path | None = None,
         force: bool = False,
     ) -> tuple[Container, bool]:
-        """Load the staged snapshot only if the engine lacks that image id; verify it first.
-
-        A snapshot whose bytes no longer match the recorded fingerprint is
-        refused: loading it would run something other than what provenance says.
-        """
-        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
-        path = Path(container.localPath) if container.localPath else None
-        if path is None or not path.exists():
-            path, _ = self.cc_handler.genStagedContainersDirPaths(container, cdir)
-        if not path.exists() and self.cc_handler.transfer(container, cdir) is None:
-            raise ContainerNotFoundException(
-                f"{container.origTaggedName}: no staged snapshot at {path} and none in the cache; "
-                "materialize it first"
-            )
-        if not container.image_signature or not container.signature:
+        """Load the staged snapshot only if the engine lacks that image id; verify it first."""
+        if not container.signature:
             raise ContainerFactoryException(
-                f"{container.origTaggedName}: the record lacks image_signature/signature; "
+                f"{container.origTaggedName}: the record lacks its image id (signature); "
                 "re-materialize it to get a verifiable record"
             )
-        problems = self.cc_handler.verify_snapshot(path, container.image_signature)
-        if problems:
-            raise IntegrityError(
-                f"refusing to deploy {container.origTaggedName}: the staged snapshot at {path} "
-                f"does not match its recorded fingerprint {container.image_signature}: "
-                + "; ".join(problems)
-                + ". Re-materialize it (force=True) to restore a trustworthy copy.",
-                expected=container.image_signature,
-            )
+        path = self._verified_staged_snapshot(container, containers_dir, restage=False)
         image_id = normalize_image_id(container.signature)
         canonical = container.taggedName or self.generateCanonicalTag(container)
         present = None if force else self._engine_inspect(image_id)

@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..cache.blobstore import BlobStore
-from ..errors import ContainerFactoryException, ContainerNotFoundException, ManifestUnknownError
+from ..errors import (
+    ContainerFactoryException,
+    ContainerNotFoundException,
+    IntegrityError,
+    ManifestUnknownError,
+)
 from ..model import Container, ContainerTaggedName, ImageMetadata
 from ..references import Reference
 from ..registry.client import PullResult, RegistryClient
@@ -143,6 +148,43 @@ class RegistryBackedFactory(ContainerFactory):
                 "and offline mode forbids fetching it; materialize it once with network access"
             )
         return staged
+
+    # -- deploy: the staged snapshot must be there and intact --------------------
+    def _verified_staged_snapshot(
+        self, container: Container, containers_dir: Path | None, *, restage: bool
+    ) -> Path:
+        """The staged snapshot of ``container``, re-staged from the cache when missing (or when
+        ``restage``), and verified against its recorded fingerprint.
+
+        A snapshot whose bytes no longer match is refused: deploying it would
+        run something other than what provenance says.
+        """
+        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        path = Path(container.localPath) if container.localPath else None
+        if path is None or not path.exists():
+            path, _ = self.cc_handler.genStagedContainersDirPaths(container, cdir)
+        if (restage or not path.exists()) and self.cc_handler.transfer(
+            container, cdir, force=restage
+        ) is None:
+            raise ContainerNotFoundException(
+                f"{container.origTaggedName}: no staged snapshot at {path} and none in the cache; "
+                "materialize it first"
+            )
+        if not container.image_signature:
+            raise IntegrityError(
+                f"{container.origTaggedName}: the record has no image_signature to verify against; "
+                "re-materialize it to get a verifiable record"
+            )
+        problems = self.cc_handler.verify_snapshot(path, container.image_signature)
+        if problems:
+            raise IntegrityError(
+                f"refusing to deploy {container.origTaggedName}: the staged snapshot at {path} "
+                f"does not match its recorded fingerprint {container.image_signature}: "
+                + "; ".join(problems)
+                + ". Re-materialize it (force=True) to restore a trustworthy copy.",
+                expected=container.image_signature,
+            )
+        return path
 
     @staticmethod
     def pull_source(result: PullResult) -> dict[str, Any]:

@@ -318,25 +318,5 @@ class SingularityContainerFactory(RegistryBackedFactory):
         force: bool = False,
     ) -> tuple[Container, bool]:
         """Apptainer reads the SIF in place: make sure it is staged and intact. Nothing is loaded."""
-        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
-        path = Path(container.localPath) if container.localPath else None
-        if path is None or not path.is_file():
-            path, _ = self.cc_handler.genStagedContainersDirPaths(container, cdir)
-        if (force or not path.is_file()) and self.cc_handler.transfer(container, cdir, force=force) is None:
-            raise ContainerNotFoundException(
-                f"{container.origTaggedName}: no staged SIF at {path} and none in the cache; "
-                "materialize it first"
-            )
-        if not container.image_signature:
-            raise IntegrityError(
-                f"{container.origTaggedName}: the record has no image_signature to verify against"
-            )
-        problems = self.cc_handler.verify_snapshot(path, container.image_signature)
-        if problems:
-            raise IntegrityError(
-                f"refusing to deploy {container.origTaggedName}: "
-                + "; ".join(problems)
-                + ". Re-materialize it (force=True) to restore a trustworthy copy.",
-                expected=container.image_signature,
-            )
+        self._verified_staged_snapshot(container, containers_dir, restage=force)
         return container, False
