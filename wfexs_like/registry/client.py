@@ -670,28 +670,23 @@ class RegistryClient:
         self._ping(ep, label)
         url = ep.base + path
         headers = {"Accept": ACCEPT_MANIFESTS}
-        auth_h = ep.auth.headers(repository, what)
-        resp = self.transport.get_following_redirects(
-            url,
-            headers=headers,
-            auth_headers=auth_h,
-            verify_for=self._verify_for,
-            what=what,
-            method=method,
-            stream=stream,
-        )
-        if resp.status_code == 401:
-            resp.close()
-            auth_h = ep.auth.challenged(resp, repository, what, auth_h.get("Authorization"))
-            resp = self.transport.get_following_redirects(
+
+        def send(auth_headers: dict[str, str]) -> requests.Response:
+            return self.transport.get_following_redirects(
                 url,
                 headers=headers,
-                auth_headers=auth_h,
+                auth_headers=auth_headers,
                 verify_for=self._verify_for,
                 what=what,
                 method=method,
                 stream=stream,
             )
+
+        auth_h = ep.auth.headers(repository, what)
+        resp = send(auth_h)
+        if resp.status_code == 401:
+            resp.close()
+            resp = send(ep.auth.challenged(resp, repository, what, auth_h.get("Authorization")))
         if resp.status_code in (401, 403):
             resp.close()
             raise ep.auth.failure(f"{what}", resp.status_code, url, repository)
