@@ -510,3 +510,29 @@ def test_engine_errors_carry_command_exit_code_and_stderr(
     with pytest.raises(ContainerEngineException) as ei:
         q.deploySingleContainer(c)
     assert "not installed or not on PATH" in str(ei.value)
+
+
+def test_image_loaded_by_deploy_is_still_fetched_from_the_registry(
+    tmp_path: Path, pushed: PushedSet, docker_client: docker.DockerClient
+) -> None:
+    """A docker-loaded image has no repo digests, like a local build, but its pin must stay the registry's."""
+    tag = [ContainerTaggedName(pushed.tag("right"), ContainerType.Docker)]
+    a = DockerContainerFactory(containersCacheDir=tmp_path / "cacheA", stagedContainersDir=tmp_path / "wfA")
+    first = a.materializeContainers(tag)[0]
+    _cleanup_docker(docker_client, [first.signature or ""])
+    try:
+        assert a.deploySingleContainer(first)[1] is True
+        assert docker_client.api.inspect_image(first.signature)["RepoDigests"] == []
+        b = DockerContainerFactory(
+            containersCacheDir=tmp_path / "cacheB", stagedContainersDir=tmp_path / "wfB"
+        )
+        second = b.materializeContainers(tag)[0]
+        assert (
+            second.fingerprint
+            == first.fingerprint
+            == (f"{pushed.reg.host}/{pushed.prefix}/right@{pushed.images['right'].digest}")
+        )
+        meta = json.loads((second.metadataLocalPath or Path()).read_text())
+        assert meta["extra"]["source"] == "registry"
+    finally:
+        _cleanup_docker(docker_client, [first.signature or ""])

@@ -34,6 +34,7 @@ from ..images.manifest import image_platform
 from ..images.oci_layout import read_oci_layout, write_oci_layout
 from ..model import Container, ContainerTaggedName, ContainerType, ImageMetadata
 from ..references import Reference
+from ..registry.client import RegistryClient
 from .registry_backed import RegistryBackedFactory
 
 
@@ -55,6 +56,10 @@ class DockerLikeContainerFactory(RegistryBackedFactory):
     """Shared materialize/deploy for OCI engines; subclasses supply the engine hooks."""
 
     SNAPSHOT_KIND = "oci-layout"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._probe: RegistryClient | None = None
 
     # -- engine hooks ---------------------------------------------------------
     @abc.abstractmethod
@@ -139,11 +144,33 @@ class DockerLikeContainerFactory(RegistryBackedFactory):
             return None
 
     def _local_only_engine_image(self, ref: Reference) -> EngineImage | None:
-        """An image the engine built locally (never pulled: no repo digests) needs no registry at all."""
-        img = self._engine_image_or_none(ref.canonical()) if ref.tag and not ref.digest else None
-        if img is not None and not img.repo_digests:
+        """The engine's image for ``ref`` when it exists nowhere else (built locally, never pushed).
+
+        No repo digests is not enough: an image this tool loaded has none
+        either, and taking it from the engine would record a synthesized
+        manifest instead of the registry's pin. So the registry is asked
+        once, without retries; only when it lacks the tag (or cannot be
+        reached) is the engine the source.
+        """
+        if not ref.tag or ref.digest:
+            return None
+        img = self._engine_image_or_none(ref.canonical())
+        if img is None or img.repo_digests:
+            return None
+        try:
+            self._probe_client.resolve(ref.registry or "docker.io", ref.repository, ref.tag)
+        except RegistryError:
             return img
         return None
+
+    @property
+    def _probe_client(self) -> RegistryClient:
+        """For yes/no questions to a registry: one attempt, so an unreachable one costs no back-off."""
+        if self._probe is None:
+            self._probe = RegistryClient(
+                insecure_registries=self.insecure_registries, platform=self.platform, retries=0, timeout=10
+            )
+        return self._probe
 
     def _fetch_from_engine(self, ref: Reference, image_id: str) -> str:
         tmp = self.store.tmp_dir / f"engine-save-{uuid.uuid4().hex}.tar"
