@@ -536,3 +536,64 @@ def test_image_loaded_by_deploy_is_still_fetched_from_the_registry(
         assert meta["extra"]["source"] == "registry"
     finally:
         _cleanup_docker(docker_client, [first.signature or ""])
+
+
+def test_platform_choice_from_an_index(
+    tmp_path: Path, registry: RunningRegistry, src_store: BlobStore
+) -> None:
+    from tests.support.imagegen import build_index
+
+    amd = build_image(src_store, [busybox_base_layer(), {"etc/arch": b"amd64\n"}])
+    arm = build_image(src_store, [{"etc/": None, "etc/arch": b"arm64\n"}], arch="arm64", variant="v8")
+    repo = f"wl-{uuid.uuid4().hex[:8]}/multi"
+    push_image(registry.url, repo, "1", src_store, build_index(src_store, [amd, arm]))
+    tag = [ContainerTaggedName(f"{registry.host}/{repo}:1", ContainerType.Docker)]
+    arm_f = DockerContainerFactory(
+        containersCacheDir=tmp_path / "c", stagedContainersDir=tmp_path / "arm", platform="linux/arm64"
+    )
+    got = arm_f.materializeContainers(tag)[0]
+    assert (got.architecture, got.signature) == ("arm64", arm.image_id)
+    assert got.fingerprint == f"{registry.host}/{repo}@{arm.digest}"
+    host_f = DockerContainerFactory(containersCacheDir=tmp_path / "c2", stagedContainersDir=tmp_path / "amd")
+    assert host_f.materializeContainers(tag)[0].signature == amd.image_id
+
+    out = _cli(
+        "materialize",
+        tag[0].origTaggedName,
+        "--engine",
+        "docker",
+        "--platform",
+        "linux/s390x",
+        "--stage-dir",
+        str(tmp_path / "s390x"),
+        "--cache-dir",
+        str(tmp_path / "c3"),
+    )
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "linux/amd64" in out.stderr and "linux/arm64" in out.stderr
+
+
+def test_cli_bad_inputs_get_clear_errors(tmp_path: Path) -> None:
+    payload = tmp_path / "pwned"
+    evil = tmp_path / "evil.yaml"
+    evil.write_text(f"- !!python/object/apply:os.system ['touch {payload}']\n")
+    cases = {
+        "malicious YAML": (["deploy", str(evil)], "python/object/apply:os.system"),
+        "missing file": (["deploy", str(tmp_path / "nope.yaml")], "nope.yaml"),
+        "bad platform": (["materialize", "busybox", "--platform", "linux"], "invalid platform 'linux'"),
+        "malformed tag": (["materialize", "UPPER/Case:tag"], "UPPER/Case:tag"),
+    }
+    for name, (args, expected) in cases.items():
+        out = _cli(
+            *args,
+            "--engine",
+            "docker",
+            "--stage-dir",
+            str(tmp_path / "wf"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        )
+        assert out.returncode == 1, name
+        assert "Traceback" not in out.stderr, name
+        assert expected in out.stderr, (name, out.stderr)
+    assert not payload.exists()
