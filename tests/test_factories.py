@@ -139,7 +139,9 @@ def test_docker_materialize_remove_deploy(
 
 
 def test_podman_materialize_remove_deploy(tmp_path: Path, pushed: PushedSet) -> None:
-    f = PodmanContainerFactory(containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf1")
+    f = PodmanContainerFactory(
+        containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / ".work" / "Odd_Dir"
+    )
     containers = f.materializeContainers(pushed.tags(ContainerType.Podman))
     _check_records(containers, pushed)
     ids = [c.signature for c in containers if c.signature]

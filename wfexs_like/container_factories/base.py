@@ -39,6 +39,7 @@ def run_engine(
     timeout: float | None = None,
     input: bytes | None = None,
     what: str = "",
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run an engine command; failures become ContainerEngineException with command, code and stderr."""
     try:
@@ -49,6 +50,7 @@ def run_engine(
             timeout=timeout,
             input=input,
             check=False,
+            cwd=cwd,
         )
     except FileNotFoundError as e:
         raise ContainerEngineException(

@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -52,9 +53,9 @@ class PodmanContainerFactory(DockerLikeContainerFactory):
             cmd += ["--root", str(self.podman_root / "storage"), "--runroot", str(self.podman_runroot)]
         return [*cmd, *args]
 
-    def _run(self, *args: str, what: str, timeout: float = 900) -> bytes:
+    def _run(self, *args: str, what: str, timeout: float = 900, cwd: Path | None = None) -> bytes:
         env = {**os.environ, **self._environment}
-        return run_engine(self._cmd(*args), env=env, timeout=timeout, what=what).stdout
+        return run_engine(self._cmd(*args), env=env, timeout=timeout, what=what, cwd=cwd).stdout
 
     def _engine_inspect(self, name_or_id: str) -> EngineImage | None:
         # `podman image exists` distinguishes "absent" (exit 1) from a broken engine (125).
@@ -83,9 +84,24 @@ class PodmanContainerFactory(DockerLikeContainerFactory):
         )
 
     def _engine_load(self, layout: Path, image: StoredImage, canonical_tag: str) -> None:
-        # Podman 4.3 ignores the layout's ref-name annotation and names the
-        # image after the directory path; tag it properly and drop that name.
-        out = self._run("load", "-q", "-i", str(layout), what=f"podman load of {canonical_tag}")
+        """``podman load -i <layout>``, under a name podman can always parse.
+
+        Podman 4.3 ignores the layout's ref-name annotation and names the
+        image after the path it was given, failing outright when that path is
+        not a valid image reference (a ``.work`` dir, capitals...). So it is
+        given a relative symlink with a well-formed name, and the invented
+        name is replaced by the canonical tag.
+        """
+        link_name = f"wfexs-like-load-{uuid.uuid4().hex}"
+        self.tempDir.mkdir(parents=True, exist_ok=True)
+        link = self.tempDir / link_name
+        os.symlink(layout.absolute(), link)
+        try:
+            out = self._run(
+                "load", "-q", "-i", link_name, what=f"podman load of {canonical_tag}", cwd=self.tempDir
+            )
+        finally:
+            link.unlink()
         image_id = image.config_name()
         self._engine_tag(image_id, canonical_tag)
         for line in out.decode("utf-8", errors="replace").splitlines():
