@@ -1,0 +1,1 @@
+"""Side-by-side benchmark of wfexs-like against the reference path and skopeo (see README.md)."""
