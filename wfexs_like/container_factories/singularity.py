@@ -37,6 +37,7 @@ from ..images.sif import read_sif
 from ..images.sif_build import build_sif_from_image
 from ..model import Container, ContainerTaggedName, ContainerType, ImageMetadata
 from ..references import Reference
+from ..registry.client import is_loopback
 from .registry_backed import RegistryBackedFactory
 
 ENGINE_ONLY_SCHEMES = ("library", "oras", "shub")
@@ -236,7 +237,12 @@ class SingularityContainerFactory(RegistryBackedFactory):
         uri = ref.canonical() if ref.scheme != "docker" else "docker://" + ref.canonical()
         if ref.scheme != "docker" and "://" not in uri:
             uri = f"{ref.scheme}://{uri}"
-        with self._workdir() as work, self._engine_env():
+        # spython cannot pass `pull --nohttps`; Apptainer reads the same switch from the environment.
+        plain_http = bool(ref.registry) and (
+            is_loopback(ref.registry or "") or ref.registry in self.insecure_registries
+        )
+        extra = {"APPTAINER_NOHTTPS": "1", "SINGULARITY_NOHTTPS": "1"} if plain_http else {}
+        with self._workdir() as work, self._engine_env(extra):
             try:
                 pulled = Client.pull(uri, name="pulled.sif", pull_folder=str(work), force=True, quiet=True)
             except Exception as e:  # spython surfaces engine failures as assorted exceptions
@@ -251,10 +257,11 @@ class SingularityContainerFactory(RegistryBackedFactory):
             self._ingest_sif(tag, ref, path, {"source": "engine", "engine": self.runtime_cmd}, move=True)
 
     @contextlib.contextmanager
-    def _engine_env(self) -> Iterator[None]:
+    def _engine_env(self, extra: dict[str, str] | None = None) -> Iterator[None]:
         """spython runs the engine with our environment: point its caches inside ours."""
-        saved = {k: os.environ.get(k) for k in self._environment}
-        os.environ.update(self._environment)
+        env = {**self._environment, **(extra or {})}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
         try:
             yield
         finally:
