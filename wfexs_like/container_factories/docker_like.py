@@ -86,30 +86,11 @@ class DockerLikeContainerFactory(RegistryBackedFactory):
 
     # -- materialize ------------------------------------------------------------
     def _needs_registry(self, tag: ContainerTaggedName, ref: Reference) -> bool:
-        if isinstance(tag, Container) and self._usable_injected_snapshot(tag):
-            return False
-        return self._local_only_engine_image(ref) is None
+        return super()._needs_registry(tag, ref) and self._local_only_engine_image(ref) is None
 
-    def materializeSingleContainer(
-        self,
-        tag: ContainerTaggedName,
-        containers_dir: Path | None = None,
-        offline: bool = False,
-        force: bool = False,
-    ) -> Container | None:
-        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
-        ref = self.parse_tag(tag)
-
-        if isinstance(tag, Container) and self._usable_injected_snapshot(tag):
-            self._ingest_injected(tag)
-            return self._stage(tag, ref, cdir, force)
-
-        if offline:
-            return self._offline_or_raise(tag, ref, cdir, force)
-
+    def _fill_cache(self, tag: ContainerTaggedName, ref: Reference, force: bool) -> None:
         manifest_digest, source = self._fetch(tag, ref)
         self._snapshot(tag, ref, manifest_digest, source)
-        return self._stage(tag, ref, cdir, force)
 
     def _fetch(self, tag: ContainerTaggedName, ref: Reference) -> tuple[str, dict[str, Any]]:
         """Fill the blob store with the image; return its manifest digest and where it came from."""
@@ -228,15 +209,7 @@ class DockerLikeContainerFactory(RegistryBackedFactory):
             extra=source,
         )
 
-    def _usable_injected_snapshot(self, tag: Container) -> bool:
-        if tag.localPath is None or tag.image_signature is None:
-            return False
-        path = Path(tag.localPath)
-        if not path.is_dir():
-            return False
-        return not self.cc_handler.verify_snapshot(path, tag.image_signature)
-
-    def _ingest_injected(self, tag: Container) -> None:
+    def _ingest_injected(self, tag: Container, ref: Reference) -> None:
         """Adopt a snapshot staged elsewhere (an earlier working dir) into this cache, verified."""
         assert tag.localPath is not None
         layout = Path(tag.localPath)
@@ -245,7 +218,6 @@ class DockerLikeContainerFactory(RegistryBackedFactory):
         for digest in [manifest_digest, *StoredImage(source_store, manifest_digest).blob_digests()]:
             if not self.store.has(digest):
                 self.store.put_file(source_store.path(digest), digest)
-        ref = self.parse_tag(tag)
         self._snapshot(tag, ref, manifest_digest, {"source": "injected", "from": str(layout)})
 
     def _record(

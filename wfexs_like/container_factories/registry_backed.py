@@ -12,7 +12,7 @@ import abc
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..cache.blobstore import BlobStore
 from ..errors import (
@@ -35,6 +35,9 @@ def pin_from_fingerprint(fingerprint: str | None) -> str | None:
 
 
 class RegistryBackedFactory(ContainerFactory):
+    #: Snapshots of this factory are directories (OCI layouts) rather than files (SIF).
+    SNAPSHOT_IS_DIR: ClassVar[bool] = True
+
     def __init__(
         self,
         *args: Any,
@@ -61,7 +64,43 @@ class RegistryBackedFactory(ContainerFactory):
 
     def _needs_registry(self, tag: ContainerTaggedName, ref: Reference) -> bool:
         """Whether materializing ``tag`` will pull from a registry (subclasses narrow this)."""
-        return ref.scheme == "docker"
+        return ref.scheme == "docker" and not self._usable_injected(tag)
+
+    # -- materialize: the same steps for every snapshot kind -----------------------
+    def materializeSingleContainer(
+        self,
+        tag: ContainerTaggedName,
+        containers_dir: Path | None = None,
+        offline: bool = False,
+        force: bool = False,
+    ) -> Container | None:
+        """Injected snapshot if usable, else the cache when offline, else fetch; then stage."""
+        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        ref = self.parse_tag(tag)
+        if isinstance(tag, Container) and self._usable_injected(tag):
+            self._ingest_injected(tag, ref)
+        elif offline:
+            return self._offline_or_raise(tag, ref, cdir, force)
+        else:
+            self._fill_cache(tag, ref, force)
+        return self._stage(tag, ref, cdir, force)
+
+    @abc.abstractmethod
+    def _fill_cache(self, tag: ContainerTaggedName, ref: Reference, force: bool) -> None:
+        """Fetch (or build) the snapshot of ``tag`` and put it in the cache under its tag."""
+
+    @abc.abstractmethod
+    def _ingest_injected(self, tag: Container, ref: Reference) -> None:
+        """Adopt an injected record's verified snapshot into this cache, keeping its provenance."""
+
+    def _usable_injected(self, tag: ContainerTaggedName) -> bool:
+        """An injected record whose staged snapshot is still there, of our kind, and intact."""
+        if not isinstance(tag, Container) or tag.localPath is None or tag.image_signature is None:
+            return False
+        path = Path(tag.localPath)
+        if not (path.is_dir() if self.SNAPSHOT_IS_DIR else path.is_file()):
+            return False
+        return not self.cc_handler.verify_snapshot(path, tag.image_signature)
 
     @staticmethod
     def _pin(tag: ContainerTaggedName, ref: Reference) -> str | None:

@@ -45,6 +45,7 @@ ENGINE_ONLY_SCHEMES = ("library", "oras", "shub")
 
 class SingularityContainerFactory(RegistryBackedFactory):
     SNAPSHOT_KIND = "sif"
+    SNAPSHOT_IS_DIR = False
 
     def __init__(self, *args: Any, use_engine_for_docker: bool | None = None, **kwargs: Any) -> None:
         kwargs.setdefault("engine_name", "singularity")
@@ -84,26 +85,10 @@ class SingularityContainerFactory(RegistryBackedFactory):
         return super().engine_version()
 
     def _needs_registry(self, tag: ContainerTaggedName, ref: Reference) -> bool:
-        if ref.scheme != "docker" or (self.has_engine and self.use_engine_for_docker):
-            return False
-        return not (isinstance(tag, Container) and self._usable_injected_sif(tag))
+        return super()._needs_registry(tag, ref) and not (self.has_engine and self.use_engine_for_docker)
 
     # -- materialize ------------------------------------------------------------
-    def materializeSingleContainer(
-        self,
-        tag: ContainerTaggedName,
-        containers_dir: Path | None = None,
-        offline: bool = False,
-        force: bool = False,
-    ) -> Container | None:
-        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
-        ref = self.parse_tag(tag)
-        if isinstance(tag, Container) and self._usable_injected_sif(tag):
-            self._ingest_injected(tag, ref)
-            return self._stage(tag, ref, cdir, force)
-        if offline:
-            return self._offline_or_raise(tag, ref, cdir, force)
-
+    def _fill_cache(self, tag: ContainerTaggedName, ref: Reference, force: bool) -> None:
         if ref.scheme == "file":
             path = Path(ref.repository)
             if not path.is_file():
@@ -120,7 +105,6 @@ class SingularityContainerFactory(RegistryBackedFactory):
                 f"{tag.origTaggedName}: {ref.scheme}:// images can only be pulled by Apptainer or "
                 "Singularity, and neither is installed; install one, or use a docker:// tag"
             )
-        return self._stage(tag, ref, cdir, force)
 
     def _materialize_docker(self, tag: ContainerTaggedName, ref: Reference, force: bool) -> None:
         result = self._pull(tag, ref)
@@ -286,11 +270,6 @@ class SingularityContainerFactory(RegistryBackedFactory):
         meta_path = work / "meta.json"
         write_json_atomic(meta_path, meta.to_json())
         return self.cc_handler.update(tag, sif, meta_path, do_move=move)
-
-    def _usable_injected_sif(self, tag: Container) -> bool:
-        if tag.localPath is None or tag.image_signature is None or not Path(tag.localPath).is_file():
-            return False
-        return not self.cc_handler.verify_snapshot(Path(tag.localPath), tag.image_signature)
 
     def _record(
         self, tag: ContainerTaggedName, ref: Reference, path: Path, meta_path: Path, meta: ImageMetadata
