@@ -200,16 +200,21 @@ def test_second_materialize_downloads_no_blob(
     assert [c.image_signature for c in first] == [c.image_signature for c in second]
 
 
-def test_offline_restage_with_registry_stopped(tmp_path: Path, src_store: BlobStore) -> None:
+def _materialize_then_stop_registry(
+    tmp_path: Path, src_store: BlobStore, cache: str, stage: str
+) -> tuple[PushedSet, list[Container]]:
+    """Push the three images to a registry of the test's own, materialize them, stop the registry."""
     reg = start_registry(tmp_path / "own-registry")
     try:
         pushed = PushedSet(reg, src_store)
-        f = DockerContainerFactory(
-            containersCacheDir=tmp_path / "cache", stagedContainersDir=tmp_path / "wf1"
-        )
-        online = f.materializeContainers(pushed.tags())
+        f = DockerContainerFactory(containersCacheDir=tmp_path / cache, stagedContainersDir=tmp_path / stage)
+        return pushed, f.materializeContainers(pushed.tags())
     finally:
         reg.stop()
+
+
+def test_offline_restage_with_registry_stopped(tmp_path: Path, src_store: BlobStore) -> None:
+    pushed, online = _materialize_then_stop_registry(tmp_path, src_store, "cache", "wf1")
     f2 = DockerContainerFactory(containersCacheDir=tmp_path / "cache")
     offline = f2.materializeContainers(pushed.tags(), containers_dir=tmp_path / "wf2", offline=True)
     assert [(c.signature, c.fingerprint, c.image_signature) for c in offline] == [
@@ -218,7 +223,7 @@ def test_offline_restage_with_registry_stopped(tmp_path: Path, src_store: BlobSt
     assert all(c.localPath and tmp_path / "wf2" in c.localPath.parents for c in offline)
     # an uncached tag offline: every missing tag is named at once
     missing = [
-        ContainerTaggedName(f"{reg.host}/{pushed.prefix}/absent:1", ContainerType.Docker),
+        ContainerTaggedName(f"{pushed.reg.host}/{pushed.prefix}/absent:1", ContainerType.Docker),
         ContainerTaggedName("quay.io/biocontainers/samtools:1.15--h1170115_1", ContainerType.Docker),
     ]
     with pytest.raises(ContainerNotFoundException) as ei:
@@ -336,15 +341,7 @@ def test_pinned_digest_rematerializes_exactly_that_image(
 
 
 def test_injected_containers_are_reused_without_network(tmp_path: Path, src_store: BlobStore) -> None:
-    reg = start_registry(tmp_path / "reg")
-    try:
-        pushed = PushedSet(reg, src_store)
-        a = DockerContainerFactory(
-            containersCacheDir=tmp_path / "cacheA", stagedContainersDir=tmp_path / "wf1"
-        )
-        earlier = a.materializeContainers(pushed.tags())
-    finally:
-        reg.stop()
+    pushed, earlier = _materialize_then_stop_registry(tmp_path, src_store, "cacheA", "wf1")
     # a different machine/cache, no network: the earlier staged dir is the only source
     b = DockerContainerFactory(containersCacheDir=tmp_path / "cacheB", stagedContainersDir=tmp_path / "wf2")
     reused = b.materializeContainers(pushed.tags(), offline=True, injectable_containers=earlier)
