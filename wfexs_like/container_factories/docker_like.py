@@ -15,6 +15,7 @@ import abc
 import contextlib
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,9 @@ class DockerLikeContainerFactory(RegistryBackedFactory):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._probe: RegistryClient | None = None
+        # canonical tag -> engine-only image (or None), decided while planning the prefetch,
+        # so _fetch does not ask the engine and the registry the same question again.
+        self._engine_only: dict[str, EngineImage | None] = {}
 
     # -- engine hooks ---------------------------------------------------------
     @abc.abstractmethod
@@ -77,16 +81,16 @@ class DockerLikeContainerFactory(RegistryBackedFactory):
     def _engine_save(self, name: str, dest: Path) -> None:
         """Write the engine's image ``name`` as a docker-archive file at ``dest``."""
 
-    def _engine_available(self) -> bool:
-        try:
-            self._engine_inspect("sha256:" + "0" * 64)
-        except ContainerEngineException:
-            return False
-        return True
-
     # -- materialize ------------------------------------------------------------
+    def _prefetch(self, tags: Sequence[ContainerTaggedName], *, offline: bool, force: bool) -> None:
+        self._engine_only.clear()
+        super()._prefetch(tags, offline=offline, force=force)
+
     def _needs_registry(self, tag: ContainerTaggedName, ref: Reference) -> bool:
-        return super()._needs_registry(tag, ref) and self._local_only_engine_image(ref) is None
+        if not super()._needs_registry(tag, ref):
+            return False
+        local = self._engine_only[ref.canonical()] = self._local_only_engine_image(ref)
+        return local is None
 
     def _fill_cache(self, tag: ContainerTaggedName, ref: Reference, force: bool) -> None:
         manifest_digest, source = self._fetch(tag, ref)
@@ -94,29 +98,25 @@ class DockerLikeContainerFactory(RegistryBackedFactory):
 
     def _fetch(self, tag: ContainerTaggedName, ref: Reference) -> tuple[str, dict[str, Any]]:
         """Fill the blob store with the image; return its manifest digest and where it came from."""
-        local = self._local_only_engine_image(ref)
+        key = ref.canonical()
+        local = self._engine_only.pop(key) if key in self._engine_only else self._local_only_engine_image(ref)
         if local is not None:
-            return self._fetch_from_engine(ref, local.image_id), {
-                "source": "engine",
-                "engine": self.engine_name,
-            }
+            return self._fetch_from_engine(ref, local.image_id), self._engine_source()
 
         try:
             result = self._pull(tag, ref)
-        except ManifestUnknownError:
-            if self._pin(tag, ref):
-                raise
-            engine_img = self._engine_image_or_none(ref.canonical())
+        except RegistryError as e:
+            # A pinned digest the registry no longer has must not be replaced by whatever the engine holds.
+            pinned_and_gone = isinstance(e, ManifestUnknownError) and self._pin(tag, ref)
+            engine_img = None if pinned_and_gone else self._engine_image_or_none(key)
             if engine_img is None:
                 raise
-            return self._fetch_from_engine(ref, engine_img.image_id), {"source": "engine"}
-        except RegistryError:
-            engine_img = self._engine_image_or_none(ref.canonical())
-            if engine_img is None:
-                raise
-            self.logger.warning("registry unreachable for %s; using the engine's copy", ref.canonical())
-            return self._fetch_from_engine(ref, engine_img.image_id), {"source": "engine"}
+            self.logger.warning("%s: %s; using the engine's copy", key, e)
+            return self._fetch_from_engine(ref, engine_img.image_id), self._engine_source()
         return result.manifest_digest, self.pull_source(result)
+
+    def _engine_source(self) -> dict[str, Any]:
+        return {"source": "engine", "engine": self.engine_name}
 
     def _engine_image_or_none(self, name: str) -> EngineImage | None:
         try:
