@@ -20,7 +20,6 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -337,10 +336,5 @@ class BlobStore:
 
     def remove(self, digest: str) -> None:
         for p in (self.path(digest), self._trust_file(digest)):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 p.unlink()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                if e.errno != errno.ENOENT:
-                    raise

@@ -36,7 +36,7 @@ from ..digests import is_digest, normalize_fingerprint, sha256_file, split_diges
 from ..errors import CacheError, IntegrityError
 from ..fsutil import atomic_write_bytes, fsync_dir
 from ..images.oci_layout import verify_oci_layout
-from ..images.staging import link_or_copy, link_tree
+from ..images.staging import link_or_copy, link_tree, remove_path
 from ..model import META_JSON_POSTFIX, ContainerTaggedName
 from .blobstore import BlobStore
 from .paths import default_cache_dir
@@ -93,13 +93,6 @@ def _symlink_atomic(target: str, link: Path) -> None:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-
-
-def _remove_path(path: Path) -> None:
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.is_dir():
-        shutil.rmtree(path)
 
 
 class ContainerCacheHandler:
@@ -278,7 +271,7 @@ class ContainerCacheHandler:
         with self.store.lock(f"snapshot-{fingerprint}"):
             if canonical.exists() and not self.verify_snapshot(canonical, fingerprint):
                 if do_move:
-                    _remove_path(image_path)
+                    remove_path(image_path)
             else:
                 if canonical.exists() or canonical.is_symlink():
                     logger.warning("replacing damaged cached snapshot %s", canonical)
@@ -321,7 +314,7 @@ class ContainerCacheHandler:
         """Move a damaged entry out of the way atomically, then delete it."""
         graveyard = self.containersCacheDir / "tmp" / f"retired-{uuid.uuid4().hex}"
         os.replace(path, graveyard)
-        _remove_path(graveyard)
+        remove_path(graveyard)
 
     def invalidate(self, container: ContainerTaggedName) -> None:
         """Forget this tag's entry (the snapshot stays until gc: other tags may share it)."""

@@ -217,19 +217,20 @@ def publish_dir(tmp_dir: Path, dst_dir: Path, *, replace: bool) -> bool:
         return False
     try:
         if _renameat2_exchange(tmp_dir, dst_dir):
-            _remove_path(tmp_dir)  # now holds the old contents
+            remove_path(tmp_dir)  # now holds the old contents
             return True
         old = _temp_name(dst_dir)
         os.rename(dst_dir, old)
         os.rename(tmp_dir, dst_dir)
-        _remove_path(old)
+        remove_path(old)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return True
 
 
-def _remove_path(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file, symlink or directory tree; already gone is fine."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
