@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import string
+from pathlib import Path
 
 import pytest
 from hypothesis import example, given, settings
@@ -175,6 +176,284 @@ def test_relative_paths_resolve_against_the_current_directory(tmp_path, monkeypa
     ref = parse_reference("./dir/../x.sif")
     assert ref == Reference("file", None, str(tmp_path / "x.sif"))
     assert ref.canonical() == str(tmp_path / "x.sif")
+
+
+# ---------------------------------------------------------------------------
+# skopeo's transports
+# ---------------------------------------------------------------------------
+
+BUSYBOX = "docker.io/library/busybox:latest"
+
+# (tag, (scheme, registry, repository, tag, digest), canonical)
+TRANSPORTS = [
+    (
+        "docker-archive:/abs/x.tar",
+        ("docker-archive", None, "/abs/x.tar", None, None),
+        "docker-archive:/abs/x.tar",
+    ),
+    (
+        "docker-archive:/abs/x.tar.gz:busybox",
+        ("docker-archive", None, "/abs/x.tar.gz", BUSYBOX, None),
+        f"docker-archive:/abs/x.tar.gz:{BUSYBOX}",
+    ),
+    (
+        "docker-archive:/abs/x.tar:index.docker.io/busybox:1.36",
+        ("docker-archive", None, "/abs/x.tar", "docker.io/library/busybox:1.36", None),
+        "docker-archive:/abs/x.tar:docker.io/library/busybox:1.36",
+    ),
+    (
+        "docker-archive:/abs/x.tar:localhost:5000/ns/img:1",
+        ("docker-archive", None, "/abs/x.tar", "localhost:5000/ns/img:1", None),
+        "docker-archive:/abs/x.tar:localhost:5000/ns/img:1",
+    ),
+    (
+        "docker-archive:/abs/./a/../x.tar:quay.io/b/s:1.15--h1170115_1",
+        ("docker-archive", None, "/abs/x.tar", "quay.io/b/s:1.15--h1170115_1", None),
+        "docker-archive:/abs/x.tar:quay.io/b/s:1.15--h1170115_1",
+    ),
+    ("oci:/abs/layout", ("oci", None, "/abs/layout", None, None), "oci:/abs/layout"),
+    ("oci:/abs/layout/", ("oci", None, "/abs/layout", None, None), "oci:/abs/layout"),
+    ("oci:/abs/layout:v1.0", ("oci", None, "/abs/layout", "v1.0", None), "oci:/abs/layout:v1.0"),
+    # a ref.name may itself hold ':' and '@' (and upper case): only the first ':' ends the path
+    (f"oci:/abs/layout:{BUSYBOX}", ("oci", None, "/abs/layout", BUSYBOX, None), f"oci:/abs/layout:{BUSYBOX}"),
+    (
+        f"oci:/abs/layout:Name@{SHA256}",
+        ("oci", None, "/abs/layout", f"Name@{SHA256}", None),
+        f"oci:/abs/layout:Name@{SHA256}",
+    ),
+    ("oci:/with space/l:r", ("oci", None, "/with space/l", "r", None), "oci:/with space/l:r"),
+    ("oci-archive:/abs/o.tar", ("oci-archive", None, "/abs/o.tar", None, None), "oci-archive:/abs/o.tar"),
+    (
+        "oci-archive:/abs/o.tar:latest",
+        ("oci-archive", None, "/abs/o.tar", "latest", None),
+        "oci-archive:/abs/o.tar:latest",
+    ),
+    # transport names are read case-insensitively, like every other scheme
+    ("OCI:/abs/layout", ("oci", None, "/abs/layout", None, None), "oci:/abs/layout"),
+    (
+        "docker-daemon:busybox",
+        ("docker-daemon", DOCKER_HUB, "library/busybox", "latest", None),
+        f"docker-daemon:{BUSYBOX}",
+    ),
+    (
+        "docker-daemon:index.docker.io/busybox:1.36",
+        ("docker-daemon", DOCKER_HUB, "library/busybox", "1.36", None),
+        "docker-daemon:docker.io/library/busybox:1.36",
+    ),
+    (
+        f"docker-daemon:busybox@{SHA256}",
+        ("docker-daemon", DOCKER_HUB, "library/busybox", None, SHA256),
+        f"docker-daemon:docker.io/library/busybox@{SHA256}",
+    ),
+    (
+        "docker-daemon:localhost:5000/ns/img:1",
+        ("docker-daemon", "localhost:5000", "ns/img", "1", None),
+        "docker-daemon:localhost:5000/ns/img:1",
+    ),
+    (
+        "docker-daemon:docker:24-dind",
+        ("docker-daemon", DOCKER_HUB, "library/docker", "24-dind", None),
+        "docker-daemon:docker.io/library/docker:24-dind",
+    ),
+]
+
+
+@pytest.mark.parametrize(("tag", "fields", "canonical"), TRANSPORTS)
+def test_transports(tag: str, fields: tuple[object, ...], canonical: str) -> None:
+    ref = parse_reference(tag)
+    assert (ref.scheme, ref.registry, ref.repository, ref.tag, ref.digest) == fields
+    assert ref.canonical() == str(ref) == format_reference(ref) == canonical
+    assert parse_reference(canonical) == ref
+    assert Reference(*fields) == ref  # type: ignore[arg-type]
+    assert ref.is_transport
+    assert not ref.is_registry
+    assert ref.is_local == (ref.scheme != "docker-daemon")
+    # Default registries are for tags that name none; an archive, a layout or
+    # the engine names its images by Docker's defaults.
+    assert (
+        parse_reference(tag, container_type=ContainerType.Docker, registries={ContainerType.Docker: "q.io"})
+        == ref
+    )
+
+
+@pytest.mark.parametrize(
+    ("tag", "expected"),
+    [
+        # the existing special cases survive: a port after the scheme name is a registry host
+        ("oci:5000/img", "oci:5000/img:latest"),
+        ("oci-archive:5000/ns/img:1", "oci-archive:5000/ns/img:1"),
+        ("docker-archive:5000/img", "docker-archive:5000/img:latest"),
+        ("docker-daemon:5000/img", "docker-daemon:5000/img:latest"),
+        ("oci:5000", "docker.io/library/oci:5000"),
+        ("docker:24-dind", "docker.io/library/docker:24-dind"),
+        ("docker:5000/img", "docker:5000/img:latest"),
+        # without the ':' they are plain Docker Hub names; after docker:// too
+        ("oci", "docker.io/library/oci:latest"),
+        ("docker-archive", "docker.io/library/docker-archive:latest"),
+        ("docker-daemon:1.0", "docker-daemon:docker.io/library/1.0:latest"),
+        ("docker://docker-archive:x.tar", "docker.io/library/docker-archive:x.tar"),
+        ("oci.example.org/x", "oci.example.org/x:latest"),
+        ("docker-archive.example.org:5000/x", "docker-archive.example.org:5000/x:latest"),
+    ],
+)
+def test_transport_names_do_not_swallow_docker_names(tag: str, expected: str) -> None:
+    ref = parse_reference(tag)
+    assert ref.canonical() == expected
+    assert parse_reference(expected) == ref
+
+
+def test_transport_paths_resolve_against_the_current_directory(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert parse_reference("oci:layout").repository == str(tmp_path / "layout")
+    assert parse_reference("oci:./layout:v1") == Reference("oci", None, str(tmp_path / "layout"), "v1")
+    assert parse_reference("oci:.").repository == str(tmp_path)
+    assert parse_reference("oci-archive:../o.tar").repository == str(tmp_path.parent / "o.tar")
+    ref = parse_reference("docker-archive:d/../x.tar:busybox")
+    assert ref.canonical() == f"docker-archive:{tmp_path / 'x.tar'}:{BUSYBOX}"
+    assert ref.path == tmp_path / "x.tar"
+    # 'oci:5000' is Docker Hub's image; this is how to name a directory called 5000
+    assert parse_reference("oci:./5000").repository == str(tmp_path / "5000")
+
+
+MALFORMED_TRANSPORTS = [
+    ("oci:", "names no path after 'oci:'"),
+    ("oci::ref", "names no path after 'oci:'"),
+    ("oci-archive:", "names no path after 'oci-archive:'"),
+    ("docker-archive:", "names no path after 'docker-archive:'"),
+    ("docker-archive::busybox", "names no path"),
+    ("oci:/abs/layout:", "empty image reference"),
+    ("docker-archive:/abs/x.tar:", "empty image reference"),
+    ("oci:/abs/layout:a b", "whitespace"),
+    ("oci-archive:/abs/o.tar:v1\t", "whitespace or a control character"),
+    ("oci:/abs/layout:v1\x00", "control character"),
+    ("oci:/abs/lay\nout", "control character"),
+    ("docker-archive:x.tar:NOT A REF", "whitespace"),
+    ("docker-archive:x.tar:NOTAREF", "repository names must be lowercase"),
+    ("docker-archive:x.tar:busybox:-x", "tag '-x' is not valid"),
+    (f"docker-archive:x.tar:busybox@{SHA256}", "by tag only"),
+    (f"docker-archive:x.tar:busybox:1@{SHA256}", "by tag only"),
+    ("oci:/", "root directory"),
+    ("oci://host/path", "not a URL scheme"),
+    ("docker-archive:///abs/x.tar", "not a URL scheme"),
+    ("docker-daemon://busybox", "not a URL scheme"),
+    ("docker-daemon:", "names no image after 'docker-daemon:'"),
+    ("docker-daemon:Busybox", "repository names must be lowercase"),
+    ("docker-daemon:busybox:", "empty tag"),
+    ("docker-daemon:busy box", "whitespace"),
+    (f"docker-daemon:{SHA256}", "image ID"),
+    ("docker-daemon:" + "0123456789abcdef" * 4, "image ID"),
+]
+
+
+@pytest.mark.parametrize(("tag", "reason"), MALFORMED_TRANSPORTS)
+def test_malformed_transports_are_rejected_quoting_the_tag(tag: str, reason: str) -> None:
+    with pytest.raises(InvalidReferenceError) as info:
+        parse_reference(tag)
+    message = str(info.value)
+    assert repr(tag) in message
+    assert reason in message
+
+
+def test_a_path_with_a_colon_cannot_be_a_transport_path(tmp_path, monkeypatch) -> None:
+    # containers/image's rule: the path ends at the first ':', so it cannot hold one
+    ref = parse_reference("oci:/abs/a:b/c")
+    assert (ref.repository, ref.tag) == ("/abs/a", "b/c")
+    with pytest.raises(InvalidReferenceError, match="contains ':'"):
+        Reference("oci", None, "/abs/a:b")
+    colon_dir = tmp_path / "a:b"
+    colon_dir.mkdir()
+    monkeypatch.chdir(colon_dir)
+    with pytest.raises(InvalidReferenceError, match=r"'oci:layout'.*contains ':'"):
+        parse_reference("oci:layout")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        ("oci", "quay.io", "/abs/layout", None, None),
+        ("oci", None, "/abs/layout", None, SHA256),
+        ("oci", None, "layout", None, None),
+        ("oci", None, "/abs/layout", "", None),
+        ("oci", None, "/abs/layout", "a b", None),
+        ("docker-archive", None, "/abs/x.tar", "NOTAREF", None),
+        ("docker-archive", None, "/abs/x.tar", f"busybox@{SHA256}", None),
+        ("docker-daemon", None, "busybox", None, None),
+        ("docker-daemon", "quay.io", "Busybox", None, None),
+    ],
+)
+def test_invalid_hand_built_transport_references_are_rejected(fields: tuple[object, ...]) -> None:
+    with pytest.raises(InvalidReferenceError, match="invalid container reference"):
+        Reference(*fields)  # type: ignore[arg-type]
+
+
+def test_hand_built_transport_references_are_normalised() -> None:
+    archive = Reference("docker-archive", None, "/abs/./x.tar", "index.docker.io/busybox")
+    assert archive.tag == BUSYBOX
+    assert archive == parse_reference("docker-archive:/abs/x.tar:busybox")
+    daemon = Reference("docker-daemon", "Index.Docker.IO", "busybox")
+    assert daemon == parse_reference("docker-daemon:busybox")
+
+
+def test_transport_properties_and_methods() -> None:
+    archive = parse_reference("docker-archive:/abs/x.tar:busybox:1.36")
+    assert archive.transport_ref == "docker.io/library/busybox:1.36"
+    assert archive.path == Path("/abs/x.tar")
+    assert archive.name == "/abs/x.tar"
+    layout = parse_reference("oci:/abs/layout")
+    assert layout.transport_ref is None
+    assert layout.path == Path("/abs/layout")
+    assert parse_reference("oci-archive:/abs/o.tar:v1").transport_ref == "v1"
+    daemon = parse_reference("docker-daemon:busybox")
+    assert daemon.transport_ref == BUSYBOX
+    assert daemon.name == "docker.io/library/busybox"
+    assert not daemon.is_local
+    pinned_daemon = parse_reference(f"docker-daemon:busybox@{SHA256}")
+    assert pinned_daemon.transport_ref == f"docker.io/library/busybox@{SHA256}"
+    assert pinned_daemon.pinned() == f"docker-daemon:docker.io/library/busybox@{SHA256}"
+    for ref in (archive, layout, daemon):
+        with pytest.raises(InvalidReferenceError, match="no host to talk to"):
+            _ = ref.api_host
+        with pytest.raises(InvalidReferenceError, match="comes from no registry"):
+            ref.with_digest(SHA256)
+    with pytest.raises(InvalidReferenceError, match="not pinned"):
+        layout.pinned()
+    with pytest.raises(InvalidReferenceError, match="has no path"):
+        _ = daemon.path
+    with pytest.raises(InvalidReferenceError, match="has no path"):
+        _ = parse_reference("busybox").path
+
+
+def test_files_and_registries_are_not_transports() -> None:
+    local = parse_reference("/abs/x.sif")
+    assert local.is_local and not local.is_transport
+    assert local.path == Path("/abs/x.sif")
+    assert local.transport_ref is None
+    for tag in ("busybox", "library://alpine", "oras://ghcr.io/o/i", "https://example.org/x.sif"):
+        ref = parse_reference(tag)
+        assert not ref.is_local
+        assert not ref.is_transport
+        assert ref.transport_ref is None
+
+
+def test_nextflow_file_names_for_transports() -> None:
+    layout = nextflow_file_name("oci:/data/a/layout:v1")
+    assert re.fullmatch(r"oci-layout-[0-9a-f]{12}", layout)
+    # the image named inside is part of the identity
+    assert layout != nextflow_file_name("oci:/data/a/layout:v2")
+    assert layout != nextflow_file_name("oci:/data/a/layout")
+    assert layout != nextflow_file_name("oci:/data/b/layout:v1")
+    assert layout != nextflow_file_name("oci-archive:/data/a/layout:v1")
+    archive = nextflow_file_name("docker-archive:/data/x.tar.gz:busybox")
+    assert re.fullmatch(r"docker-archive-x\.tar\.gz-[0-9a-f]{12}", archive)
+    assert archive == nextflow_file_name(f"docker-archive:/data/x.tar.gz:{BUSYBOX}")
+    assert archive != nextflow_file_name("file:///data/x.tar.gz")
+    assert nextflow_file_name("oci-archive:/data/o.tar").startswith("oci-archive-o.tar-")
+    assert nextflow_file_name("docker-daemon:busybox") == "docker-daemon-docker.io-library-busybox-latest"
+    assert nextflow_file_name("docker-daemon:busybox") != nextflow_file_name("busybox")
+    assert (
+        nextflow_file_name(f"docker-daemon:localhost:5000/a/b@{SHA256}")
+        == f"docker-daemon-localhost-5000-a-b-sha256-{SHA256[7:]}"
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -355,6 +634,18 @@ def test_references_are_hashable_values() -> None:
     assert len({parse_reference(t) for t in spellings}) == 1
     with pytest.raises(dataclasses.FrozenInstanceError):
         parse_reference("busybox").tag = "1"  # type: ignore[misc]
+
+
+def test_container_model_decomposes_transports() -> None:
+    def decompose(tag: str) -> tuple[str | None, str, str | None]:
+        return Container(
+            origTaggedName=tag, type=ContainerType.Docker, taggedName=tag
+        ).decompose_docker_tagged_name
+
+    assert decompose("docker-daemon:localhost:5000/foo/bar:1") == ("localhost:5000", "foo/bar", "1")
+    assert decompose("docker-archive:/abs/x.tar:busybox:1.36") == ("docker.io", "library/busybox", "1.36")
+    assert decompose("docker-archive:/abs/x.tar") == (None, "docker-archive:/abs/x.tar", None)
+    assert decompose("oci:/abs/layout:v1") == (None, "oci:/abs/layout:v1", None)
 
 
 def test_container_model_decomposes_through_the_parser() -> None:
@@ -617,7 +908,36 @@ path_segment = st.text(
 file_references = st.lists(path_segment, min_size=1, max_size=5).map(
     lambda segments: Reference("file", None, "/" + "/".join(segments))
 )
-references = st.one_of(registry_references(), url_references, file_references)
+transport_paths = st.lists(path_segment.filter(lambda s: ":" not in s), min_size=1, max_size=5).map(
+    lambda segments: "/" + "/".join(segments)
+)
+# what a layout's ref.name may hold: anything printable but whitespace
+oci_refs = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs", "Zs", "Zl", "Zp")), min_size=1, max_size=30
+)
+docker_archive_refs = registry_references(schemes=("docker",)).map(
+    lambda ref: dataclasses.replace(ref, digest=None, tag=ref.tag or "latest").canonical()
+)
+path_transport_references = st.one_of(
+    st.builds(
+        lambda scheme, path, ref: Reference(scheme, None, path, ref),
+        st.sampled_from(["oci", "oci-archive"]),
+        transport_paths,
+        st.none() | oci_refs,
+    ),
+    st.builds(
+        lambda path, ref: Reference("docker-archive", None, path, ref),
+        transport_paths,
+        st.none() | docker_archive_refs,
+    ),
+)
+references = st.one_of(
+    registry_references(),
+    url_references,
+    file_references,
+    path_transport_references,
+    registry_references(schemes=("docker-daemon",)),
+)
 
 
 @settings(max_examples=500)
@@ -628,6 +948,11 @@ references = st.one_of(registry_references(), url_references, file_references)
 @example(Reference("library", "h.example.org", "e/c/i", "sha256.abc"))
 @example(Reference("https", None, "example.org/singularity/samtools:1.15--h1170115_1"))
 @example(Reference("file", None, "/tmp/with space/x@y:z#w?.sif"))
+@example(Reference("oci", None, "/tmp/with space/l", "a:b@c/d"))
+@example(Reference("oci-archive", None, "/5000/img", "//x"))
+@example(Reference("docker-archive", None, "/x.tar", "busybox"))
+@example(Reference("docker-daemon", "oci:5000", "img"))
+@example(Reference("docker", "docker-archive:5000", "img"))
 def test_format_then_parse_round_trips(ref: Reference) -> None:
     text = format_reference(ref)
     assert parse_reference(text) == ref
@@ -708,6 +1033,10 @@ PREFIXES = [
     "https://",
     "file://",
     "/",
+    "oci:",
+    "oci-archive:",
+    "docker-archive:",
+    "docker-daemon:",
 ]
 
 

@@ -9,11 +9,27 @@ record loaded back from YAML.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NewType
+
+from .container_types import ContainerType, coerce_container_type
+from .references import DOCKER_ARCHIVE, parse_reference
+
+__all__ = [
+    "DOCKER_SCHEME",
+    "DOCKER_URI_PREFIX",
+    "META_JSON_POSTFIX",
+    "Container",
+    "ContainerOperatingSystem",
+    "ContainerTaggedName",
+    "ContainerType",
+    "Fingerprint",
+    "ImageMetadata",
+    "ProcessorArchitecture",
+    "URIType",
+]
 
 META_JSON_POSTFIX = "_meta.json"
 
@@ -26,41 +42,12 @@ ProcessorArchitecture = NewType("ProcessorArchitecture", str)
 ContainerOperatingSystem = NewType("ContainerOperatingSystem", str)
 
 
-class ContainerType(enum.Enum):
-    """Container technologies, with the reference's string values.
-
-    ``Apptainer`` shares Singularity's value on purpose: the reference makes
-    it an alias, and both engines read the same SIF files.
-    """
-
-    Singularity = "singularity"
-    Apptainer = "singularity"
-    Docker = "docker"
-    UDocker = "udocker"
-    Podman = "podman"
-    Conda = "conda"
-    NoContainer = "none"
-
-
-def _coerce_type(value: ContainerType | str) -> ContainerType:
-    if isinstance(value, ContainerType):
-        return value
-    try:
-        return ContainerType(value)
-    except ValueError:
-        try:
-            return ContainerType[value]
-        except KeyError:
-            choices = ", ".join(sorted({t.value for t in ContainerType}))
-            raise ValueError(f"unknown container type {value!r}; expected one of: {choices}") from None
-
-
 def _coerce_registries(
     value: Mapping[ContainerType | str, str] | None,
 ) -> dict[ContainerType, str] | None:
     if value is None:
         return None
-    return {_coerce_type(k): str(v) for k, v in value.items()}
+    return {coerce_container_type(k): str(v) for k, v in value.items()}
 
 
 def _coerce_path(value: Path | str | None) -> Path | None:
@@ -82,7 +69,7 @@ class ContainerTaggedName:
     registries: Mapping[ContainerType, str] | None = None
 
     def __post_init__(self) -> None:
-        self.type = _coerce_type(self.type)
+        self.type = coerce_container_type(self.type)
         self.registries = _coerce_registries(self.registries)
 
 
@@ -115,7 +102,7 @@ class Container(ContainerTaggedName):
         self.localPath = _coerce_path(self.localPath)
         self.metadataLocalPath = _coerce_path(self.metadataLocalPath)
         if self.source_type is not None:
-            self.source_type = _coerce_type(self.source_type)
+            self.source_type = coerce_container_type(self.source_type)
 
     def _value_defaults_fixes(self) -> None:
         """Fill what old records left out, exactly as the reference does.
@@ -136,14 +123,21 @@ class Container(ContainerTaggedName):
 
     @property
     def decompose_docker_tagged_name(self) -> tuple[str | None, str, str | None]:
-        """(registry, repository, tag) for docker-sourced images, as the reference offers."""
-        from .references import parse_reference
+        """(registry, repository, tag) for docker-sourced images, as the reference offers.
 
+        A docker-archive that names its image decomposes into that name; the
+        other path transports (an OCI ``ref.name`` is no Docker name) have
+        none to offer and decompose like non-Docker images.
+        """
         name = self.taggedName or self.origTaggedName
         if self.source_type in (ContainerType.Docker, ContainerType.Podman) or (
             self.source_type is None and self.type in (ContainerType.Docker, ContainerType.Podman)
         ):
             ref = parse_reference(name)
+            if ref.scheme == DOCKER_ARCHIVE and ref.tag is not None:
+                ref = parse_reference(ref.tag)
+            elif ref.is_transport and ref.is_local:
+                return None, ref.canonical(), None
             return ref.registry, ref.repository, ref.tag or "latest"
         return None, name, None
 

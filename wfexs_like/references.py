@@ -31,6 +31,23 @@ Accepted string forms (what :func:`parse_reference` reads):
 ``/abs/path``, ``./rel``, ``../rel``, ``file:///abs``, ``file://localhost/abs``, ``file:path``
     A local image file (or sandbox directory); relative paths are resolved
     against the current directory at parse time.
+``docker-archive:PATH[:REF]``, ``oci:DIR[:REF]``, ``oci-archive:PATH[:REF]``
+    skopeo's (containers/image's) transports for images kept as files: a
+    ``docker save`` tar (maybe compressed), an OCI image layout directory,
+    a tar of one. As there, the path ends at the first ``:`` (so it cannot
+    contain one) and the rest names one image inside: for ``oci`` its
+    ``org.opencontainers.image.ref.name``, for ``docker-archive`` a Docker
+    reference (a tag, never a digest: ``docker save`` records tags). Relative
+    paths are resolved as for files.
+``docker-daemon:REF``
+    An image that exists only in the local engine, by its Docker reference.
+    Docker's defaults apply, never the per-type default registries: the
+    engine names its images that way whatever a workflow's registry is.
+
+Scheme names are read case-insensitively and, as for ``docker:``, digits
+then ``/`` (or the end) after any of them mean a registry port:
+``oci:5000/img`` is the host ``oci`` on port 5000 and ``oci:5000`` Docker
+Hub's image ``oci``, tag ``5000``; write ``oci:./5000`` for a directory.
 
 Digests are ``sha256:<64 lowercase hex>`` or ``sha512:<128 lowercase hex>``;
 nothing else identifies content unambiguously enough to be trusted as a pin.
@@ -46,10 +63,11 @@ import posixpath
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import unquote
 
+from .container_types import ContainerType
 from .errors import InvalidReferenceError
-from .model import ContainerType
 
 __all__ = [
     "DEFAULT_TAG",
@@ -79,7 +97,14 @@ REGISTRY_SCHEMES = ("docker", "oras", "library", "shub")
 OCI_SCHEMES = ("docker", "oras")
 URL_SCHEMES = ("http", "https")
 FILE_SCHEME = "file"
-SCHEMES = (*REGISTRY_SCHEMES, *URL_SCHEMES, FILE_SCHEME)
+DOCKER_DAEMON = "docker-daemon"
+DOCKER_ARCHIVE = "docker-archive"
+PATH_TRANSPORTS = (DOCKER_ARCHIVE, "oci", "oci-archive")
+TRANSPORTS = (*PATH_TRANSPORTS, DOCKER_DAEMON)
+SCHEMES = (*REGISTRY_SCHEMES, *URL_SCHEMES, FILE_SCHEME, *TRANSPORTS)
+# Schemes whose names follow Docker's grammar and defaults (Docker Hub, its
+# aliases and its library/ namespace).
+_DOCKER_NAMED = (*OCI_SCHEMES, DOCKER_DAEMON)
 
 NAME_TOTAL_LENGTH_MAX = 255
 TAG_LENGTH_MAX = 128
@@ -126,6 +151,12 @@ class Reference:
     ``registry`` stays None; for ``file`` it is the absolute, normalised path.
     Neither carries a tag or a digest: an image file's checksum belongs in
     the container record (``Container.signature``), not in its address.
+
+    The path transports (``docker-archive``, ``oci``, ``oci-archive``) are
+    files too: ``repository`` is the absolute path, ``tag`` the image named
+    inside (``transport_ref``; a Docker reference in canonical form for
+    ``docker-archive``), never a digest. ``docker-daemon`` has the fields of
+    the Docker reference it names.
     """
 
     scheme: str
@@ -152,13 +183,47 @@ class Reference:
         return self.scheme in REGISTRY_SCHEMES
 
     @property
+    def is_transport(self) -> bool:
+        """True for skopeo's transports: ``docker-archive``, ``oci``, ``oci-archive``, ``docker-daemon``.
+
+        Their images come from no service, so nothing resolves or pins them
+        over the network.
+        """
+        return self.scheme in TRANSPORTS
+
+    @property
+    def is_local(self) -> bool:
+        """True when the image is on this machine's filesystem: a file, or a path transport."""
+        return self.scheme == FILE_SCHEME or self.scheme in PATH_TRANSPORTS
+
+    @property
+    def path(self) -> Path:
+        """Where a local image (``is_local``) is on disk."""
+        if not self.is_local:
+            raise InvalidReferenceError(
+                f"{self.canonical()!r} is not a local file or directory: it has no path; check is_local first"
+            )
+        return Path(self.repository)
+
+    @property
+    def transport_ref(self) -> str | None:
+        """What a transport names inside its place: the image in an archive or layout, or the
+        engine's name for it (``docker.io/library/busybox:latest``); None when nothing is named."""
+        if self.scheme in PATH_TRANSPORTS:
+            return self.tag
+        if self.scheme == DOCKER_DAEMON:
+            return self.canonical().removeprefix(f"{DOCKER_DAEMON}:")
+        return None
+
+    @property
     def name(self) -> str:
         """``registry/repository``: the name a registry API is asked about.
 
         For URLs it is the URL and for files the path, so that ``name`` is
-        always something that locates the bytes.
+        always something that locates the bytes; an engine's image has its
+        Docker name.
         """
-        if self.is_registry:
+        if self.is_registry or self.scheme == DOCKER_DAEMON:
             return f"{self.registry}/{self.repository}"
         if self.scheme in URL_SCHEMES:
             return f"{self.scheme}://{self.repository}"
@@ -176,8 +241,12 @@ class Reference:
             return self.name
         if self.scheme == FILE_SCHEME:
             return self.repository
+        if self.scheme in PATH_TRANSPORTS:
+            return f"{self.scheme}:{self.repository}" + (f":{self.tag}" if self.tag is not None else "")
         if self.scheme == "docker":
             text = self.name
+        elif self.scheme == DOCKER_DAEMON:
+            text = f"{DOCKER_DAEMON}:{self.name}"
         elif self.scheme == "library" and self.registry == SYLABS_LIBRARY:
             text = f"library://{self.repository}"
         else:
@@ -208,6 +277,11 @@ class Reference:
 
     def with_digest(self, digest: str) -> Reference:
         """The same reference pinned to ``digest``, keeping the tag for readers."""
+        if self.is_transport:
+            raise InvalidReferenceError(
+                f"cannot pin {self.canonical()!r} to {digest!r}: a {self.scheme}: image comes from no "
+                "registry; record its image id in the container record instead"
+            )
         if not self.is_registry:
             raise InvalidReferenceError(
                 f"cannot pin {self.canonical()!r} to {digest!r}: only registry images have digests; "
@@ -231,6 +305,10 @@ class Reference:
             return self.registry
         if self.scheme in URL_SCHEMES:
             return _url_split(self.repository)[0]
+        if self.scheme == DOCKER_DAEMON:
+            raise InvalidReferenceError(
+                f"{self.canonical()!r} is an image in the local engine: there is no host to talk to"
+            )
         raise InvalidReferenceError(f"{self.canonical()!r} is a local file: there is no host to talk to")
 
 
@@ -249,7 +327,8 @@ def parse_reference(
     Singularity images named without a scheme come from Docker registries.
     It applies to ``docker`` and ``oras`` references only: ``library://`` and
     ``shub://`` speak other protocols, whose endpoints a Docker registry
-    cannot stand in for.
+    cannot stand in for. Nor to transports: an archive, a layout and an
+    engine name their images by Docker's defaults.
     """
     if not isinstance(tag, str):
         raise InvalidReferenceError(
@@ -279,9 +358,11 @@ def nextflow_file_name(tag: str | Reference) -> str:
     become ``-``), so a person can tell from ``containers/`` which image a
     file holds: ``quay.io/biocontainers/samtools:1.15--h1170115_1`` becomes
     ``quay.io-biocontainers-samtools-1.15--h1170115_1``. Schemes other than
-    ``docker`` are prefixed (``library-``, ``oras-``, ``shub-``); files and
-    URLs become ``<scheme>-<basename>-<hash>``, the hash (of the canonical
-    form) telling apart equal basenames in different places.
+    ``docker`` are prefixed (``library-``, ``oras-``, ``shub-``,
+    ``docker-daemon-``); files, URLs and the path transports become
+    ``<scheme>-<basename>-<hash>``, the hash (of the canonical form, so of
+    the image named inside too) telling apart equal basenames in different
+    places.
 
     The result only uses ``[A-Za-z0-9._-]``, never starts with ``.`` or
     ``-``, and is at most 200 characters, leaving room for suffixes such as
@@ -299,7 +380,7 @@ def nextflow_file_name(tag: str | Reference) -> str:
     canonical = ref.canonical()
     if ref.scheme == "docker":
         name = _flatten(canonical)
-    elif ref.is_registry:
+    elif ref.is_registry or ref.scheme == DOCKER_DAEMON:
         # Always spell the host out, even the default library endpoint, so
         # that two library endpoints never share a file name.
         qualified = ref.name + (f":{ref.tag}" if ref.tag else "") + (f"@{ref.digest}" if ref.digest else "")
@@ -340,10 +421,10 @@ def _parse(
         if scheme in SCHEMES and not _PORT_THEN_PATH.match(rest):
             return _parse_scheme(tag, scheme, rest, container_type, registries)
         if rest.startswith("//"):
-            expected = ", ".join(f"{s}://" for s in SCHEMES)
+            expected = ", ".join(f"{s}:" if s in TRANSPORTS else f"{s}://" for s in SCHEMES)
             raise _Invalid(f"scheme {match[1]!r} is not supported; expected one of {expected} or a path")
     if tag.startswith(("/", "./", "../")):
-        return _parse_file(tag)
+        return FILE_SCHEME, None, _absolute(tag), None, None
     return _parse_oci("docker", tag, _default_registry("docker", container_type, registries))
 
 
@@ -364,6 +445,8 @@ def _parse_scheme(
         return _parse_oci("docker", rest, _default_registry("docker", container_type, registries))
     if scheme == FILE_SCHEME:
         return _parse_file_uri(rest)
+    if scheme in TRANSPORTS:
+        return _parse_transport(scheme, rest)
     if not rest.startswith("//"):
         raise _Invalid(f"a {scheme} reference must start with '{scheme}://'")
     rest = rest[2:]
@@ -407,9 +490,32 @@ def _parse_library(text: str) -> _RawFields:
     return "library", SYLABS_LIBRARY, name, tag, digest
 
 
-def _parse_file(path: str) -> _RawFields:
+def _parse_transport(scheme: str, rest: str) -> _RawFields:
+    """containers/image's rule: the path ends at the first ':'; what follows names the image."""
+    if rest.startswith("//"):
+        example = f"{scheme}:busybox:1.36" if scheme == DOCKER_DAEMON else f"{scheme}:/abs/path"
+        raise _Invalid(
+            f"'{scheme}:' is not a URL scheme; write it with one colon and no '//', e.g. {example}"
+        )
+    if scheme == DOCKER_DAEMON:
+        if not rest:
+            raise _Invalid(f"it names no image after '{DOCKER_DAEMON}:'")
+        if rest.startswith("sha256:") and _IMAGE_ID.fullmatch(rest[len("sha256:") :]):
+            raise _Invalid(
+                "that is an image ID, not a name; name the image as the engine lists it (repo:tag)"
+            )
+        return _parse_oci(DOCKER_DAEMON, rest, DOCKER_HUB)
+    path, colon, ref = rest.partition(":")
+    if not path:
+        raise _Invalid(f"it names no path after '{scheme}:'")
+    if colon and not ref:
+        raise _Invalid("it has an empty image reference after the path's ':'")
+    return scheme, None, _absolute(path), ref if colon else None, None
+
+
+def _absolute(path: str) -> str:
     _check_characters(path, allow_spaces=True)
-    return FILE_SCHEME, None, posixpath.join(os.getcwd(), path), None, None
+    return posixpath.join(os.getcwd(), path)
 
 
 def _parse_file_uri(rest: str) -> _RawFields:
@@ -425,7 +531,7 @@ def _parse_file_uri(rest: str) -> _RawFields:
     path = unquote(rest)
     if not path:
         raise _Invalid("it names no path after 'file:'")
-    return _parse_file(path)
+    return FILE_SCHEME, None, _absolute(path), None, None
 
 
 def _split_name(text: str) -> tuple[str, str | None, str | None]:
@@ -486,7 +592,17 @@ def _normalise(
         raise _Invalid(f"scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
     if not isinstance(repository, str):
         raise _Invalid("the repository must be a string")
-    if scheme not in REGISTRY_SCHEMES:
+    if scheme in PATH_TRANSPORTS:
+        if registry is not None or digest is not None:
+            raise _Invalid(f"{scheme} references have no registry or digest, only a path and a reference")
+        path = _normalise_path(repository)
+        if ":" in path:
+            raise _Invalid(
+                f"path {path!r} contains ':', which ends the path in {scheme}: references; "
+                "rename the file or link it from a path without one"
+            )
+        return None, path, None if tag is None else _transport_ref(scheme, tag)
+    if scheme not in (*REGISTRY_SCHEMES, DOCKER_DAEMON):
         if registry is not None or tag is not None or digest is not None:
             raise _Invalid(f"{scheme} references have no registry, tag or digest")
         if scheme in URL_SCHEMES:
@@ -497,7 +613,7 @@ def _normalise(
         raise _Invalid(f"{scheme} references need a registry host")
     registry = _registry_host(registry, scheme)
     _check_path(repository)
-    if scheme in OCI_SCHEMES and registry == DOCKER_HUB and "/" not in repository:
+    if scheme in _DOCKER_NAMED and registry == DOCKER_HUB and "/" not in repository:
         repository = f"{DOCKER_OFFICIAL_NAMESPACE}/{repository}"
     if scheme == "library":
         components = repository.count("/") + 1
@@ -521,6 +637,26 @@ def _normalise(
     if tag is None and digest is None:
         tag = DEFAULT_TAG
     return registry, repository, tag
+
+
+def _transport_ref(scheme: str, ref: str) -> str:
+    """The image a path transport names inside it, validated; Docker references made canonical."""
+    if not isinstance(ref, str) or not ref:
+        raise _Invalid("the image reference after the path must be a non-empty string")
+    try:
+        _check_characters(ref)
+        if scheme != DOCKER_ARCHIVE:
+            return ref
+        _, registry, repository, tag, digest = _parse_oci("docker", ref, DOCKER_HUB)
+        registry, repository, tag = _normalise("docker", registry, repository, tag, digest)
+    except _Invalid as exc:
+        raise _Invalid(f"the image reference {ref!r} after the path is not valid: {exc}") from None
+    if digest is not None:
+        raise _Invalid(
+            f"the image reference {ref!r} has a digest, but a docker archive names its images by tag only; "
+            "write repository:tag"
+        )
+    return f"{registry}/{repository}:{tag}"
 
 
 def _check_characters(text: str, *, allow_spaces: bool = False) -> None:
@@ -558,7 +694,7 @@ def _host(text: str, what: str) -> str:
 
 def _registry_host(text: str, scheme: str) -> str:
     host = _host(text, "registry host")
-    if scheme in OCI_SCHEMES and host in DOCKER_HUB_ALIASES:
+    if scheme in _DOCKER_NAMED and host in DOCKER_HUB_ALIASES:
         return DOCKER_HUB
     # library hosts are recognised by position; all others by their shape,
     # and a host of another shape would be read back as a namespace.
@@ -639,7 +775,7 @@ def _normalise_url(scheme: str, rest: str) -> str:
 def _normalise_path(path: str) -> str:
     _check_characters(path, allow_spaces=True)
     if not path.startswith("/"):
-        raise _Invalid(f"file references need an absolute path, not {path!r}")
+        raise _Invalid(f"local image paths must be absolute, not {path!r}")
     path = posixpath.normpath(path)
     if path.startswith("//"):  # POSIX lets normpath keep two leading slashes
         path = "/" + path.lstrip("/")
