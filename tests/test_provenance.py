@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import logging
 import os
 import re
 import stat
 import tempfile
+import typing
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from wfexs_like import provenance
 from wfexs_like.errors import ContainerFactoryException, ProvenanceError
 from wfexs_like.model import Container, ContainerType
 from wfexs_like.provenance import (
@@ -487,8 +491,13 @@ def _payloads(target: Path) -> dict[str, str]:
         "os.system behind an alias": (
             f"a: &p !!python/object/apply:os.system ['touch {target}']\ncontainers: [*p]\n"
         ),
-        "os.system after valid records": WFEXS_LEGACY_COMMON
+        "os.system after valid records, in our format": "wfexs_like_containers: 1\n"
+        + WFEXS_LEGACY_COMMON
         + f"evil: !!python/object/apply:os.system ['touch {target}']\n",
+        "os.system in a stage state's record": WFEXS_LEGACY_COMMON.replace(
+            "  architecture: x86_64\n",
+            f"  architecture: !!python/object/apply:os.system ['touch {target}']\n",
+        ),
         "subprocess": f"- !!python/object/apply:subprocess.check_call [[touch, '{target}']]\n",
         "object/new": f"- !!python/object/new:os.system ['touch {target}']\n",
         "os.mkdir": f"- !!python/object/apply:os.mkdir ['{target}']\n",
@@ -502,7 +511,8 @@ def _payloads(target: Path) -> dict[str, str]:
         "os.system in a field",
         "os.system as a key",
         "os.system behind an alias",
-        "os.system after valid records",
+        "os.system after valid records, in our format",
+        "os.system in a stage state's record",
         "subprocess",
         "object/new",
         "os.mkdir",
@@ -808,3 +818,526 @@ def test_failure_mid_write_with_no_previous_file(tmp_path: Path, monkeypatch: py
 def test_write_into_missing_directory_is_a_provenance_error(tmp_path: Path) -> None:
     with pytest.raises(ProvenanceError, match="nope"):
         write_containers_file(GOOD, tmp_path / "nope" / "containers.yaml")
+
+
+# --------------------------------------------------------------------------
+# WfExS-backend stage states: only the containers section is built
+
+WFEXS_DATA = Path(__file__).parent / "data" / "wfexs"
+# Written after `Workflow.marshallStage` (wfexs_backend/workflow.py) as the
+# reference writes it since mid 2024: marshalled dataclasses, paths relative to
+# the working dir, `engineDesc.uriMatch` compiled regexes.
+CWL_STAGE = WFEXS_DATA / "cwl-singularity-stage-state.yaml"
+# Same era, Nextflow + Docker: `registries` keys are the enum's own tag, anchored once.
+NEXTFLOW_STAGE = WFEXS_DATA / "nextflow-docker-stage-state.yaml"
+# Late 2023: the dataclass passed through the marshaller untouched
+# (`!!python/object:wfexs_backend.container.Container`), anchored records, absolute paths.
+CWL_STAGE_2023 = WFEXS_DATA / "cwl-singularity-stage-state-2023.yaml"
+WD_2023 = Path("/home/user/wfexs-backend-test_WorkDir/6f1c0e2a-9d7b-4c55-8e13-2b4a7d9c0f11")
+
+SAMTOOLS_IMG = "quay.io_biocontainers_samtools:1.15--h1170115_1.img"
+BWA_IMG = "quay.io_biocontainers_bwa:0.7.17--h7132678_9.img"
+
+
+def _cwl_stage_records(base: Path) -> list[Container]:
+    return [
+        Container(
+            origTaggedName="quay.io/biocontainers/samtools:1.15--h1170115_1",
+            type=ContainerType.Singularity,
+            taggedName="docker://quay.io/biocontainers/samtools:1.15--h1170115_1",
+            architecture="amd64",
+            localPath=base / SAMTOOLS_IMG,
+            signature="sha256=dKRQfu8YRKdWs0twk56Fe+tY5OIvOf+CdAGahwVyQ6s=",
+            fingerprint="quay.io/biocontainers/samtools@sha256:"
+            "b1b3b9a6bc4b9bbb3f284e421f7446da028db4b4ffc7119f1a3c494855616fc5",
+            metadataLocalPath=base / (SAMTOOLS_IMG + "_meta.json"),
+            source_type=ContainerType.Docker,
+            image_signature="sha256=dKRQfu8YRKdWs0twk56Fe+tY5OIvOf+CdAGahwVyQ6s=",
+        ),
+        Container(
+            origTaggedName="quay.io/biocontainers/bwa:0.7.17--h7132678_9",
+            type=ContainerType.Singularity,
+            taggedName="docker://quay.io/biocontainers/bwa:0.7.17--h7132678_9",
+            architecture="amd64",
+            localPath=base / BWA_IMG,
+            signature="sha256=+h+Hf7/GY/0hinWN0wkFh8eqAAfTtDG4ggm2yZeNugM=",
+            fingerprint="quay.io/biocontainers/bwa@sha256:"
+            "7f564161503d20fa623057fe7926af7d01bf1c0a9d92ddbc28fceeefa2cc5f6d",
+            metadataLocalPath=base / (BWA_IMG + "_meta.json"),
+            source_type=ContainerType.Docker,
+            image_signature="sha256=+h+Hf7/GY/0hinWN0wkFh8eqAAfTtDG4ggm2yZeNugM=",
+        ),
+    ]
+
+
+def test_stage_state_fixtures_carry_foreign_tags_outside_containers() -> None:
+    """Guards the tests below: the fixtures hold what a full loader alone could build."""
+    for path in (CWL_STAGE, CWL_STAGE_2023):
+        text = path.read_text(encoding="utf-8")
+        assert "engineDesc:" in text
+        assert "!!python/object/apply:re._compile" in text
+        assert "!!python/tuple" in text
+        with pytest.raises(yaml.constructor.ConstructorError):
+            yaml.safe_load(text)
+
+
+def test_cwl_stage_state_with_compiled_regexes_loads() -> None:
+    # Workdir-relative `containers/x.img` is `x.img` relative to the containers dir.
+    assert read_containers_file(CWL_STAGE) == _cwl_stage_records(Path())
+    b = Path("/elsewhere/B")
+    assert read_containers_file(CWL_STAGE, containers_dir=b) == _cwl_stage_records(b)
+    text = CWL_STAGE.read_text(encoding="utf-8")
+    assert load_containers(text, containers_dir=b) == _cwl_stage_records(b)
+
+
+def test_nextflow_stage_state_with_aliased_enum_keys_loads() -> None:
+    fastqc, multiqc = read_containers_file(NEXTFLOW_STAGE, containers_dir=Path("/B"))
+    assert fastqc.registries == multiqc.registries == {ContainerType.Docker: "quay.io"}
+    assert fastqc.type is fastqc.source_type is ContainerType.Docker
+    assert fastqc.localPath == Path("/B/quay.io-biocontainers-fastqc-0.12.1--hdfd78af_0.img")
+    assert multiqc.metadataLocalPath == Path(
+        "/B/quay.io-biocontainers-multiqc-1.21--pyhdfd78af_0.img_meta.json"
+    )
+    assert multiqc.signature == "sha256:6987740fb624e3e9943ec5d9ac5519b72cea1b35fb4bde5719df3923a36c08f7"
+
+
+def test_dataclass_era_stage_state_keeps_absolute_paths() -> None:
+    records = _cwl_stage_records(WD_2023 / "containers")
+    for record, (sig, digest) in zip(
+        records,
+        [
+            (
+                "sha256=IuQgwXELIgwvIhGGr6adCTs6FitFCUYlDmnMAgNlzz0=",
+                "42e5f3536cb247bb5ff076213d53f958822b5fbaf320a310cd337c46954101b5",
+            ),
+            (
+                "sha256=ho6+hgqDw7fcy+YcP1VZOyngL0sVy8u86LJN4114pJA=",
+                "0198f366903aaf22d331f7991f1a1b24895ece847cf42ff4ddc4babfc376e3ef",
+            ),
+        ],
+        strict=True,
+    ):
+        record.signature = record.image_signature = sig
+        record.fingerprint = record.fingerprint.rsplit(":", 1)[0] + ":" + digest
+    assert read_containers_file(CWL_STAGE_2023) == records
+    assert read_containers_file(CWL_STAGE_2023, containers_dir=Path("/B")) == records
+
+
+def _outside(text: str, key: str, node: str) -> str:
+    """``text`` with ``node`` as the value of a new top-level ``key`` after the containers."""
+    return text.replace("engineDesc:\n", f"{key}: {node}\nengineDesc:\n", 1)
+
+
+def test_payloads_outside_a_stage_states_containers_are_never_built(tmp_path: Path) -> None:
+    target = tmp_path / "pwned"
+    live = _outside(
+        CWL_STAGE.read_text(encoding="utf-8"), "evil", f"!!python/object/apply:os.mkdir ['{target}']"
+    )
+    text = live
+    for junk in (
+        "!!python/object/new:os.system [id]",
+        "!!python/name:os.system",
+        "!local {a: 1}",
+        "!!int abc",  # a standard tag that would fail if it were constructed
+        "{? [a] : 1}",  # a key no dict can hold
+    ):
+        text = _outside(text, "junk" + str(len(text)), junk)
+    assert load_containers(text) == _cwl_stage_records(Path())
+    assert not target.exists()
+    yaml.unsafe_load(live)
+    assert target.is_dir()  # the control: the payload is live for a loader that builds it
+
+
+def test_legacy_stage_state_with_a_payload_after_its_records_is_read(tmp_path: Path) -> None:
+    target = tmp_path / "pwned"
+    text = WFEXS_LEGACY_COMMON + f"evil: !!python/object/apply:os.system ['touch {target}']\n"
+    assert load_containers(text) == load_containers(WFEXS_LEGACY_COMMON)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "tag", "line"),
+    [
+        # Line 6 of the fixture is the first record's `architecture`.
+        (
+            "  architecture: amd64\n",
+            "  architecture: !!python/object/apply:os.mkdir ['{target}']\n",
+            "!!python/object/apply:os.mkdir",
+            6,
+        ),
+        (
+            "- _type: Container\n",
+            "- !!python/object/new:os.mkdir\n  _type: Container\n",
+            "!!python/object/new:os.mkdir",
+            5,
+        ),
+        (
+            "    value: singularity\n",
+            "    value: !!python/object/apply:os.mkdir ['{target}']\n",
+            "!!python/object/apply:os.mkdir",
+            21,
+        ),
+        ("  registries: null\n", "  registries: {{!pwn x: '{target}'}}\n", "!pwn", 13),
+    ],
+)
+def test_foreign_tag_inside_a_stage_state_record_is_refused(
+    tmp_path: Path, old: str, new: str, tag: str, line: int
+) -> None:
+    target = tmp_path / "pwned"
+    text = CWL_STAGE.read_text(encoding="utf-8").replace(old, new.format(target=target), 1)
+    path = tmp_path / "stage-state.yaml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ProvenanceError) as info:
+        read_containers_file(path)
+    message = str(info.value)
+    assert str(path) in message
+    assert tag in message
+    assert f"line {line}," in message
+    assert "refused" in message
+    assert not target.exists()
+
+
+def test_stage_state_record_aliasing_a_payload_outside_is_refused(tmp_path: Path) -> None:
+    target = tmp_path / "pwned"
+    text = (
+        f"arch: &p !!python/object/apply:os.mkdir ['{target}']\n"
+        "containers:\n- {_type: Container, origTaggedName: a, type: {_enum: ContainerType, value: docker}, "
+        "architecture: *p}\n"
+    )
+    with pytest.raises(ProvenanceError, match=r"os\.mkdir") as info:
+        load_containers(text)
+    assert "line 1," in str(info.value)
+    assert not target.exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        # Ours is checked whole, whatever sits beside the records.
+        "wfexs_like_containers: 1\ncontainers: []\nx: !!python/object/apply:os.mkdir ['{target}']\n",
+        # A top-level merge could bring `containers` from anywhere: checked whole.
+        "base: &b {{containers: []}}\n<<: *b\nx: !!python/object/apply:os.mkdir ['{target}']\n",
+        # Not a stage state at all.
+        "repoURL: x\nx: !!python/object/apply:os.mkdir ['{target}']\n",
+    ],
+)
+def test_documents_that_are_not_stage_states_are_checked_whole(tmp_path: Path, text: str) -> None:
+    target = tmp_path / "pwned"
+    with pytest.raises(ProvenanceError, match=r"os\.mkdir.*construct Python objects"):
+        load_containers(text.format(target=target))
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("empty", ["null", "[]", ""])
+def test_stage_state_with_no_containers(empty: str) -> None:
+    text = CWL_STAGE.read_text(encoding="utf-8")
+    start, end = text.index("containers:\n"), text.index("engineDesc:\n")
+    stage = text[:start] + f"containers: {empty}\n" + text[end:]
+    assert "!!python/object/apply:re._compile" in stage
+    assert load_containers(stage) == []
+    assert load_containers(stage, containers_dir=Path("/B")) == []
+
+
+def test_stage_state_containers_must_be_a_list() -> None:
+    with pytest.raises(ProvenanceError, match=r"'containers' is dict"):
+        load_containers("containers: {a: 1}\nengineDesc: !!python/object/apply:re._compile [x, 32]\n")
+
+
+def test_stage_state_relative_paths_outside_the_containers_dir() -> None:
+    text = (
+        "containers:\n- _type: Container\n  origTaggedName: a\n"
+        "  type: {_enum: ContainerType, value: docker}\n"
+        "  localPath: cache/a.tar\n  metadataLocalPath: containers/sub/a.tar_meta.json\n"
+    )
+    (c,) = load_containers(text)
+    assert c.localPath == Path("../cache/a.tar")
+    assert c.metadataLocalPath == Path("sub/a.tar_meta.json")
+    (c,) = load_containers(text, containers_dir=Path("/wd/containers"))
+    assert c.localPath == Path("/wd/containers/../cache/a.tar")
+    assert c.metadataLocalPath == Path("/wd/containers/sub/a.tar_meta.json")
+
+
+def test_wfexs_container_module_era_tag_is_known() -> None:
+    text = WFEXS_LEGACY_COMMON.replace(
+        "wfexs_backend.common.Container\n", "wfexs_backend.container.Container\n"
+    )
+    assert "wfexs_backend.container.Container" in text
+    assert load_containers(text) == load_containers(WFEXS_LEGACY_COMMON)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [WFEXS_MARSHALLED_STAGE, WFEXS_LEGACY_COMMON, WFEXS_LEGACY_FACTORIES],
+    ids=["namedtuple-era marshalled", "python/object common", "python/object container_factories"],
+)
+def test_wfexs_records_with_absolute_paths_ignore_containers_dir(text: str) -> None:
+    assert load_containers(text, containers_dir=Path("/B")) == load_containers(text)
+
+
+def test_defaults_fix_on_a_nameless_path_is_a_provenance_error() -> None:
+    text = (
+        "- {_type: Container, origTaggedName: a, type: {_enum: ContainerType, value: docker}, localPath: /}\n"
+    )
+    with pytest.raises(ProvenanceError, match=r"record 0 \(line 1\): cannot derive metadataLocalPath"):
+        load_containers(text)
+
+
+# --------------------------------------------------------------------------
+# Writing the reference's marshalled form
+
+# The fields of the reference's `Container` dataclass
+# (wfexs_backend/container_factories/__init__.py with its base
+# `ContainerTaggedName` in wfexs_backend/common.py): its unmarshaller calls
+# `Container(**fields)`, so a record may carry no other key.
+WFEXS_CONTAINER_FIELDS = frozenset(
+    {
+        "origTaggedName",
+        "type",
+        "registries",
+        "taggedName",
+        "architecture",
+        "operatingSystem",
+        "localPath",
+        "signature",
+        "fingerprint",
+        "metadataLocalPath",
+        "source_type",
+        "image_signature",
+    }
+)
+# Values of the reference's `ContainerType` (wfexs_backend/common.py).
+WFEXS_CONTAINER_TYPE_VALUES = frozenset({"singularity", "docker", "udocker", "podman", "conda", "none"})
+WFEXS_TYPE_TAG = "tag:yaml.org,2002:python/object/apply:wfexs_backend.common.ContainerType"
+
+
+def _wfexs_fixed(c: Container) -> Container:
+    """What any reader of the reference's records returns: its defaults fixes applied."""
+    fixed = copy.deepcopy(c)
+    try:
+        fixed._value_defaults_fixes()
+    except ValueError:
+        assume(False)  # a nameless path: the reference cannot read it either
+    return fixed
+
+
+@settings(max_examples=200, deadline=None)
+@given(container_lists)
+def test_wfexs_style_round_trip(cs: list[Container]) -> None:
+    expected = [_wfexs_fixed(c) for c in cs]
+    text = dump_containers(cs, style="wfexs")
+    assert isinstance(text, str)
+    assert load_containers(text) == expected
+    assert load_containers(text.encode("utf-8")) == expected
+
+
+def _scalar(node: yaml.Node) -> str:
+    assert isinstance(node, yaml.ScalarNode)
+    return node.value
+
+
+@settings(deadline=None)
+@given(container_lists)
+def test_wfexs_style_has_the_shape_the_references_unmarshaller_needs(cs: list[Container]) -> None:
+    """Checked on the nodes, against what `unmarshall_namedtuple` and `Container(**fields)` read."""
+    root = yaml.compose(dump_containers(cs, style="wfexs") or "")
+    assert isinstance(root, yaml.MappingNode)
+    assert [_scalar(k) for k, _ in root.value] == ["containers"]
+    items = root.value[0][1]
+    assert isinstance(items, yaml.SequenceNode)
+    assert len(items.value) == len(cs)
+    for record, c in zip(items.value, cs, strict=True):
+        assert isinstance(record, yaml.MappingNode)
+        assert record.tag == "tag:yaml.org,2002:map"
+        keys = [_scalar(k) for k, _ in record.value]
+        assert keys == sorted(keys)  # as the reference's dumper sorts them
+        assert set(keys) == WFEXS_CONTAINER_FIELDS | {"_type"}
+        fields = dict(zip(keys, (v for _, v in record.value), strict=True))
+        assert _scalar(fields["_type"]) == "Container"
+        for name in ("type", "source_type"):
+            value = getattr(c, name)
+            node = fields[name]
+            if value is None:
+                assert node.tag == "tag:yaml.org,2002:null"
+                continue
+            assert isinstance(node, yaml.MappingNode)
+            enum = {_scalar(k): _scalar(v) for k, v in node.value}
+            assert enum == {"_enum": "ContainerType", "value": value.value}
+            assert enum["value"] in WFEXS_CONTAINER_TYPE_VALUES
+        regs = fields["registries"]
+        if c.registries is None:
+            assert regs.tag == "tag:yaml.org,2002:null"
+        else:
+            assert isinstance(regs, yaml.MappingNode)
+            seen = {}
+            for key, value in regs.value:
+                # The enum itself, as the full loader builds it: `ContainerType("docker")`.
+                assert key.tag == WFEXS_TYPE_TAG
+                assert isinstance(key, yaml.SequenceNode)
+                (arg,) = key.value
+                seen[_scalar(arg)] = _scalar(value)
+            assert seen == {k.value: v for k, v in c.registries.items()}
+
+
+def test_wfexs_style_writes_what_the_reference_wrote() -> None:
+    """Our records of its stage state, written back, are its `containers` section verbatim."""
+    text = CWL_STAGE.read_text(encoding="utf-8")
+    section = text[text.index("containers:\n") : text.index("engineDesc:\n")]
+    workdir = Path("/home/user/wfexs-backend-test_WorkDir/0f9e8d7c")
+    records = load_containers(text, containers_dir=workdir / "containers")
+    assert dump_containers(records, style="wfexs", containers_dir=workdir / "containers") == section
+    # Without a containers dir the records are already relative to it.
+    assert dump_containers(load_containers(text), style="wfexs") == section
+
+
+def test_wfexs_style_registries_keys() -> None:
+    c = Container(
+        "a",
+        ContainerType.Podman,
+        registries={ContainerType.Singularity: "r2", ContainerType.Docker: "r1"},
+        source_type=ContainerType.Docker,
+    )
+    text = dump_containers([c], style="wfexs")
+    assert isinstance(text, str)
+    assert (
+        "  registries:\n"
+        "    ? !!python/object/apply:wfexs_backend.common.ContainerType\n    - docker\n    : r1\n"
+        "    ? !!python/object/apply:wfexs_backend.common.ContainerType\n    - singularity\n    : r2\n"
+    ) in text
+    assert load_containers(text) == [c]
+
+
+def test_wfexs_style_relative_paths_keep_their_meaning() -> None:
+    """Ours are relative to the containers dir, the reference's to the working dir around it."""
+    c = Container(
+        "a",
+        ContainerType.Docker,
+        localPath=Path("containers/a.tar"),
+        metadataLocalPath=Path("../cache/a.tar_meta.json"),
+        source_type=ContainerType.Docker,
+    )
+    text = dump_containers([c], style="wfexs")
+    assert isinstance(text, str)
+    assert "  localPath: containers/containers/a.tar\n" in text
+    assert "  metadataLocalPath: containers/../cache/a.tar_meta.json\n" in text
+    assert load_containers(text) == [c]
+
+
+def test_wfexs_style_file_round_trip(tmp_path: Path) -> None:
+    a = tmp_path / "A" / "containers"
+    records = _cwl_stage_records(a)
+    path = tmp_path / "stage-state.yaml"
+    write_containers_file(records, path, style="wfexs", containers_dir=a)
+    text = path.read_text(encoding="utf-8")
+    assert f"localPath: containers/{SAMTOOLS_IMG}\n" in text
+    assert str(tmp_path) not in text
+    assert read_containers_file(path, containers_dir=tmp_path / "B") == _cwl_stage_records(tmp_path / "B")
+    assert os.listdir(tmp_path) == ["stage-state.yaml"]
+
+
+def test_unknown_style_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown record style 'cwl'"):
+        dump_containers([], style="cwl")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown record style"):
+        write_containers_file([], Path("/nonexistent/x.yaml"), style="WfExS")  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------
+# Portable records: paths relative to the staged containers dir
+
+A = Path("/srv/run-a/containers")
+B = Path("/mnt/run-b/staged")
+
+
+def _moved(path: Path | None, old: Path, new: Path) -> Path | None:
+    """Where a path of a record written for ``old`` lands when read for ``new``."""
+    if path is None:
+        return None
+    if not path.is_absolute():
+        return new / path
+    if path.is_relative_to(old):
+        return new / path.relative_to(old)
+    return path
+
+
+under_a = st.lists(st.sampled_from(["x.sif", "sub", "a b", "yes", "1.0", ".hidden", "..x"]), max_size=3).map(
+    lambda parts: A.joinpath(*parts)
+)
+portable_paths = st.none() | under_a | paths
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(containers, max_size=3), st.data(), st.sampled_from(["wfexs-like", "wfexs"]))
+def test_written_for_one_dir_read_for_another(cs: list[Container], data: st.DataObject, style: str) -> None:
+    for c in cs:
+        c.localPath = data.draw(portable_paths)
+        c.metadataLocalPath = data.draw(portable_paths)
+    text = dump_containers(cs, style=style, containers_dir=A)  # type: ignore[arg-type]
+    assert isinstance(text, str)
+    assert str(A) + "/" not in text  # nothing under A stays absolute
+    expected = []
+    for c in cs:
+        moved = copy.deepcopy(c)
+        moved.localPath = _moved(c.localPath, A, B)
+        moved.metadataLocalPath = _moved(c.metadataLocalPath, A, B)
+        expected.append(_wfexs_fixed(moved) if style == "wfexs" else moved)
+    assert load_containers(text, containers_dir=B) == expected
+
+
+def test_portable_document_shape(tmp_path: Path) -> None:
+    c = Container(
+        "samtools:1.15",
+        ContainerType.Singularity,
+        localPath=A / "samtools.sif",
+        metadataLocalPath=Path("/var/cache/wfexs-like/samtools.sif_meta.json"),
+    )
+    data = yaml.safe_load(dump_containers([c], containers_dir=A) or "")
+    (record,) = data["containers"]
+    assert record["localPath"] == "samtools.sif"
+    assert record["metadataLocalPath"] == "/var/cache/wfexs-like/samtools.sif_meta.json"
+
+    path = tmp_path / "containers.yaml"
+    write_containers_file([c], path, containers_dir=A)
+    (kept,) = read_containers_file(path)
+    assert kept.localPath == Path("samtools.sif")  # a factory resolves it at deploy
+    (moved,) = read_containers_file(path, containers_dir=B)
+    assert moved.localPath == B / "samtools.sif"
+    assert moved.metadataLocalPath == c.metadataLocalPath
+
+
+def test_paths_under_containers_dir_are_posix_and_nested() -> None:
+    c = Container("a", ContainerType.Docker, localPath=A / "sub" / "dir" / "a.tar", metadataLocalPath=A)
+    record = container_to_dict(c, containers_dir=A)
+    assert record["localPath"] == "sub/dir/a.tar"
+    assert record["metadataLocalPath"] == "."
+    assert container_to_dict(c)["localPath"] == str(A / "sub" / "dir" / "a.tar")
+
+
+def test_a_relative_containers_dir_is_taken_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    c = Container("a", ContainerType.Docker, localPath=tmp_path / "containers" / "a.tar")
+    assert container_to_dict(c, containers_dir=Path("containers"))["localPath"] == "a.tar"
+
+
+def test_siblings_of_the_containers_dir_stay_absolute() -> None:
+    # Lexically under neither: `/srv/run-a/containers-old` is not under `/srv/run-a/containers`.
+    c = Container("a", ContainerType.Docker, localPath=Path("/srv/run-a/containers-old/a.tar"))
+    assert container_to_dict(c, containers_dir=A)["localPath"] == "/srv/run-a/containers-old/a.tar"
+
+
+# --------------------------------------------------------------------------
+# The public surface
+
+
+def test_all_lists_the_public_names() -> None:
+    names = {
+        name
+        for name, value in vars(provenance).items()
+        if not name.startswith("_")
+        and not isinstance(value, ModuleType)
+        and getattr(value, "__module__", provenance.__name__) == provenance.__name__
+    }
+    assert set(provenance.__all__) == names | {"RecordStyle"}
+    assert len(provenance.__all__) == len(set(provenance.__all__))
+    assert typing.get_args(provenance.RecordStyle) == ("wfexs-like", "wfexs")

@@ -13,7 +13,7 @@ consume it and a safe loader can never be talked into building objects::
       taggedName: docker://quay.io/biocontainers/samtools:1.15--h1170115_1
       architecture: amd64
       ...
-      localPath: /wd/containers/samtools.sif   # paths as strings
+      localPath: samtools.sif          # relative to the staged containers dir
       source_type: docker
 
 Every field of :class:`~wfexs_like.model.Container` is written, in field
@@ -23,36 +23,65 @@ which quotes any string a YAML 1.1 reader would re-type (``"yes"``,
 not printable, so ``load_containers(dump_containers(cs)) == cs`` holds
 exactly. A bare list of such records is also accepted.
 
+Portable paths
+--------------
+A record travels with the containers dir it describes, so paths inside it are
+relative to that dir. Given ``containers_dir``, the writers store a
+``localPath``/``metadataLocalPath`` under it as a relative POSIX string and
+leave any other path absolute; the readers join relative paths to their own
+``containers_dir``, or keep them relative for a factory to resolve against
+its containers dir at deploy time. Absolute paths are read as written.
+
 WfExS-backend records
 ---------------------
 Records written by the reference are read too, in the shapes its versions
-actually produced (``inab/WfExS-backend``):
+actually produced (``inab/WfExS-backend``), all found in the ``containers``
+list of a working directory's ``meta/stage-state.yaml``, which
+``Workflow.marshallStage`` writes as ``yaml.dump(marshall_namedtuple(stage,
+workdir=...))`` with PyYAML's full dumper:
 
-* ``_type: Container`` mappings with ``type: {_enum: ContainerType, value:
-  docker}`` — ``utils/marshalling_handling.py`` (``marshall_namedtuple``)
-  applied to the NamedTuple ``Container`` of early ``common.py``; found in the
-  ``containers`` list of a working directory's marshalled stage state.
-* ``!!python/object:wfexs_backend.common.Container`` (dataclass era of
-  ``common.py``) and ``!!python/object:wfexs_backend.container_factories.Container``
-  (after the class moved), with ``!!python/object/apply:
+* NamedTuple era (to mid 2023): ``_type: Container`` mappings with ``type:
+  {_enum: ContainerType, value: docker}`` (``utils/marshalling_handling.py``)
+  and absolute path strings.
+* Dataclass era (mid 2023 to mid 2024): the marshaller passed dataclasses
+  through untouched, so the full dumper wrote
+  ``!!python/object:wfexs_backend.common.Container`` (later
+  ``wfexs_backend.container.Container``, then
+  ``wfexs_backend.container_factories.Container``), with ``!!python/object/apply:
   wfexs_backend.common.ContainerType [docker]`` enums (also as ``registries``
   keys), plain-string paths, or ``!!python/object/apply:pathlib.PosixPath``
-  paths once the reference switched to ``pathlib``. ``marshall_namedtuple``
-  leaves those dataclasses untouched, so ``yaml.dump`` with the full dumper
-  wrote them as Python-object tags; the reference reads them back with the
+  once the reference switched to ``pathlib``; it reads them back with the
   full loader (``Container.RegisterYAMLConstructor``).
+* Marshalled dataclass (since mid 2024): ``_type: Container`` again, every
+  field, enums marshalled but ``registries`` keys still Python-object tags,
+  and paths under the working directory written relative to it. The
+  reference stages containers in ``<workdir>/containers``, so a relative
+  ``containers/x.sif`` there is ``x.sif`` here (and ``cache/y`` is ``../cache/y``).
 
 Those tags are honoured by a :class:`yaml.SafeLoader` subclass that knows
 exactly that short list (:data:`KNOWN_TAGS`) and builds our own
 ``Container``/``ContainerType``/``Path`` from the node data; it never imports
-or calls anything a document names. Before anything is constructed, every
-node of the document is checked, and a document carrying any other tag
+or calls anything a document names. Before anything is constructed the nodes
+to be built are checked, and a document carrying any other tag there
 (``!!python/object/apply:os.system``, ``!!python/object/new:``,
 ``!!python/name:``, ``!!python/module:``, ``!local``...) is refused whole
 with a :class:`~wfexs_like.errors.ProvenanceError` that names the tag and its
-line. WfExS records get the reference's ``_value_defaults_fixes`` (old ones
-lack ``metadataLocalPath``/``source_type``); fields newer reference versions
-add are ignored with a warning. Records in our format are returned as written.
+line. In a stage state (a top-level mapping with ``containers`` and without
+``wfexs_like_containers``) only the ``containers`` value is checked and
+built: the rest describes the reference's own objects (``engineDesc.uriMatch``
+is a list of ``!!python/object/apply:re._compile``) and is skipped unbuilt.
+Anything else is checked whole. WfExS records get the reference's
+``_value_defaults_fixes`` (old ones lack ``metadataLocalPath``/``source_type``);
+fields newer reference versions add are ignored with a warning. Records in our
+format are returned as written.
+
+``style="wfexs"`` writes the reference's marshalled shape instead: a
+``containers`` mapping of ``_type: Container`` records, sorted keys, enums as
+``{_enum: ContainerType, value: ...}``, ``registries`` keys as the
+``ContainerType`` tag its full loader builds, and paths under
+``containers_dir`` as ``containers/<relative>``, as it writes them for its own
+working directory. Its ``unmarshall_namedtuple`` turns each record back into
+its ``Container``.
 """
 
 from __future__ import annotations
@@ -62,8 +91,8 @@ import dataclasses
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path, PurePath
-from typing import IO, Any
+from pathlib import Path, PurePath, PurePosixPath
+from typing import IO, Any, Literal, get_args
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -76,6 +105,7 @@ __all__ = [
     "FORMAT_KEY",
     "FORMAT_VERSION",
     "KNOWN_TAGS",
+    "RecordStyle",
     "container_from_dict",
     "container_to_dict",
     "dump_containers",
@@ -89,6 +119,10 @@ logger = logging.getLogger(__name__)
 FORMAT_KEY = "wfexs_like_containers"
 FORMAT_VERSION = 1
 
+RecordStyle = Literal["wfexs-like", "wfexs"]
+"""What the writers emit: our plain format, or the reference's marshalled stage-state shape."""
+_STYLES: frozenset[str] = frozenset(get_args(RecordStyle))
+
 _FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Container))
 _REQUIRED_STR = ("origTaggedName", "taggedName")
 _PATH_FIELDS = ("localPath", "metadataLocalPath")
@@ -99,11 +133,13 @@ _WFEXS_RECORD_TYPES = frozenset({"Container", "ContainerTaggedName"})
 _YAML = "tag:yaml.org,2002:"
 _PY = _YAML + "python/"
 
-# Where the reference's classes lived, across its versions.
+# Where the reference's classes lived, across its versions: ``common`` from
+# mid 2023, ``container`` from late 2023, ``container_factories`` from 2024.
 _CONTAINER_TAGS = frozenset(
     _PY + "object:" + cls
     for cls in (
         "wfexs_backend.common.Container",
+        "wfexs_backend.container.Container",
         "wfexs_backend.container_factories.Container",
         "wfexs_backend.common.ContainerTaggedName",
     )
@@ -125,7 +161,7 @@ _PATH_TAGS = frozenset(
 _TUPLE_TAG = _PY + "tuple"
 
 KNOWN_TAGS: frozenset[str] = _CONTAINER_TAGS | _CONTAINER_TYPE_TAGS | _PATH_TAGS | {_TUPLE_TAG}
-"""The only non-standard tags a document may carry; any other one is refused."""
+"""The only non-standard tags allowed where a document is built; any other one is refused."""
 
 # Standard YAML tags the safe loader understands (``<<`` merge keys keep their
 # tag until the mapping is flattened, so it is listed too).
@@ -134,18 +170,29 @@ _STANDARD_TAGS: frozenset[str] = frozenset(
 ) | {_YAML + "merge"}
 _ALLOWED_TAGS = _STANDARD_TAGS | KNOWN_TAGS
 
+# The reference's working directory keeps staged containers here
+# (``WORKDIR_CONTAINERS_RELDIR``); its stage state stores paths relative to
+# the working directory, ours are relative to this dir.
+_WFEXS_CONTAINERS_RELDIR = "containers"
+# What the reference's marshaller writes for its enums and classes.
+_WFEXS_RECORD_TYPE = "Container"
+_WFEXS_ENUM = "ContainerType"
+_WFEXS_CONTAINER_TYPE_TAG = _PY + "object/apply:wfexs_backend.common.ContainerType"
+
 
 # --------------------------------------------------------------------------
 # Container <-> plain data
 
 
-def container_to_dict(c: Container) -> dict[str, Any]:
+def container_to_dict(c: Container, *, containers_dir: Path | None = None) -> dict[str, Any]:
     """The record as plain YAML-safe data, so no tag ever reaches the file.
 
     Values are checked rather than trusted: a field holding something other
     than its declared type would not load back equal, and a provenance record
-    that silently differs from what ran is worse than none.
+    that silently differs from what ran is worse than none. Paths under
+    ``containers_dir`` become relative, so the record moves with that dir.
     """
+    base = None if containers_dir is None else Path(containers_dir).absolute()
     if not isinstance(c, Container):
         raise ProvenanceError(f"cannot record {c!r}: expected a Container, got {type(c).__name__}")
     where = f"Container {getattr(c, 'origTaggedName', '?')!r}"
@@ -180,7 +227,7 @@ def container_to_dict(c: Container) -> dict[str, Any]:
                 path = os.fspath(value)
                 if not isinstance(path, str):
                     raise ProvenanceError(f"cannot record {where}: {name} is a bytes path, expected text")
-                out[name] = path
+                out[name] = _portable_path(path, base)
             else:
                 raise ProvenanceError(
                     f"cannot record {where}: {name} is {type(value).__name__}, expected a path"
@@ -194,6 +241,20 @@ def container_to_dict(c: Container) -> dict[str, Any]:
                 )
             out[name] = value
     return out
+
+
+def _portable_path(path: str, base: Path | None) -> str:
+    """Relative POSIX text for an absolute path under ``base``; any other path as given.
+
+    The test is lexical, as the reference's own: a path reaching ``base``
+    through a symlink is another place as far as the record is concerned.
+    A relative path is already relative to the containers dir.
+    """
+    if base is not None:
+        candidate = Path(path)
+        if candidate.is_absolute() and candidate.is_relative_to(base):
+            return candidate.relative_to(base).as_posix()
+    return path
 
 
 def container_from_dict(d: Mapping[str, Any]) -> Container:
@@ -322,19 +383,76 @@ _LINE_BREAKS = frozenset("\n\r\x85\u2028\u2029")
 _Dumper.add_representer(str, _Dumper.represent_str)
 
 
-def dump_containers(containers: Sequence[Container], stream: IO[str] | None = None) -> str | None:
-    """Write ``containers`` in our format; the text is returned when no stream is given.
+@dataclasses.dataclass(frozen=True)
+class _WfexsTypeKey:
+    """A ``registries`` key the reference's full dumper would write as its enum's tag."""
+
+    value: str
+
+
+class _WfexsDumper(_Dumper):
+    """Our safe dumper plus the one tag the reference's records need for ``registries`` keys.
+
+    Its marshaller leaves mapping keys alone, so a ``ContainerType`` key is
+    written as the enum's own tag, and a ``{_enum: ...}`` mapping there could
+    not even be a key when its loader reads the file back.
+    """
+
+    def represent_type_key(self, data: _WfexsTypeKey) -> Node:
+        return self.represent_sequence(_WFEXS_CONTAINER_TYPE_TAG, [data.value])
+
+
+_WfexsDumper.add_representer(_WfexsTypeKey, _WfexsDumper.represent_type_key)
+
+
+def _wfexs_enum(value: str | None) -> dict[str, str] | None:
+    return None if value is None else {"_enum": _WFEXS_ENUM, "value": value}
+
+
+def _wfexs_path(path: str | None) -> str | None:
+    # Ours are relative to the containers dir, the reference's to the working
+    # dir holding it as ``containers``.
+    if path is None or PurePosixPath(path).is_absolute():
+        return path
+    return PurePosixPath(_WFEXS_CONTAINERS_RELDIR, path).as_posix()
+
+
+def _wfexs_record(plain: dict[str, Any]) -> dict[str, Any]:
+    """The reference's marshalled form of one record, keys sorted as its dumper sorts them."""
+    record: dict[str, Any] = dict(plain, _type=_WFEXS_RECORD_TYPE)
+    record["type"] = _wfexs_enum(plain["type"])
+    record["source_type"] = _wfexs_enum(plain["source_type"])
+    if plain["registries"] is not None:
+        record["registries"] = {_WfexsTypeKey(k): v for k, v in sorted(plain["registries"].items())}
+    for name in _PATH_FIELDS:
+        record[name] = _wfexs_path(plain[name])
+    return dict(sorted(record.items()))
+
+
+def dump_containers(
+    containers: Sequence[Container],
+    stream: IO[str] | None = None,
+    *,
+    style: RecordStyle = "wfexs-like",
+    containers_dir: Path | None = None,
+) -> str | None:
+    """Write ``containers`` in our format or the reference's; the text is returned when no stream is given.
 
     The whole text is rendered before the stream is touched, so a record that
     cannot be dumped leaves nothing half-written behind.
     """
-    document = {
-        FORMAT_KEY: FORMAT_VERSION,
-        "containers": [container_to_dict(c) for c in containers],
-    }
+    if style not in _STYLES:
+        raise ValueError(f"unknown record style {style!r}; expected one of: {', '.join(sorted(_STYLES))}")
+    plain = [container_to_dict(c, containers_dir=containers_dir) for c in containers]
+    document: dict[str, Any]
+    dumper: type[_Dumper]
+    if style == "wfexs":
+        document, dumper = {"containers": [_wfexs_record(p) for p in plain]}, _WfexsDumper
+    else:
+        document, dumper = {FORMAT_KEY: FORMAT_VERSION, "containers": plain}, _Dumper
     text = yaml.dump(
         document,
-        Dumper=_Dumper,
+        Dumper=dumper,
         sort_keys=False,
         allow_unicode=True,
         default_flow_style=False,
@@ -480,43 +598,63 @@ def _refuse_unknown_tags(root: Node, where: str) -> None:
         )
 
 
-def _item_nodes(root: Node) -> list[Node] | None:
-    """The nodes of the ``containers`` list, for line numbers in messages."""
-    found = None
-    if isinstance(root, MappingNode):
-        for key_node, value_node in root.value:
-            if (
-                isinstance(key_node, ScalarNode)
-                and key_node.tag == _YAML + "str"
-                and key_node.value == "containers"
-            ):
+def _top_level(root: Node) -> tuple[Node | None, bool]:
+    """The last ``containers`` value node of a top-level mapping, and whether it is a stage state.
+
+    Decided on the composed nodes, before anything is built, so a stage
+    state's foreign objects never reach a constructor. A top-level merge key
+    could bring ``containers`` in from anywhere, so such a document is
+    treated as an ordinary one and checked whole.
+    """
+    if not isinstance(root, MappingNode):
+        return None, False
+    found: Node | None = None
+    ours = merged = False
+    for key_node, value_node in root.value:
+        if key_node.tag == _YAML + "merge":
+            merged = True
+        elif isinstance(key_node, ScalarNode) and key_node.tag == _YAML + "str":
+            if key_node.value == "containers":
                 found = value_node
-    return found.value if isinstance(found, SequenceNode) else None
+            elif key_node.value == FORMAT_KEY:
+                ours = True
+    return found, found is not None and not ours and not merged
 
 
-def load_containers(source: str | bytes | IO[str] | IO[bytes]) -> list[Container]:
-    """Read records in our format or either WfExS-backend form.
+def load_containers(
+    source: str | bytes | IO[str] | IO[bytes], *, containers_dir: Path | None = None
+) -> list[Container]:
+    """Read records in our format or any WfExS-backend form.
 
     ``source`` is YAML text (``str``/``bytes``) or an open stream; a path is
     for :func:`read_containers_file`, so it is rejected here rather than
-    parsed as a one-word YAML document.
+    parsed as a one-word YAML document. Relative paths in the records are
+    joined to ``containers_dir`` when one is given, and stay relative (to
+    the containers dir) when none is.
     """
     if isinstance(source, os.PathLike):
         raise TypeError("load_containers takes YAML text or a stream; use read_containers_file for a path")
     where = "<string>" if isinstance(source, (str, bytes)) else str(getattr(source, "name", "<stream>"))
-    return _load(source, where)
+    return _load(source, where, containers_dir)
 
 
-def _load(source: Any, where: str) -> list[Container]:
+def _load(source: Any, where: str, containers_dir: Path | None) -> list[Container]:
     loader: _RecordLoader | None = None
+    containers_node: Node | None = None
     try:
         # The reader decodes (and may reject) the first bytes on creation.
         loader = _RecordLoader(source, where)
         root = loader.get_single_node()
         if root is None:
             raise ProvenanceError(f"{where}: empty document; expected a containers record")
-        _refuse_unknown_tags(root, where)
-        data = loader.construct_document(root)
+        containers_node, stage_state = _top_level(root)
+        if stage_state:
+            assert containers_node is not None
+            _refuse_unknown_tags(containers_node, where)
+            data: Any = {"containers": loader.construct_document(containers_node)}
+        else:
+            _refuse_unknown_tags(root, where)
+            data = loader.construct_document(root)
     except ProvenanceError:
         raise
     except yaml.MarkedYAMLError as e:
@@ -534,10 +672,13 @@ def _load(source: Any, where: str) -> list[Container]:
     finally:
         if loader is not None:
             loader.dispose()
-    return _records(data, root, where)
+    item_nodes = containers_node.value if isinstance(containers_node, SequenceNode) else None
+    return _records(data, root, item_nodes, where, containers_dir)
 
 
-def _records(data: Any, root: Node, where: str) -> list[Container]:
+def _records(
+    data: Any, root: Node, item_nodes: list[Node] | None, where: str, containers_dir: Path | None
+) -> list[Container]:
     items: Any
     nodes: list[Node] | None
     label: str
@@ -553,11 +694,11 @@ def _records(data: Any, root: Node, where: str) -> list[Container]:
             )
         if "containers" not in data:
             raise ProvenanceError(f"{where}: missing the 'containers' list")
-        items, nodes, label = data["containers"], _item_nodes(root), "containers[{}]"
+        items, nodes, label = data["containers"], item_nodes, "containers[{}]"
     elif isinstance(data, dict) and "containers" in data:
         # A WfExS-backend marshalled stage state: only its containers are ours.
         # Its engine may have needed no container at all (``containers: null``).
-        items, nodes, label = data["containers"], _item_nodes(root), "containers[{}]"
+        items, nodes, label = data["containers"], item_nodes, "containers[{}]"
         if items is None:
             items = []
         stage_state = True
@@ -589,10 +730,34 @@ def _records(data: Any, root: Node, where: str) -> list[Container]:
             container = _record_to_container(item, position)
         else:
             raise ProvenanceError(f"{position}: expected a container record, got {_describe(item)}")
+        _place_paths(container, stage_state, containers_dir)
         if from_wfexs:
-            container._value_defaults_fixes()
+            try:
+                container._value_defaults_fixes()
+            except ValueError as e:
+                # ``with_name`` on a path with no name (``/``, ``.``).
+                raise ProvenanceError(f"{position}: cannot derive metadataLocalPath: {e}") from None
         containers.append(container)
     return containers
+
+
+def _place_paths(container: Container, stage_state: bool, containers_dir: Path | None) -> None:
+    """Make relative paths relative to the containers dir, then join them to ``containers_dir``."""
+    for name in _PATH_FIELDS:
+        path = getattr(container, name)
+        if path is None or path.is_absolute():
+            continue
+        if stage_state:
+            path = _from_wfexs_workdir(path)
+        setattr(container, name, path if containers_dir is None else Path(containers_dir) / path)
+
+
+def _from_wfexs_workdir(path: Path) -> Path:
+    """A stage state's relative path, re-based from the working dir onto its ``containers`` dir."""
+    parts = path.parts
+    if parts and parts[0] == _WFEXS_CONTAINERS_RELDIR:
+        return Path(*parts[1:])
+    return Path(os.pardir, path)
 
 
 def _has_marshalled_enum(record: Mapping[Any, Any]) -> bool:
@@ -603,7 +768,13 @@ def _has_marshalled_enum(record: Mapping[Any, Any]) -> bool:
 # Files
 
 
-def write_containers_file(containers: Sequence[Container], path: Path) -> None:
+def write_containers_file(
+    containers: Sequence[Container],
+    path: Path,
+    *,
+    style: RecordStyle = "wfexs-like",
+    containers_dir: Path | None = None,
+) -> None:
     """Replace ``path`` with the records, all or nothing.
 
     A workflow re-staged from a half-written record would pin the wrong
@@ -614,7 +785,7 @@ def write_containers_file(containers: Sequence[Container], path: Path) -> None:
     its previous content, if it had one.
     """
     path = Path(path)
-    data = dump_containers(containers)
+    data = dump_containers(containers, style=style, containers_dir=containers_dir)
     assert data is not None
     try:
         atomic_write_bytes(path, data.encode("utf-8"))
@@ -622,11 +793,11 @@ def write_containers_file(containers: Sequence[Container], path: Path) -> None:
         raise ProvenanceError(f"could not write containers record {path}: {e}") from e
 
 
-def read_containers_file(path: Path) -> list[Container]:
+def read_containers_file(path: Path, *, containers_dir: Path | None = None) -> list[Container]:
     """Read a records file; every failure is a ProvenanceError naming ``path``."""
     path = Path(path)
     try:
         data = path.read_bytes()
     except OSError as e:
         raise ProvenanceError(f"cannot read containers record {path}: {e.strerror or e}") from e
-    return _load(data, str(path))
+    return _load(data, str(path), containers_dir)
