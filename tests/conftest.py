@@ -11,7 +11,7 @@ import pytest
 
 from tests.support.proxy import FaultProxy
 from tests.support.registry import RunningRegistry, TokenServer, have_registry, start_registry
-from wfexs_like.cache.blobstore import BlobStore
+from wfexs_like.images.blobstore import BlobStore
 
 TEST_USERS = {"wfexs": "s3cret-Passw0rd"}
 

@@ -26,27 +26,27 @@ from pathlib import Path
 import pytest
 
 from tests.support.imagegen import BuiltImage, build_image, busybox_base_layer, make_tar
-from wfexs_like.cache.blobstore import BlobStore
 from wfexs_like.digests import sha256_bytes, sha256_file
 from wfexs_like.errors import CacheError, IntegrityError, UnsafeArchiveError
 from wfexs_like.images import staging
+from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.images.docker_archive import (
+    DockerArchiveImage,
     docker_archive_digest,
     docker_archive_size,
-    ingest_docker_archive,
     iter_docker_archive,
     write_docker_archive,
 )
-from wfexs_like.images.image import StoredImage
-from wfexs_like.images.manifest import OCI_LAYER, OCI_LAYER_GZIP, Platform
-from wfexs_like.images.oci_layout import (
+from wfexs_like.images.layout import (
     REF_NAME_ANNOTATION,
-    ingest_oci_layout,
+    LayoutImage,
     read_oci_layout,
     verify_oci_layout,
     write_oci_layout,
 )
+from wfexs_like.images.manifest import OCI_LAYER, OCI_LAYER_GZIP, Platform
 from wfexs_like.images.staging import link_or_copy, link_tree
+from wfexs_like.images.store import StoreImage, write_to_store
 
 RUN_ID = uuid.uuid4().hex[:12]
 REPO = f"localhost/wfexs-like-test-{RUN_ID}"
@@ -124,11 +124,11 @@ def _podman_inspect(ref: str) -> dict:
     return json.loads(_run("podman", "image", "inspect", ref).stdout)[0]
 
 
-# -- StoredImage -----------------------------------------------------------------
+# -- StoreImage -----------------------------------------------------------------
 
 
 def test_stored_image_answers_from_blobs(store: BlobStore, three: BuiltImage) -> None:
-    img = StoredImage(store, three.digest)
+    img = StoreImage(store, three.digest)
     assert img.digest() == three.digest == sha256_bytes(img.raw_manifest())
     assert img.config_name() == three.image_id == sha256_bytes(img.raw_config_file())
     assert img.config()["config"]["Labels"]["wfexs-like.test-run"] == RUN_ID
@@ -136,7 +136,7 @@ def test_stored_image_answers_from_blobs(store: BlobStore, three: BuiltImage) ->
     layers = img.layers()
     assert len(layers) == 3
     for layer, tar in zip(layers, three.layer_tars, strict=True):
-        assert layer.media_type == OCI_LAYER_GZIP
+        assert layer.media_type() == OCI_LAYER_GZIP
         assert layer.diff_id() == sha256_bytes(tar)
         with layer.compressed() as fh:
             assert sha256_bytes(fh.read()) == layer.digest()
@@ -155,11 +155,11 @@ def test_stored_image_names_the_missing_blob(tmp_path: Path) -> None:
     gone = built.manifest.layers[1].digest
     store.remove(gone)
     with pytest.raises(CacheError, match=gone) as exc:
-        StoredImage(store, built.digest)
+        StoreImage(store, built.digest)
     assert "fetch the image again" in str(exc.value)
     store.remove(built.digest)
     with pytest.raises(CacheError, match=built.digest):
-        StoredImage(store, built.digest)
+        StoreImage(store, built.digest)
 
 
 # -- staging ------------------------------------------------------------------------
@@ -287,7 +287,7 @@ def test_link_tree_counts_methods_and_publishes_atomically(tmp_path: Path, shm_d
 def test_oci_layout_is_deterministic_hardlinked_and_fingerprinted(
     tmp_path: Path, store: BlobStore, three: BuiltImage
 ) -> None:
-    img = StoredImage(store, three.digest)
+    img = StoreImage(store, three.digest)
     ref = f"{REPO}/three:v1"
     fp1 = write_oci_layout(img, tmp_path / "one", ref_name=ref)
     fp2 = write_oci_layout(img, tmp_path / "two", ref_name=ref)
@@ -319,7 +319,7 @@ def test_oci_layout_is_deterministic_hardlinked_and_fingerprinted(
 def test_skopeo_reads_the_oci_layout(tmp_path: Path, store: BlobStore, three: BuiltImage) -> None:
     if shutil.which("skopeo") is None:
         pytest.fail("skopeo is not installed; run scripts/setup-host.sh")
-    img = StoredImage(store, three.digest)
+    img = StoreImage(store, three.digest)
     ref = f"{REPO}/three:v1"
     layout = tmp_path / "layout"
     write_oci_layout(img, layout, ref_name=ref)
@@ -336,7 +336,7 @@ def test_skopeo_reads_the_oci_layout(tmp_path: Path, store: BlobStore, three: Bu
 def test_podman_loads_the_oci_layout_and_runs_it(
     tmp_path: Path, store: BlobStore, with_entrypoint: BuiltImage, podman: list[str]
 ) -> None:
-    img = StoredImage(store, with_entrypoint.digest)
+    img = StoreImage(store, with_entrypoint.digest)
     ref = f"{REPO}/entrypoint:v1"
     layout = tmp_path / "ep-layout"
     write_oci_layout(img, layout, ref_name=ref)
@@ -363,7 +363,7 @@ def test_podman_loads_the_oci_layout_and_runs_it(
 def test_docker_archive_is_byte_identical_and_known_before_writing(
     tmp_path: Path, store: BlobStore, three: BuiltImage
 ) -> None:
-    img = StoredImage(store, three.digest)
+    img = StoreImage(store, three.digest)
     tags = [f"{REPO}/three:v1", f"{REPO}/three:latest"]
     predicted = docker_archive_digest(img, tags)
     size = docker_archive_size(img, tags)
@@ -398,7 +398,7 @@ def test_docker_archive_is_byte_identical_and_known_before_writing(
 def test_skopeo_reads_the_docker_archive(tmp_path: Path, store: BlobStore, three: BuiltImage) -> None:
     if shutil.which("skopeo") is None:
         pytest.fail("skopeo is not installed; run scripts/setup-host.sh")
-    img = StoredImage(store, three.digest)
+    img = StoreImage(store, three.digest)
     write_docker_archive(img, tmp_path / "a.tar", [f"{REPO}/three:v1"])
     info = json.loads(_run("skopeo", "inspect", f"docker-archive:{tmp_path / 'a.tar'}").stdout)
     assert info["Labels"]["wfexs-like.test-run"] == RUN_ID
@@ -413,7 +413,7 @@ def test_docker_loads_the_streamed_archive_and_runs_it(
 ) -> None:
     client = docker_client
     for built, name in ((three, "three"), (with_entrypoint, "entrypoint")):
-        img = StoredImage(store, built.digest)
+        img = StoreImage(store, built.digest)
         tag = f"{REPO}/{name}:v1"
         client._wfexs_loaded.append(img.config_name())  # type: ignore[attr-defined]
         loaded = client.images.load(iter_docker_archive(img, [tag]))  # type: ignore[attr-defined]
@@ -433,7 +433,7 @@ def test_docker_loads_the_streamed_archive_and_runs_it(
 def test_podman_loads_the_docker_archive_and_runs_it(
     tmp_path: Path, store: BlobStore, three: BuiltImage, podman: list[str]
 ) -> None:
-    img = StoredImage(store, three.digest)
+    img = StoreImage(store, three.digest)
     tag = f"{REPO}/three-archive:v1"
     archive = tmp_path / "three.tar"
     write_docker_archive(img, archive, [tag])
@@ -450,18 +450,18 @@ def test_podman_loads_the_docker_archive_and_runs_it(
     saved = tmp_path / "saved.tar"
     _run("podman", "save", "-q", "--format", "docker-archive", "-o", str(saved), tag)
     other = BlobStore(tmp_path / "other")
-    back = StoredImage(other, ingest_docker_archive(other, saved))
+    back = StoreImage(other, write_to_store(DockerArchiveImage(saved), other))
     assert back.config_name() == img.config_name()
     assert [layer.diff_id() for layer in back.layers()] == [layer.diff_id() for layer in img.layers()]
-    assert {layer.media_type for layer in back.layers()} == {OCI_LAYER}
+    assert {layer.media_type() for layer in back.layers()} == {OCI_LAYER}
 
 
-# -- ingesting a real engine's image --------------------------------------------------
+# -- reading a real engine's image --------------------------------------------------
 
 
 @pytest.mark.docker
 @pytest.mark.podman
-def test_ingest_of_docker_save_keeps_the_image_id(
+def test_docker_save_read_in_place_keeps_the_image_id(
     tmp_path: Path, docker_client: object, podman: list[str]
 ) -> None:
     ctx = tmp_path / "ctx"
@@ -478,18 +478,22 @@ def test_ingest_of_docker_save_keeps_the_image_id(
     built, _ = client.images.build(path=str(ctx), tag=tag, rm=True, forcerm=True)  # type: ignore[attr-defined]
     client._wfexs_loaded.append(built.id)  # type: ignore[attr-defined]
 
+    sdk_saved = tmp_path / "sdk.tar"
+    with open(sdk_saved, "wb") as fh:
+        for chunk in built.save(named=True):  # the SDK's chunk iterator
+            fh.write(chunk)
     store = BlobStore(tmp_path / "store")
-    manifest_digest = ingest_docker_archive(store, built.save(named=True))  # the SDK's chunk iterator
-    img = StoredImage(store, manifest_digest)
+    manifest_digest = write_to_store(DockerArchiveImage(sdk_saved), store)
+    img = StoreImage(store, manifest_digest)
     assert img.config_name() == built.id
-    assert [layer.media_type for layer in img.layers()] == [OCI_LAYER]
+    assert [layer.media_type() for layer in img.layers()] == [OCI_LAYER]
 
-    # the CLI's stdout stream gives the very same synthesised manifest
-    with subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE) as proc:
-        assert proc.stdout is not None
-        again = ingest_docker_archive(store, proc.stdout)
-    assert proc.returncode == 0
-    assert again == manifest_digest
+    # the CLI's output gives the very same synthesised manifest
+    cli_saved = tmp_path / "cli.tar"
+    _run("docker", "save", "-o", str(cli_saved), tag)
+    again = DockerArchiveImage(cli_saved)
+    assert again.digest() == manifest_digest
+    assert again.repo_tags == [tag]
 
     layout = tmp_path / "built-layout"
     write_oci_layout(img, layout, ref_name=tag)
@@ -501,19 +505,22 @@ def test_ingest_of_docker_save_keeps_the_image_id(
     assert out == b"built-ok\n"
 
 
-def test_docker_archive_round_trip_through_ingest(
+def test_docker_archive_round_trip_through_the_store(
     tmp_path: Path, store: BlobStore, three: BuiltImage
 ) -> None:
-    img = StoredImage(store, three.digest)
+    img = StoreImage(store, three.digest)
     other = BlobStore(tmp_path / "other")
-    digest = ingest_docker_archive(other, iter_docker_archive(img, [f"{REPO}/three:v1"]))
-    back = StoredImage(other, digest)
+    archive = tmp_path / "a.tar"
+    write_docker_archive(img, archive, [f"{REPO}/three:v1"])
+    digest = write_to_store(DockerArchiveImage(archive), other)
+    back = StoreImage(other, digest)
     assert back.config_name() == img.config_name()
     assert [x.digest() for x in back.layers()] == [x.digest() for x in img.layers()]  # gzip kept as is
-    assert {x.media_type for x in back.layers()} == {OCI_LAYER_GZIP}
-    # a gzip-compressed archive (docker save | gzip) is read too, still in one pass
-    gz = gzip.compress(b"".join(iter_docker_archive(img, [])), mtime=0)
-    assert ingest_docker_archive(other, io.BytesIO(gz)) == digest
+    assert {x.media_type() for x in back.layers()} == {OCI_LAYER_GZIP}
+    # a gzip-compressed archive (docker save | gzip) is read too
+    gz = tmp_path / "a.img"
+    gz.write_bytes(gzip.compress(b"".join(iter_docker_archive(img, [])), mtime=0))
+    assert write_to_store(DockerArchiveImage(gz), other) == digest
 
 
 def _archive(members: list[tuple[str, bytes]], links: tuple[tuple[str, str], ...] = ()) -> bytes:
@@ -542,16 +549,16 @@ def _archive(members: list[tuple[str, bytes]], links: tuple[tuple[str, str], ...
         ([("manifest.json", b"[]")], (("layer.tar", "/etc/passwd"),)),
     ],
 )
-def test_ingest_refuses_members_outside_the_archive(
+def test_reading_refuses_members_outside_the_archive(
     tmp_path: Path, members: list[tuple[str, bytes]], links: tuple[tuple[str, str], ...]
 ) -> None:
-    store = BlobStore(tmp_path / "s")
+    archive = tmp_path / "evil.tar"
+    archive.write_bytes(_archive(members, links))
     with pytest.raises(UnsafeArchiveError):
-        ingest_docker_archive(store, io.BytesIO(_archive(members, links)))
-    assert list(store.iter_digests()) == []
+        DockerArchiveImage(archive)
 
 
-def test_ingest_refuses_a_layer_that_does_not_match_its_diff_id(tmp_path: Path) -> None:
+def test_reading_refuses_a_layer_that_does_not_match_its_diff_id(tmp_path: Path) -> None:
     layer = make_tar({"f": b"real"})
     config = json.dumps(
         {"rootfs": {"type": "layers", "diff_ids": [sha256_bytes(b"something else")]}}
@@ -559,20 +566,21 @@ def test_ingest_refuses_a_layer_that_does_not_match_its_diff_id(tmp_path: Path) 
     cfg_name = f"{hashlib.sha256(config).hexdigest()}.json"
     manifest = json.dumps([{"Config": cfg_name, "RepoTags": None, "Layers": ["l/layer.tar"]}]).encode()
     store = BlobStore(tmp_path / "s")
-    data = _archive([("manifest.json", manifest), (cfg_name, config), ("l/layer.tar", layer)])
+    archive = tmp_path / "bad.tar"
+    archive.write_bytes(_archive([("manifest.json", manifest), (cfg_name, config), ("l/layer.tar", layer)]))
     with pytest.raises(IntegrityError, match="diff id"):
-        ingest_docker_archive(store, io.BytesIO(data))
+        write_to_store(DockerArchiveImage(archive), store)
     assert list(store.iter_digests()) == []  # nothing published
     assert list(store.tmp_dir.iterdir()) == []
 
 
-# -- verify / ingest layouts -----------------------------------------------------------
+# -- verify / read layouts -------------------------------------------------------------
 
 
 def test_verify_finds_tampered_and_missing_blobs(
     tmp_path: Path, shm_dir: Path, store: BlobStore, three: BuiltImage
 ) -> None:
-    img = StoredImage(store, three.digest)
+    img = StoreImage(store, three.digest)
     layout = shm_dir / "copied"  # another filesystem: real copies, safe to tamper with
     write_oci_layout(img, layout)
     base = img.layers()[0]
@@ -615,13 +623,13 @@ def test_verify_finds_tampered_and_missing_blobs(
     assert "index.json" in problem
 
 
-def test_ingest_oci_layout_into_another_store(tmp_path: Path, store: BlobStore, three: BuiltImage) -> None:
-    img = StoredImage(store, three.digest)
+def test_a_layout_copied_into_another_store(tmp_path: Path, store: BlobStore, three: BuiltImage) -> None:
+    img = StoreImage(store, three.digest)
     layout = tmp_path / "layout"
     write_oci_layout(img, layout, ref_name=f"{REPO}/three:v1")
     other = BlobStore(tmp_path / "other")
-    assert ingest_oci_layout(other, layout) == img.digest()
-    copy = StoredImage(other, img.digest())
+    assert write_to_store(LayoutImage(layout), other) == img.digest()
+    copy = StoreImage(other, img.digest())
     assert copy.config_name() == img.config_name()
     assert all(other.verify(d, full=True) for d in copy.blob_digests())
 
@@ -632,14 +640,15 @@ def test_ingest_oci_layout_into_another_store(tmp_path: Path, store: BlobStore, 
     victim.write_bytes(b"\0" * victim.stat().st_size)
     third = BlobStore(tmp_path / "third")
     with pytest.raises(IntegrityError):
-        ingest_oci_layout(third, bad)
+        write_to_store(LayoutImage(bad), third)
     assert not third.has(img.layers()[1].digest())
+    assert not third.has(img.digest())
 
 
 def test_streaming_a_rotted_blob_fails_before_the_archive_ends(tmp_path: Path) -> None:
     store = BlobStore(tmp_path / "s")
     built = build_image(store, [busybox_base_layer()])
-    img = StoredImage(store, built.digest)
+    img = StoreImage(store, built.digest)
     layer = img.layers()[0]
     path = store.path(layer.digest())
     os.chmod(path, 0o644)
@@ -655,12 +664,18 @@ def test_streaming_a_rotted_blob_fails_before_the_archive_ends(tmp_path: Path) -
 
 
 def test_a_staged_layout_is_itself_a_source(tmp_path: Path, store: BlobStore, three: BuiltImage) -> None:
-    """Deploy reads the snapshot, not the cache: the layout's blobs/ is a read-only blob store."""
-    img = StoredImage(store, three.digest)
+    """Deploy reads the snapshot, not the cache; a hard-linked one is trusted through the store, O(1)."""
+    img = StoreImage(store, three.digest)
     layout = tmp_path / "layout"
     write_oci_layout(img, layout)
-    _, manifest_digest, _ = read_oci_layout(layout)
-    staged = StoredImage(BlobStore(layout, readonly=True), manifest_digest)
     tags = [f"{REPO}/three:v1"]
+    staged = LayoutImage(layout, trust=store)
+    assert staged.digest() == img.digest()
+    assert [x.local_path() for x in staged.layers()] == [
+        layout / "blobs" / "sha256" / _hex(x.digest()) for x in img.layers()
+    ]
     assert docker_archive_digest(staged, tags) == docker_archive_digest(img, tags)
+    untrusted = LayoutImage(layout)  # no store to vouch: every layer is hashed as it streams
+    assert [x.local_path() for x in untrusted.layers()] == [None] * 3
+    assert docker_archive_digest(untrusted, tags) == docker_archive_digest(img, tags)
     assert sorted(p.name for p in layout.iterdir()) == ["blobs", "index.json", "oci-layout"]

@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from wfexs_like.cache.blobstore import BlobStore
 from wfexs_like.digests import sha256_bytes
+from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.images.manifest import (
     OCI_CONFIG,
     OCI_INDEX,

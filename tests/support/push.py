@@ -16,7 +16,7 @@ from urllib.parse import urljoin
 
 import requests
 
-from wfexs_like.cache.blobstore import BlobStore
+from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.images.manifest import Descriptor, Index, Manifest, parse_manifest_or_index
 
 

@@ -1,0 +1,149 @@
+"""The blob store as an image source (``StoreImage``) and sink (``write_to_store``).
+
+A ``StoreImage`` is a manifest digest plus the store: every answer comes
+from blobs already on disk, verified when they arrived, so its layers offer
+``local_path()`` and sinks link them instead of copying. Construction
+checks that every blob the manifest names is present, so a half-evicted
+image fails here with the missing digest named, not halfway through an
+engine load.
+
+``write_to_store`` is the sink every other source is copied into: each
+blob streams through a verifying ``BlobWriter`` under its per-digest lock,
+blobs already present are skipped, and the manifest is published last, so
+a manifest in the store always means a complete image.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import BinaryIO
+
+from ..digests import CHUNK, sha256_bytes
+from ..errors import CacheError, IntegrityError
+from .base import BaseImage, Image
+from .blobstore import BlobStore
+from .manifest import INDEX_TYPES, Descriptor, ManifestError, detect_media_type
+
+
+def _missing(store: BlobStore, digest: str, what: str, manifest_digest: str) -> CacheError:
+    return CacheError(
+        f"{what} blob {digest} of image {manifest_digest} is not in the blob store "
+        f"({store.path(digest)}); the cache entry is incomplete: fetch the image again "
+        "(it will reuse the blobs that are still there)"
+    )
+
+
+def read_small_blob(store: BlobStore, digest: str, what: str, manifest_digest: str) -> bytes:
+    """Read a manifest/config blob and re-hash it: cheap, and they pin everything else."""
+    try:
+        raw = store.path(digest).read_bytes()
+    except FileNotFoundError:
+        raise _missing(store, digest, what, manifest_digest) from None
+    actual = sha256_bytes(raw)
+    if actual != digest:
+        if not store.readonly:
+            store.quarantine(digest)
+        raise IntegrityError(
+            f"{what} blob {store.path(digest)} does not hash to its name (got {actual}); "
+            "it rotted on disk and was moved aside: fetch the image again",
+            expected=digest,
+            actual=actual,
+        )
+    return raw
+
+
+class StoreImage(BaseImage):
+    """An image whose manifest, config and layers are all blobs in one ``BlobStore``."""
+
+    def __init__(self, store: BlobStore, manifest_digest: str) -> None:
+        self.store = store
+        self._digest = manifest_digest
+        self._raw_manifest = read_small_blob(store, manifest_digest, "manifest", manifest_digest)
+        try:
+            mt = detect_media_type(self._raw_manifest)
+        except ManifestError as e:
+            raise CacheError(f"manifest blob {manifest_digest} is unreadable: {e}") from e
+        if mt in INDEX_TYPES:
+            raise CacheError(
+                f"{manifest_digest} is an image index (several platforms), not one image; "
+                "select a platform's manifest from it first (Index.select)"
+            )
+        cfg = self.manifest().config.digest
+        self._raw_config = read_small_blob(store, cfg, "config", manifest_digest)
+        for layer in self.layers():
+            if not store.has(layer.digest()):
+                raise _missing(store, layer.digest(), "layer", manifest_digest)
+
+    def raw_manifest(self) -> bytes:
+        return self._raw_manifest
+
+    def raw_config_file(self) -> bytes:
+        return self._raw_config
+
+    def digest(self) -> str:
+        return self._digest
+
+    def open_blob(self, descriptor: Descriptor) -> BinaryIO:
+        path = self.store.path(descriptor.digest)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise CacheError(
+                f"blob {descriptor.digest} vanished from the blob store ({path}); fetch the image again"
+            ) from None
+
+    def blob_path(self, digest: str) -> Path | None:
+        return self.store.path(digest)
+
+    def blob_trusted(self, digest: str) -> bool:
+        return self.store.is_trusted(digest)
+
+    def blob_mismatch(self, digest: str) -> None:
+        if not self.store.readonly:
+            self.store.quarantine(digest)
+
+    def describe(self) -> str:
+        return f"image {self._digest} in {self.store.root}"
+
+    def describe_source(self) -> str:
+        return f"blob store {self.store.root}"
+
+
+def write_to_store(image: Image, store: BlobStore) -> str:
+    """Copy ``image`` into ``store`` (every blob verified on the way); return its manifest digest.
+
+    A source that can fill a store better than blob by blob (a registry:
+    parallel, resumable downloads) offers ``fetch_into(store)``, and that is
+    used instead; the result is the same.
+    """
+    fetch_into = getattr(image, "fetch_into", None)
+    if fetch_into is not None:
+        return str(fetch_into(store))
+    if isinstance(image, StoreImage) and image.store.root == store.root:
+        return image.digest()
+    manifest = image.manifest()
+    for layer in image.layers():
+        if store.has(layer.digest()) and store.is_trusted(layer.digest()):
+            continue
+        with store.lock(layer.digest()):
+            if store.has(layer.digest()):
+                continue
+            with (
+                contextlib.closing(layer.compressed()) as src,
+                store.writer(layer.digest(), layer.size()) as w,
+            ):
+                while chunk := src.read(CHUNK):
+                    w.write(chunk)
+    # Config and manifest last: a source with a bad layer leaves no half-image behind.
+    _put_small(store, image.raw_config_file(), manifest.config.digest)
+    _put_small(store, image.raw_manifest(), image.digest())
+    return image.digest()
+
+
+def _put_small(store: BlobStore, raw: bytes, digest: str) -> None:
+    if store.has(digest):
+        return
+    with store.lock(digest):
+        if not store.has(digest):
+            store.put_bytes(raw, expected_digest=digest)
