@@ -1,6 +1,8 @@
 """The native SIF builder, checked with the real tools: siftool, mksquashfs and unsquashfs.
 
-Nothing is mocked: layers are real tarballs, the SIF is read back by
+Nothing is mocked: layers are real tarballs, stored as an OCI image in a
+blob store and read through the same verifying ``Image``/``Layer`` readers
+production uses (``tests.support.storeimage``); the SIF is read back by
 Debian's siftool (the SIF reference implementation) and its partition
 unpacked by unsquashfs, and the generated runscript and env script are run
 by the host's /bin/sh (the image's busybox is the host's, so the
@@ -9,6 +11,7 @@ entrypoint runs too).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -33,10 +36,19 @@ from tests.support.layers import (
     image_config,
     opaque,
     symlink,
+    tar_bytes,
     whiteout,
     write_layer,
 )
-from wfexs_like.errors import ContainerEngineException, ContainerFactoryException, UnsafeArchiveError
+from tests.support.storeimage import store_image
+from wfexs_like.errors import (
+    ContainerEngineException,
+    ContainerFactoryException,
+    IntegrityError,
+    UnsafeArchiveError,
+)
+from wfexs_like.images.base import Layer
+from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.images.rootfs import apply_layers
 from wfexs_like.images.sif import (
     DATA_OFFSET,
@@ -48,7 +60,8 @@ from wfexs_like.images.sif import (
     read_sif,
     write_sif,
 )
-from wfexs_like.images.sif_build import build_sif_from_image, make_squashfs, sif_uuid
+from wfexs_like.images.sif_build import build_sif, make_squashfs, sif_uuid
+from wfexs_like.images.store import StoreImage
 
 
 @pytest.fixture(autouse=True)
@@ -59,7 +72,6 @@ def _tools_installed() -> None:
         pytest.fail(f"missing {', '.join(missing)}; run scripts/setup-host.sh")
 
 
-SOURCE_DIGEST = "sha256:" + "ab" * 32
 ENV = ["PATH=/usr/local/bin:/bin", "GREETING=hello world", 'TRICKY=it\'s "quoted" $HOME `x` \\n']
 LABELS = {"org.example.tool": "samtools", "maintainer": "someone <a@b.c>"}
 IS_ROOT = os.geteuid() == 0
@@ -131,6 +143,11 @@ def config(arch: str = "amd64") -> dict:
     )
 
 
+def layers_of(tmp_path: Path, *files: Path) -> tuple[Layer, ...]:
+    """``files`` as the layers of one image in a store of their own, lowest first."""
+    return store_image(BlobStore(tmp_path / "store"), files, image_config()).layers()
+
+
 @pytest.fixture(scope="module")
 def layers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     d = tmp_path_factory.mktemp("layers")
@@ -138,17 +155,20 @@ def layers(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, layers: list[Path]) -> Path:
+def store(tmp_path_factory: pytest.TempPathFactory) -> BlobStore:
+    return BlobStore(tmp_path_factory.mktemp("store"))
+
+
+@pytest.fixture(scope="module")
+def image(store: BlobStore, layers: list[Path]) -> StoreImage:
+    return store_image(store, layers, config())
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory, image: StoreImage) -> Path:
     d = tmp_path_factory.mktemp("built")
     dest = d / "image.sif"
-    build_sif_from_image(
-        config(),
-        layers,
-        dest,
-        tmp_dir=d / "tmp",
-        source_digest=SOURCE_DIGEST,
-        source="docker://example/img:1",
-    )
+    build_sif(image, dest, tmp_dir=d / "tmp", source="docker://example/img:1")
     assert list((d / "tmp").iterdir()) == [], "temporary rootfs left behind"
     return dest
 
@@ -181,7 +201,7 @@ def squashfs_listing(built: Path, tmp_path: Path) -> dict[str, str]:
 # The SIF as siftool sees it
 
 
-def test_siftool_lists_a_squashfs_primary_system_partition(built: Path) -> None:
+def test_siftool_lists_a_squashfs_primary_system_partition(built: Path, image: StoreImage) -> None:
     out = run("siftool", "list", built)
     rows = [r for r in out.splitlines() if re.match(r"^\d+\s+\|", r)]
     assert len(rows) == 3
@@ -197,16 +217,16 @@ def test_siftool_lists_a_squashfs_primary_system_partition(built: Path) -> None:
     header = run("siftool", "header", built)
     assert re.search(r"Primary Architecture:\s+amd64", header)
     assert re.search(r"Created At:\s+2024-01-02 03:04:05 \+0000 UTC", header)
-    assert f"ID:                   {sif_uuid(SOURCE_DIGEST)}" in header
+    assert f"ID:                   {sif_uuid(image.digest())}" in header
 
     assert run("siftool", "dump", "1", built) == "bootstrap: docker\nfrom: example/img:1\n"
     assert re.search(r"Name:\s+oci-config.json", run("siftool", "info", "2", built))
     assert json.loads(run("siftool", "dump", "2", built)) == config()["config"]
 
 
-def test_arm64_image_gives_an_arm64_sif(layers: list[Path], tmp_path: Path) -> None:
+def test_arm64_image_gives_an_arm64_sif(store: BlobStore, layers: list[Path], tmp_path: Path) -> None:
     dest = tmp_path / "arm.sif"
-    build_sif_from_image(config("arm64"), layers, dest, tmp_dir=tmp_path / "tmp", source_digest=SOURCE_DIGEST)
+    build_sif(store_image(store, layers, config("arm64")), dest, tmp_dir=tmp_path / "tmp")
     assert run("siftool", "list", dest).rstrip().endswith("FS (Squashfs/*System/arm64)")
     assert re.search(r"Primary Architecture:\s+arm64", run("siftool", "header", dest))
     assert read_sif(dest).arch == "arm64"
@@ -311,29 +331,24 @@ def test_labels_json_holds_the_image_labels(unpacked: Path) -> None:
 # Determinism
 
 
-def test_same_image_gives_byte_identical_sif(layers: list[Path], built: Path, tmp_path: Path) -> None:
+def test_same_image_gives_byte_identical_sif(
+    layers: list[Path], image: StoreImage, built: Path, tmp_path: Path
+) -> None:
     time.sleep(1.1)  # a different second: any "now" leaking in would show
+    elsewhere = store_image(BlobStore(tmp_path / "other-store"), layers, config())
+    assert elsewhere.digest() == image.digest()
     again = tmp_path / "elsewhere" / "again.sif"
-    build_sif_from_image(
-        config(),
-        layers,
-        again,
-        tmp_dir=tmp_path / "other-tmp",
-        source_digest=SOURCE_DIGEST,
-        source="docker://example/img:1",
-    )
+    build_sif(elsewhere, again, tmp_dir=tmp_path / "other-tmp", source="docker://example/img:1")
     assert sha256(again) == sha256(built)
 
+    # Another image (its config differs in a field the SIF does not show): only the UUID changes.
+    other_image = store_image(BlobStore(tmp_path / "other-store"), layers, {**config(), "author": "x"})
+    assert other_image.digest() != image.digest()
     other = tmp_path / "other.sif"
-    build_sif_from_image(
-        config(),
-        layers,
-        other,
-        tmp_dir=tmp_path / "t3",
-        source_digest="sha256:" + "cd" * 32,
-        source="example/img:1",
-    )
-    assert read_sif(other).uuid != read_sif(built).uuid
+    build_sif(other_image, other, tmp_dir=tmp_path / "t3", source="example/img:1")
+    assert read_sif(other).uuid == sif_uuid(other_image.digest()) != read_sif(built).uuid
+    a, b = other.read_bytes(), built.read_bytes()
+    assert a[:48] + a[64:] == b[:48] + b[64:]  # the header's UUID field: bytes 48-63
 
 
 # ------------------------------------------------------------------------------------------
@@ -496,11 +511,11 @@ UNSAFE = {
 def test_unsafe_layers_are_refused(case: str, tmp_path: Path) -> None:
     outside = _outside(tmp_path)
     members = UNSAFE[case](outside)
-    layer = write_layer(tmp_path / f"{case}.tar.gz", members)
+    (layer,) = layers_of(tmp_path, write_layer(tmp_path / f"{case}.tar.gz", members))
     rootfs = tmp_path / "a" / "b" / "rootfs"
     with pytest.raises(UnsafeArchiveError) as err:
         apply_layers([layer], rootfs)
-    assert layer.name in str(err.value)
+    assert f"layer {layer.digest()}:" in str(err.value)
     assert repr(members[-1].name) in str(err.value)
     assert sorted(p.name for p in outside.iterdir()) == ["victim"]
     assert (outside / "victim").read_text() == "precious\n"
@@ -513,10 +528,9 @@ def test_unsafe_layer_stops_the_build_and_cleans_up(tmp_path: Path) -> None:
     good = base_layer(tmp_path / "good.tar.gz")
     bad = write_layer(tmp_path / "bad.tar.gz", [symlink("etc2", str(outside)), file("etc2/evil", b"x")])
     dest = tmp_path / "x.sif"
+    image = store_image(BlobStore(tmp_path / "store"), [good, bad], config())
     with pytest.raises(UnsafeArchiveError, match="etc2/evil"):
-        build_sif_from_image(
-            config(), [good, bad], dest, tmp_dir=tmp_path / "tmp", source_digest=SOURCE_DIGEST
-        )
+        build_sif(image, dest, tmp_dir=tmp_path / "tmp")
     assert not dest.exists()
     assert list((tmp_path / "tmp").iterdir()) == []  # read-only secret/ included
     assert sorted(p.name for p in outside.iterdir()) == ["victim"]
@@ -534,7 +548,7 @@ def test_symlinks_inside_the_root_are_followed(tmp_path: Path) -> None:
     )
     layer2 = write_layer(tmp_path / "l2.tar.gz", [file("a/liby.so", b"y")])
     rootfs = tmp_path / "rootfs"
-    apply_layers([layer, layer2], rootfs)
+    apply_layers(layers_of(tmp_path, layer, layer2), rootfs)
     assert (rootfs / "usr/lib/libx.so").read_bytes() == b"x"
     assert (rootfs / "usr/lib/liby.so").read_bytes() == b"y"
     assert os.readlink(rootfs / "lib") == "usr/lib"
@@ -544,7 +558,7 @@ def test_upper_layer_replaces_a_symlink_with_a_directory(tmp_path: Path) -> None
     lower = write_layer(tmp_path / "l.tar.gz", [directory("usr/bin/"), symlink("bin", "/usr/bin")])
     upper = write_layer(tmp_path / "u.tar.gz", [directory("bin/"), file("bin/tool", b"t", 0o755)])
     rootfs = tmp_path / "rootfs"
-    apply_layers([lower, upper], rootfs)
+    apply_layers(layers_of(tmp_path, lower, upper), rootfs)
     assert not (rootfs / "bin").is_symlink()
     assert (rootfs / "bin/tool").read_bytes() == b"t"
     assert list((rootfs / "usr/bin").iterdir()) == []
@@ -556,7 +570,7 @@ def test_whiteout_of_a_directory_removes_it_and_its_read_only_content(tmp_path: 
     )
     upper = write_layer(tmp_path / "u.tar.gz", [whiteout("d")])
     rootfs = tmp_path / "rootfs"
-    apply_layers([lower, upper], rootfs)
+    apply_layers(layers_of(tmp_path, lower, upper), rootfs)
     assert not (rootfs / "d").exists()
 
 
@@ -564,7 +578,7 @@ def test_dir_modes_are_applied_after_all_layers(tmp_path: Path) -> None:
     lower = write_layer(tmp_path / "l.tar.gz", [directory("ro/", 0o555, mtime=1000)])
     upper = write_layer(tmp_path / "u.tar.gz", [file("ro/late", b"late")])
     rootfs = tmp_path / "rootfs"
-    apply_layers([lower, upper], rootfs, implicit_mtime=42)
+    apply_layers(layers_of(tmp_path, lower, upper), rootfs, implicit_mtime=42)
     st = os.stat(rootfs / "ro")
     assert stat.S_IMODE(st.st_mode) == 0o555
     assert st.st_mtime == 1000
@@ -575,17 +589,66 @@ def test_dir_modes_are_applied_after_all_layers(tmp_path: Path) -> None:
 def test_zstd_layers_are_refused_clearly(tmp_path: Path) -> None:
     if shutil.which("zstd") is None:
         pytest.fail("zstd CLI not installed; run scripts/setup-host.sh")
-    layer = write_layer(tmp_path / "l.tar.zst", [file("a", b"a")], compression="zstd")
-    with pytest.raises(ContainerFactoryException, match="zstd layers are not supported yet"):
+    (layer,) = layers_of(tmp_path, write_layer(tmp_path / "l.tar.zst", [file("a", b"a")], compression="zstd"))
+    with pytest.raises(
+        ContainerFactoryException, match="zstd-compressed, which this tool cannot decode"
+    ) as err:
         apply_layers([layer], tmp_path / "rootfs")
+    assert layer.digest() in str(err.value)
 
 
-def test_corrupt_layer_is_reported(tmp_path: Path) -> None:
+def test_layer_published_broken_is_reported(tmp_path: Path) -> None:
+    """A truncated gzip that *is* the blob its digest names: the image is broken, not our copy."""
     good = write_layer(tmp_path / "l.tar.gz", [file("a", os.urandom(100000))])
     bad = tmp_path / "bad.tar.gz"
     bad.write_bytes(good.read_bytes()[:50000])
-    with pytest.raises(ContainerFactoryException, match=r"bad\.tar\.gz"):
-        apply_layers([bad], tmp_path / "rootfs")
+    (layer,) = layers_of(tmp_path, bad)
+    with pytest.raises(ContainerFactoryException, match="not a readable") as err:
+        apply_layers([layer], tmp_path / "rootfs")
+    assert not isinstance(err.value, IntegrityError)
+    assert layer.digest() in str(err.value)
+
+
+def _flip_byte(blob: bytes, at: int) -> bytes:
+    return blob[:at] + bytes([blob[at] ^ 0xFF]) + blob[at + 1 :]
+
+
+# How a layer blob in the store is damaged after it was verified: (layer index, new bytes).
+CORRUPTIONS = {
+    # the deflate stream breaks at once: the blob is re-hashed to tell corruption from a broken image
+    "gzip-deflate-header-flipped": lambda base, upper: (0, _flip_byte(base, 20)),
+    # the stream decodes to other bytes: the hash at its end tells
+    "gzip-byte-flipped": lambda base, upper: (0, _flip_byte(base, len(base) // 2)),
+    # a valid layer, just not this one
+    "gzip-other-layer": lambda base, upper: (0, gzip.compress(tar_bytes([file("x", b"x")]), mtime=0)),
+    # a plain tar that stays a readable tar: only the hash can tell
+    "tar-content-changed": lambda base, upper: (
+        1,
+        upper.replace(b"added to a read-only", b"ADDED to a read-only"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupted_layer_raises_integrity_error_and_writes_nothing(case: str, tmp_path: Path) -> None:
+    files = [base_layer(tmp_path / "base.tar.gz"), upper_layer(tmp_path / "upper.tar")]
+    store = BlobStore(tmp_path / "store")
+    image = store_image(store, files, config())
+    index, damaged = CORRUPTIONS[case](files[0].read_bytes(), files[1].read_bytes())
+    layer = image.layers()[index]
+    blob = store.path(layer.digest())
+    assert damaged != blob.read_bytes()
+    os.chmod(blob, 0o644)
+    blob.write_bytes(damaged)
+    os.utime(blob, (MTIME, MTIME))  # whatever the clock's resolution, the trust record no longer fits
+    dest = tmp_path / "out" / "x.sif"
+    with pytest.raises(IntegrityError) as err:
+        build_sif(image, dest, tmp_dir=tmp_path / "tmp")
+    assert err.value.expected == layer.digest()
+    assert layer.digest() in str(err.value)
+    assert not dest.exists()
+    assert not dest.parent.exists() or list(dest.parent.iterdir()) == []
+    assert list((tmp_path / "tmp").iterdir()) == []
 
 
 def test_mksquashfs_failure_carries_command_exit_code_and_stderr(tmp_path: Path) -> None:
@@ -615,11 +678,13 @@ def _as_nobody() -> list[str] | None:
 
 
 _NOBODY_BUILD = """
-import json, sys
+import sys
 from pathlib import Path
-from wfexs_like.images.sif_build import build_sif_from_image
-config, layers, dest, tmp, digest = json.loads(sys.argv[1])
-build_sif_from_image(config, [Path(p) for p in layers], Path(dest), tmp_dir=Path(tmp), source_digest=digest)
+from wfexs_like.images.blobstore import BlobStore
+from wfexs_like.images.sif_build import build_sif
+from wfexs_like.images.store import StoreImage
+store, digest, dest, tmp = sys.argv[1:]
+build_sif(StoreImage(BlobStore(Path(store), readonly=True), digest), Path(dest), tmp_dir=Path(tmp))
 """
 
 
@@ -632,12 +697,13 @@ def test_unprivileged_build_is_identical_to_a_root_build(tmp_path: Path) -> None
     try:
         os.chown(work, 65534, 65534)
         layers = [base_layer(work / "base.tar.gz", foreign_owner=False), upper_layer(work / "upper.tar")]
+        image = store_image(BlobStore(work / "store"), layers, config())
         as_root = tmp_path / "root.sif"
-        build_sif_from_image(config(), layers, as_root, tmp_dir=tmp_path / "tmp", source_digest=SOURCE_DIGEST)
+        build_sif(image, as_root, tmp_dir=tmp_path / "tmp")
         as_nobody = work / "nobody.sif"
-        args = [config(), [str(p) for p in layers], str(as_nobody), str(work / "tmp"), SOURCE_DIGEST]
+        args = [str(work / "store"), image.digest(), str(as_nobody), str(work / "tmp")]
         proc = subprocess.run(
-            [*nobody, "-c", _NOBODY_BUILD, json.dumps(args)],
+            [*nobody, "-c", _NOBODY_BUILD, *args],
             env={"PYTHONPATH": str(REPO), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
             capture_output=True,
             text=True,

@@ -20,8 +20,15 @@ The rules (the interpretation of "a symlink escaping the root is refused"):
 - A hardlink's target must be a non-directory already in the root, named
   without ``..`` or a leading ``/``, and reached by the same rules.
 
-Any refusal raises ``UnsafeArchiveError`` naming the layer and the member;
-the root is then half-applied and should be thrown away.
+Any refusal raises ``UnsafeArchiveError`` naming the layer (by digest) and
+the member; the root is then half-applied and should be thrown away.
+
+Layers are ``Layer`` objects and are read through ``uncompressed()``, so
+compression is decided by ``compression.py`` alone and every byte is checked
+against the layer's diff id (and its digest, unless the source already
+vouches for the blob). Each stream is read to its end for that check to run:
+bytes that are not the image's raise ``IntegrityError`` after the layer was
+applied, which again leaves a root to throw away, never a published result.
 
 Other behaviour follows the OCI image-spec layer rules: ``.wh.<name>``
 deletes ``<name>`` from lower layers, ``.wh..wh..opq`` empties its directory
@@ -35,8 +42,8 @@ for an unprivileged runtime does not need them. Extended attributes
 
 from __future__ import annotations
 
-import bz2
 import collections
+import contextlib
 import gzip
 import logging
 import lzma
@@ -46,12 +53,14 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import BinaryIO
 
+from ..digests import CHUNK
 from ..errors import ContainerFactoryException, UnsafeArchiveError
+from .base import Layer
 
 log = logging.getLogger(__name__)
 
@@ -59,15 +68,12 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 _MAX_SYMLINK_HOPS = 40
 _COPY_CHUNK = 1 << 20
-
-_GZIP_MAGIC = b"\x1f\x8b"
-_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-_BZIP2_MAGIC = b"BZh"
-_XZ_MAGIC = b"\xfd7zXZ\x00"
+# What a damaged tar or compressed stream raises while it is read (bz2 raises a plain OSError).
+_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
-def apply_layers(layers: Sequence[Path], rootfs: Path, *, implicit_mtime: int = 0) -> None:
-    """Apply layer tarballs, lowest first, into ``rootfs`` (created if missing).
+def apply_layers(layers: Sequence[Layer], rootfs: Path, *, implicit_mtime: int = 0) -> None:
+    """Apply ``layers``, lowest first, into ``rootfs`` (created if missing).
 
     Directory modes and mtimes are set only once every layer is in, because
     extracting into a directory changes its mtime and a read-only directory
@@ -80,7 +86,7 @@ def apply_layers(layers: Sequence[Path], rootfs: Path, *, implicit_mtime: int = 
     rootfs.mkdir(parents=True, exist_ok=True)
     applier = _Applier(os.path.realpath(rootfs), implicit_mtime)
     for layer in layers:
-        applier.apply(Path(layer))
+        applier.apply(layer)
     applier.finish()
 
 
@@ -93,39 +99,34 @@ class _DirMeta:
 
 
 @contextmanager
-def _open_layer(layer: Path) -> Iterator[tarfile.TarFile]:
-    """Open a layer as a tar stream, choosing the decompressor from its first bytes.
-
-    Media types lie (docker-archive layers are plain tars named .tar.gz
-    and vice versa), magic bytes don't.
-    """
-    with ExitStack() as stack:
-        raw = stack.enter_context(open(layer, "rb"))
-        magic = raw.read(6)
-        raw.seek(0)
-        stream: IO[bytes] = raw
-        if magic.startswith(_ZSTD_MAGIC):
-            raise ContainerFactoryException(
-                f"layer {layer} is zstd-compressed: zstd layers are not supported yet; "
-                "pull a gzip variant of the image (most registries serve one) or convert the layer"
-            )
-        if magic.startswith(_GZIP_MAGIC):
-            stream = stack.enter_context(gzip.GzipFile(fileobj=raw, mode="rb"))
-        elif magic.startswith(_BZIP2_MAGIC):
-            stream = stack.enter_context(bz2.BZ2File(raw, mode="rb"))
-        elif magic.startswith(_XZ_MAGIC):
-            stream = stack.enter_context(lzma.LZMAFile(raw, mode="rb"))
+def _open_layer(layer: Layer, name: str) -> Iterator[tarfile.TarFile]:
+    """The layer as a tar stream; on leaving, the rest of the stream is read so its check runs."""
+    with contextlib.closing(layer.uncompressed()) as stream:
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tf:
                 yield tf
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError) as exc:
+            _drain(stream)
+        except _READ_ERRORS as exc:
+            _check_blob(layer)
             raise ContainerFactoryException(
-                f"layer {layer} is not a readable (compressed) tar archive: {exc}; "
-                "the blob may be corrupt: verify it against its digest and fetch it again"
+                f"layer {name} matches its digest but is not a readable (compressed) tar archive: "
+                f"{exc}; the image was published broken: rebuild or re-push it"
             ) from exc
 
 
-def _member_parts(name: str, layer: Path, member: str, what: str = "member") -> list[str]:
+def _drain(stream: BinaryIO) -> None:
+    """Read to the end: tar stops at its end-of-archive marker, before the padding and checks."""
+    while stream.read(CHUNK):
+        pass
+
+
+def _check_blob(layer: Layer) -> None:
+    """Read the blob as stored: wrong bytes raise IntegrityError, the real cause of a broken stream."""
+    with contextlib.closing(layer.compressed()) as raw:
+        _drain(raw)
+
+
+def _member_parts(name: str, layer: str, member: str, what: str = "member") -> list[str]:
     if "\x00" in name:
         raise UnsafeArchiveError(f"layer {layer}: {what} {member!r} has a NUL byte in its name")
     if name.startswith("/"):
@@ -153,22 +154,23 @@ class _Applier:
         self.layer_paths: set[str] = set()
 
     # ---- one layer -------------------------------------------------------------------
-    def apply(self, layer: Path) -> None:
+    def apply(self, layer: Layer) -> None:
         self.layer_paths = set()
-        with _open_layer(layer) as tf:
+        name = layer.digest()
+        with _open_layer(layer, name) as tf:
             for count, member in enumerate(tf):
                 try:
-                    self._member(tf, member, layer)
-                except ContainerFactoryException:
+                    self._member(tf, member, name)
+                except (ContainerFactoryException, *_READ_ERRORS):
                     raise
                 except OSError as exc:
                     raise ContainerFactoryException(
-                        f"layer {layer}: cannot extract member {member.name!r}: {exc}"
+                        f"layer {name}: cannot extract member {member.name!r}: {exc}"
                     ) from exc
                 if count % 1000 == 999:
                     tf.members = []  # a stream never looks back; don't keep every header in memory
 
-    def _member(self, tf: tarfile.TarFile, m: tarfile.TarInfo, layer: Path) -> None:
+    def _member(self, tf: tarfile.TarFile, m: tarfile.TarInfo, layer: str) -> None:
         parts = _member_parts(m.name, layer, m.name)
         if not parts:
             if not m.isdir():
@@ -246,7 +248,7 @@ class _Applier:
         os.chmod(target, m.mode & 0o7777)
         os.utime(target, (m.mtime, m.mtime))
 
-    def _hardlink_source(self, m: tarfile.TarInfo, layer: Path) -> str:
+    def _hardlink_source(self, m: tarfile.TarInfo, layer: str) -> str:
         parts = _member_parts(m.linkname, layer, m.name, what="hardlink target of")
         if not parts:
             raise UnsafeArchiveError(f"layer {layer}: member {m.name!r} is a hardlink to the root")
@@ -264,7 +266,7 @@ class _Applier:
             )
         return source
 
-    def _whiteout(self, parts: list[str], layer: Path, member: str) -> None:
+    def _whiteout(self, parts: list[str], layer: str, member: str) -> None:
         base = parts[-1]
         if base == OPAQUE_WHITEOUT:
             directory = self._resolve_dir(parts[:-1], layer, member, create=True)
@@ -294,7 +296,7 @@ class _Applier:
                 self._remove(path)
 
     # ---- paths -----------------------------------------------------------------------
-    def _resolve_dir(self, parts: Sequence[str], layer: Path, member: str, *, create: bool) -> str | None:
+    def _resolve_dir(self, parts: Sequence[str], layer: str, member: str, *, create: bool) -> str | None:
         """The real directory ``parts`` names, following only symlinks that stay inside.
 
         Missing directories are created (as implicit parents) when ``create``;

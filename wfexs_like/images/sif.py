@@ -412,16 +412,3 @@ def read_object(path: Path, descriptor: SifDescriptor) -> bytes:
     if len(data) != descriptor.size:
         raise SifFormatError(f"{path}: object {descriptor.id} is truncated")
     return data
-
-
-def copy_object(path: Path, descriptor: SifDescriptor, dest: Path) -> None:
-    """Stream one data object (e.g. the squashfs partition) into ``dest``."""
-    with open(path, "rb") as src, open(dest, "wb") as out:
-        src.seek(descriptor.offset)
-        remaining = descriptor.size
-        while remaining:
-            chunk = src.read(min(_COPY_CHUNK, remaining))
-            if not chunk:
-                raise SifFormatError(f"{path}: object {descriptor.id} is truncated")
-            out.write(chunk)
-            remaining -= len(chunk)

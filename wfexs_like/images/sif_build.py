@@ -1,4 +1,4 @@
-"""Build a SIF from an OCI image (config + layer blobs) without Apptainer installed.
+"""Build a SIF from any ``Image`` without Apptainer installed: the SIF sink of the one image shape.
 
 The result is what ``apptainer build x.sif docker://...`` would give, as far
 as a runtime can tell: the same ``/.singularity.d`` runtime files (actions,
@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ContainerEngineException, ContainerFactoryException
+from .base import Image
 from .rootfs import apply_layers, remove_tree
 from .sif import SifDataType, SifFsType, SifObject, SifPartType, sif_arch_code, write_sif
 
@@ -48,34 +49,34 @@ _CREATED = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.\d+)?([
 _HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}
 
 
-def build_sif_from_image(
-    config: Mapping[str, Any],
-    layers: Sequence[Path],
+def build_sif(
+    image: Image,
     dest: Path,
     *,
     tmp_dir: Path,
-    source_digest: str,
     source: str | None = None,
     mksquashfs: str = "mksquashfs",
 ) -> None:
-    """Write ``dest`` (atomically) as the SIF of the image made of ``config`` and ``layers``.
+    """Write ``dest`` (atomically) as the SIF of ``image``.
 
-    ``config`` is the image config JSON (the blob ``architecture``, ``created``
-    and ``config.Env/Entrypoint/Cmd/Labels`` come from); ``layers`` its layer
-    blobs, lowest first. ``source_digest`` pins the image (the SIF UUID is
-    derived from it); ``source`` is the reference recorded in the definition
-    file (``from:``), defaulting to the digest. Everything temporary lives in
-    one directory under ``tmp_dir`` that is removed even on failure.
+    The layers are read through ``Layer.uncompressed()``, so bytes that are
+    not the image's raise ``IntegrityError`` and nothing is written to
+    ``dest``. The SIF UUID is derived from the image digest; ``source`` is
+    the reference recorded in the definition file (``from:``), defaulting to
+    the digest. Everything temporary lives in one directory under
+    ``tmp_dir`` that is removed even on failure.
     """
+    config = image.config()
+    digest = image.digest()
     created = image_created(config)
     arch = image_architecture(config)
     inner: Mapping[str, Any] = config.get("config") or {}
-    deffile = definition_file(source or source_digest)
+    deffile = definition_file(source or digest)
     Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sif-build-", dir=tmp_dir))
     try:
         rootfs = work / "rootfs"
-        apply_layers(layers, rootfs, implicit_mtime=created)
+        apply_layers(image.layers(), rootfs, implicit_mtime=created)
         add_runtime_files(rootfs, inner, arch=arch, deffile=deffile, mtime=created)
         squashfs = work / "rootfs.squashfs"
         make_squashfs(rootfs, squashfs, mkfs_time=created, mksquashfs=mksquashfs)
@@ -91,7 +92,7 @@ def build_sif_from_image(
                 arch=arch,
             ),
         ]
-        write_sif(Path(dest), objects, uuid=sif_uuid(source_digest), created=created)
+        write_sif(Path(dest), objects, uuid=sif_uuid(digest), created=created)
     finally:
         remove_tree(work)
 
