@@ -14,7 +14,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -29,7 +28,6 @@ from tests.support.imagegen import (
 from tests.support.proxy import FaultProxy
 from tests.support.push import push_image
 from tests.support.registry import RunningRegistry, child_env
-from wfexs_like.cache.blobstore import BlobStore
 from wfexs_like.digests import sha256_bytes
 from wfexs_like.errors import (
     AuthenticationError,
@@ -39,6 +37,8 @@ from wfexs_like.errors import (
     PlatformMismatchError,
     RegistryError,
 )
+from wfexs_like.images.base import Image
+from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.images.manifest import (
     OCI_CONFIG,
     OCI_LAYER_NONDIST_GZIP,
@@ -46,11 +46,13 @@ from wfexs_like.images.manifest import (
     Platform,
     parse_manifest_or_index,
 )
+from wfexs_like.images.store import StoreImage, write_to_store
 from wfexs_like.registry import (
     CredentialResolver,
     ProgressEvent,
     PullResult,
     RegistryClient,
+    RemoteImage,
 )
 from wfexs_like.registry.auth import parse_www_authenticate
 from wfexs_like.registry.client import is_loopback
@@ -215,11 +217,6 @@ def test_pull_by_digest(registry: RunningRegistry, src_store, blob_store) -> Non
     with client() as c:
         digest, media_type, raw = c.resolve(registry.host, "t/bydigest", img.digest)
         assert (digest, media_type, raw) == (img.digest, img.manifest.media_type, img.manifest.raw)
-        # A parsed reference (duck-typed here): its digest wins over a tag that no longer matches.
-        ref = SimpleNamespace(
-            scheme="docker", registry=registry.host, repository="t/bydigest", tag="gone", digest=img.digest
-        )
-        assert c.pull_reference(ref, blob_store).manifest_digest == img.digest
 
 
 def test_explicit_platform_mismatch_on_single_platform_image(registry, src_store, blob_store) -> None:
@@ -295,6 +292,151 @@ def test_foreign_layer_comes_from_its_url(
     assert blob_store.has(fdigest) and res.downloaded_blobs == 4
     assert len(registry_proxy.hits("/foreign/", "GET")) == 1
     assert not [g for g in registry.blob_gets(mark) if g.path.endswith(fdigest)]
+
+
+# -- the registry as a lazy image source -----------------------------------------
+def store_contents(store: BlobStore) -> dict[str, bytes]:
+    return {d: store.path(d).read_bytes() for d in store.iter_digests()}
+
+
+def test_remote_image_is_lazy_and_reads_verified(registry: RunningRegistry, src_store) -> None:
+    img = make_image(src_store, "lazy")
+    push_image(registry.url, "t/lazy", "v1", src_store, img.manifest)
+    with client() as c:
+        mark = registry.mark()
+        remote = c.image(registry.host, "t/lazy", "v1")
+        assert isinstance(remote, RemoteImage) and isinstance(remote, Image)
+        assert f"{registry.host}/t/lazy:v1" in remote.describe() and "t/lazy:v1" in repr(remote)
+        assert registry.requests_since(mark) == [], "constructing (and naming) it asks nothing"
+
+        assert remote.digest() == img.digest == remote.manifest_digest and remote.index_digest is None
+        manifest_calls = [
+            (a.method, a.status) for a in registry.requests_since(mark) if "/manifests/" in a.path
+        ]
+        assert manifest_calls == [("HEAD", 200), ("GET", 200)]
+        assert registry.blob_gets(mark) == [], "the manifest alone needs no blob"
+        assert img.digest in remote.describe()
+
+        assert remote.config() == img.config and remote.config_name() == img.image_id
+        assert remote.platform() == AMD64
+        assert [g.path.rsplit("/", 1)[1] for g in registry.blob_gets(mark)] == [img.manifest.config.digest]
+        for layer, tar in zip(remote.layers(), img.layer_tars, strict=True):
+            with layer.compressed() as fh:
+                assert fh.read() == src_store.path(layer.digest()).read_bytes()
+            with layer.uncompressed() as fh:
+                assert fh.read() == tar
+            assert layer.local_path() is None, "nothing local to link"
+        assert remote.size() == len(img.manifest.raw) + sum(
+            d.size for d in (img.manifest.config, *img.manifest.layers)
+        )
+        mark = registry.mark()
+        remote.digest()
+        remote.config()
+        assert registry.requests_since(mark) == [], "resolved once, config read once"
+
+
+def test_remote_image_layer_stream_is_verified_and_resumed(
+    registry, registry_proxy: FaultProxy, src_store
+) -> None:
+    img = make_image(src_store, "remote-stream")
+    push_image(registry.url, "t/remote-stream", "v1", src_store, img.manifest)
+    base, own = img.manifest.layers
+    registry_proxy.corrupt(match=own.digest)
+    registry_proxy.truncate(match=base.digest, times=1)
+    with client() as c:
+        remote = c.image(registry_proxy.host, "t/remote-stream", "v1")
+        with remote.layer_by_digest(base.digest).compressed() as fh:
+            assert fh.read() == src_store.path(base.digest).read_bytes()
+        with remote.layer_by_digest(own.digest).compressed() as fh, pytest.raises(IntegrityError) as ei:
+            fh.read()
+    assert ei.value.expected == own.digest and "t/remote-stream:v1" in str(ei.value)
+    first, second = registry_proxy.hits(base.digest, "GET")
+    assert first.faults == ["truncate"] and "Range" not in first.headers
+    kept = int(second.headers["Range"].removeprefix("bytes=").rstrip("-"))
+    assert 0 < kept < base.size and second.status == 206
+
+
+def test_remote_image_selects_its_platform_lazily(registry: RunningRegistry, src_store) -> None:
+    amd = make_image(src_store, "lazy-multi", "amd64")
+    arm = make_image(src_store, "lazy-multi", "arm64", variant="v8")
+    idx = build_index(src_store, [amd, arm])
+    push_image(registry.url, "t/lazy-multi", "latest", src_store, idx)
+    single = make_image(src_store, "lazy-single")
+    push_image(registry.url, "t/lazy-single", "v1", src_store, single.manifest)
+
+    mark = registry.mark()
+    with client() as c, client(platform=AMD64) as c_amd:
+        on_arm = c.image(registry.host, "t/lazy-multi", "latest", platform=ARM64)
+        on_default = c_amd.image(registry.host, "t/lazy-multi", "latest")
+        nowhere = c.image(registry.host, "t/lazy-multi", "latest", platform=Platform.parse("linux/s390x"))
+        wrong_single = c.image(registry.host, "t/lazy-single", "v1", platform=ARM64)
+        assert registry.requests_since(mark) == []
+
+        assert on_arm.digest() == arm.digest and on_arm.index_digest == idx.digest
+        assert on_arm.platform() == Platform("linux", "arm64", "v8")
+        assert on_default.digest() == amd.digest and on_default.config()["architecture"] == "amd64"
+        with pytest.raises(PlatformMismatchError) as ei:
+            nowhere.digest()
+        assert set(ei.value.available) == {"linux/amd64", "linux/arm64/v8"}
+        assert "t/lazy-multi:latest" in str(ei.value) and "linux/s390x" in str(ei.value)
+
+        assert wrong_single.digest() == single.digest, "the manifest does not say its platform"
+        mark = registry.mark()
+        with pytest.raises(PlatformMismatchError, match="linux/amd64") as ei:
+            wrong_single.config()
+        assert "t/lazy-single:v1" in str(ei.value)
+        fetched = [g.path.rsplit("/", 1)[1] for g in registry.blob_gets(mark)]
+        assert fetched == [single.manifest.config.digest], "found out from the config, before any layer"
+
+
+def test_write_to_store_of_a_remote_image_equals_pull(registry: RunningRegistry, src_store, tmp_path) -> None:
+    amd = make_image(src_store, "copy", "amd64")
+    arm = make_image(src_store, "copy", "arm64", variant="v8")
+    idx = build_index(src_store, [amd, arm])
+    push_image(registry.url, "t/copy", "latest", src_store, idx)
+    pulled, copied, pinned_store = (BlobStore(tmp_path / n) for n in ("pulled", "copied", "pinned"))
+
+    with client() as c:
+        res = c.pull(registry.host, "t/copy", "latest", pulled, platform=ARM64)
+        remote = c.image(registry.host, "t/copy", "latest", platform=ARM64)
+        assert write_to_store(remote, copied) == res.manifest_digest == arm.digest
+        last = remote.last_pull
+        assert last is not None and last.index_digest == idx.digest
+        assert (last.downloaded_blobs, last.downloaded_bytes) == (res.downloaded_blobs, res.downloaded_bytes)
+        mark = registry.mark()
+        assert remote.index_digest == idx.digest and remote.digest() == arm.digest
+        assert registry.requests_since(mark) == [], "the pull resolved it"
+
+        # Resolved (and its config read) before the copy: the copy asks for no manifest and no config again.
+        pinned = c.image(registry.host, "t/copy", "latest", platform=ARM64)
+        pinned.config()
+        mark = registry.mark()
+        assert write_to_store(pinned, pinned_store) == arm.digest
+        assert not [a for a in registry.requests_since(mark) if "/manifests/" in a.path]
+        assert {g.path.rsplit("/", 1)[1] for g in registry.blob_gets(mark)} == {
+            d.digest for d in arm.manifest.layers
+        }
+        assert pinned.last_pull is not None and pinned.last_pull.downloaded_blobs == 3
+        assert pinned.last_pull.reference == "latest"
+
+    assert store_contents(pulled) == store_contents(copied) == store_contents(pinned_store)
+    assert idx.digest in store_contents(copied)
+    assert StoreImage(copied, arm.digest).blob_digests() == remote.blob_digests()
+    assert list(copied.tmp_dir.iterdir()) == []
+
+
+def test_remote_image_stays_pinned_when_the_tag_moves(
+    registry: RunningRegistry, src_store, blob_store
+) -> None:
+    old, new = make_image(src_store, "moving-old"), make_image(src_store, "moving-new")
+    push_image(registry.url, "t/moving", "v1", src_store, old.manifest)
+    with client() as c:
+        remote = c.image(registry.host, "t/moving", "v1")
+        assert remote.digest() == old.digest
+        push_image(registry.url, "t/moving", "v1", src_store, new.manifest)
+        assert write_to_store(remote, blob_store) == old.digest
+        assert not blob_store.has(new.digest)
+        assert write_to_store(c.image(registry.host, "t/moving", "v1"), blob_store) == new.digest
 
 
 # -- authentication --------------------------------------------------------------

@@ -1,7 +1,15 @@
-"""Native OCI distribution client: resolve tags, pick platforms, stream verified blobs into the store."""
+"""Native OCI distribution client: resolve tags, pick platforms, stream verified blobs into the store.
+
+``RegistryClient`` pulls into a blob store; ``RegistryClient.image`` gives a
+registry image as a lazy ``Image`` (``RemoteImage``); ``RegistryClient.download``
+fetches plain files (SIFs) over the same transport.
+"""
 
 from .client import ProgressCallback, ProgressEvent, PullResult, RegistryClient
 from .credentials import CredentialResolver, Credentials
+from .download import download
+from .image import RemoteImage
+from .transport import RetryPolicy
 
 __all__ = [
     "CredentialResolver",
@@ -10,4 +18,7 @@ __all__ = [
     "ProgressEvent",
     "PullResult",
     "RegistryClient",
+    "RemoteImage",
+    "RetryPolicy",
+    "download",
 ]

@@ -22,13 +22,11 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
-from ..cache.blobstore import BlobStore, BlobWriter
 from ..digests import is_digest, sha256_bytes
 from ..errors import (
     IntegrityError,
@@ -36,6 +34,7 @@ from ..errors import (
     PlatformMismatchError,
     RegistryError,
 )
+from ..images.blobstore import BlobStore, BlobWriter
 from ..images.manifest import (
     ACCEPT_MANIFESTS,
     Descriptor,
@@ -49,7 +48,18 @@ from ..images.manifest import (
 )
 from .auth import RegistryAuth
 from .credentials import DOCKER_HUB_HOSTS, CredentialResolver
-from .transport import RetryPolicy, Transport, verify_setting
+from .transport import (
+    STREAM_ERRORS,
+    RetryPolicy,
+    ShortRead,
+    Transport,
+    content_range_start,
+    safe_url,
+    verify_setting,
+)
+
+if TYPE_CHECKING:
+    from .image import RemoteImage
 
 log = logging.getLogger(__name__)
 
@@ -57,13 +67,6 @@ DOCKER_HUB_API = "registry-1.docker.io"
 #: containerd's limit: a manifest bigger than this is an attack or a mistake, not an image.
 MAX_MANIFEST_BYTES = 4 << 20
 STREAM_CHUNK = 256 << 10
-_STREAM_ERRORS = (
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    urllib3.exceptions.ProtocolError,
-    urllib3.exceptions.ReadTimeoutError,
-)
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,36 @@ class _BlobOutcome:
     nbytes: int
 
 
+@dataclass(frozen=True)
+class ManifestChoice:
+    """The one image manifest a reference resolved to, and the index it was chosen from (if any)."""
+
+    manifest: Manifest
+    index: Index | None
+
+
+def check_platform(
+    label: str, config: dict, from_index: bool, want: Platform, explicit: Platform | None
+) -> Platform:
+    """The platform the config declares; an explicit request a single-platform image can't meet fails.
+
+    An index entry was already chosen by platform, so only a single manifest
+    needs this check, and it needs the config: the manifest doesn't say.
+    """
+    actual = image_platform(config)
+    if from_index:
+        return actual
+    if explicit is not None and not explicit.matches(actual):
+        raise PlatformMismatchError(
+            f"{label} is a single-platform image for {actual}, not the requested "
+            f"{explicit}; pull it without a platform or pick another tag.",
+            available=[str(actual)],
+        )
+    if explicit is None and not want.matches(actual):
+        log.warning("%s is built for %s, which is not this machine's platform", label, actual)
+    return actual
+
+
 @dataclass
 class _Plan:
     """What one image needs, once its manifests are resolved."""
@@ -187,10 +220,6 @@ class _Plan:
         for d in (self.manifest.config, *self.manifest.layers):
             seen.setdefault(d.digest, d)
         return list(seen.values())
-
-
-class _ShortRead(Exception):
-    """The body ended cleanly but short of the promised size: resume it like a broken one."""
 
 
 class RegistryClient:
@@ -299,21 +328,6 @@ class RegistryClient:
             raise result
         return result
 
-    def pull_reference(self, ref: Any, store: BlobStore, *, platform: Platform | None = None) -> PullResult:
-        """Pull a ``references.Reference`` (anything with ``registry``, ``repository``, ``tag``, ``digest``).
-
-        The digest wins over the tag when both are present: ``name:tag@sha256:...``
-        means exactly that manifest, whatever the tag points to today.
-        """
-        scheme = getattr(ref, "scheme", "docker")
-        if scheme not in ("docker", "oras") or not getattr(ref, "registry", None):
-            raise RegistryError(
-                f"{ref} is not an image in an OCI registry (scheme {scheme!r}); "
-                "use the engine or the URL/file handler for it"
-            )
-        reference = ref.digest or ref.tag or "latest"
-        return self.pull(ref.registry, ref.repository, reference, store, platform=platform)
-
     def pull_many(
         self,
         requests: Sequence[tuple[str, str, str]],
@@ -330,17 +344,41 @@ class RegistryClient:
         attributed to the image that scheduled a blob; the others count it in
         ``reused_blobs``, so sums over all results are the real network totals.
         """
+        return self._pull_all([(*r, None) for r in requests], store, platform)
+
+    def image(
+        self, registry: str, repository: str, reference: str, *, platform: Platform | None = None
+    ) -> RemoteImage:
+        """The image ``reference`` names, as a lazy ``Image``: nothing is asked until it is needed."""
+        from .image import RemoteImage
+
+        return RemoteImage(self, registry, repository, reference, platform=platform)
+
+    def download(self, url: str, dest: Path, *, expected_digest: str | None = None) -> str:
+        """Fetch a plain file (a SIF) over http(s) to ``dest``; see ``registry.download.download``."""
+        from .download import download
+
+        return download(self, url, dest, expected_digest=expected_digest)
+
+    # -- planning ---------------------------------------------------------------
+    def _pull_all(
+        self,
+        wanted: Sequence[tuple[str, str, str, ManifestChoice | None]],
+        store: BlobStore,
+        platform: Platform | None,
+    ) -> list[PullResult | BaseException]:
+        """``pull_many``, where an entry may carry the manifests already chosen (a resolved RemoteImage)."""
         explicit = platform or self.platform
         want = explicit or Platform.host()
-        results: list[PullResult | BaseException | None] = [None] * len(requests)
+        results: list[PullResult | BaseException | None] = [None] * len(wanted)
         plans: list[_Plan] = []
         blob_futs: dict[str, Future[_BlobOutcome]] = {}
         owner: dict[str, int] = {}
         pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="wfexs-pull")
         try:
             plan_futs = {
-                pool.submit(self._plan, i, reg, repo, ref, store, want, explicit): i
-                for i, (reg, repo, ref) in enumerate(requests)
+                pool.submit(self._plan, i, reg, repo, ref, store, want, explicit, chosen): i
+                for i, (reg, repo, ref, chosen) in enumerate(wanted)
             }
             for fut in as_completed(plan_futs):
                 try:
@@ -372,31 +410,35 @@ class RegistryClient:
         pool.shutdown(wait=True)
         return [r if r is not None else RegistryError("internal error: no result") for r in results]
 
-    def fetch_blob(
-        self, registry: str, repository: str, descriptor: Descriptor, store: BlobStore, *, image: str = ""
-    ) -> bool:
-        """Make sure one blob is in ``store``; True when it had to be downloaded."""
-        ep = self._endpoint(registry)
-        label = image or f"{registry}/{repository}"
-        return self._fetch_blob_locked(ep, repository, descriptor, store, label).downloaded
+    def _select(
+        self,
+        registry: str,
+        repository: str,
+        reference: str,
+        want: Platform,
+        store: BlobStore | None = None,
+    ) -> ManifestChoice:
+        """Resolve ``reference`` to one image manifest, choosing ``want`` from an index."""
+        label = image_label(registry, repository, reference)
+        _digest, _mt, raw = self.resolve(registry, repository, reference, store=store)
+        doc = parse_manifest_or_index(raw)
+        if isinstance(doc, Manifest):
+            return ManifestChoice(doc, None)
+        try:
+            chosen = doc.select(want)
+        except PlatformMismatchError as e:
+            raise PlatformMismatchError(f"{label}: {e}", available=e.available) from None
+        _d, _m, child_raw = self.resolve(registry, repository, chosen.digest, store=store)
+        if len(child_raw) != chosen.size:
+            raise IntegrityError(
+                f"{label}: manifest {chosen.digest} is {len(child_raw)} bytes, the index says {chosen.size}",
+                expected=chosen.digest,
+            )
+        child = parse_manifest_or_index(child_raw)
+        if not isinstance(child, Manifest):
+            raise ManifestError(f"{label}: index entry {chosen.digest} is not an image manifest")
+        return ManifestChoice(child, doc)
 
-    def fetch_blob_bytes(
-        self, registry: str, repository: str, digest: str, *, max_size: int = 16 << 20
-    ) -> bytes:
-        """A small blob (a config, a signature) in memory, verified, without touching a store."""
-        ep = self._endpoint(registry)
-        what = f"fetching blob {digest} of {registry}/{repository}"
-        resp = self._blob_response(ep, repository, digest, {}, what)
-        with resp:
-            if resp.status_code != 200:
-                _raise_for(resp, what, kind="blob", label=f"{registry}/{repository}")
-            data = _read_limited(resp, max_size, what)
-        actual = sha256_bytes(data)
-        if actual != digest:
-            raise IntegrityError(f"{what}: got bytes hashing to {actual}", expected=digest, actual=actual)
-        return data
-
-    # -- planning ---------------------------------------------------------------
     def _plan(
         self,
         i: int,
@@ -406,42 +448,18 @@ class RegistryClient:
         store: BlobStore,
         want: Platform,
         explicit: Platform | None,
+        chosen: ManifestChoice | None = None,
     ) -> _Plan:
         ep = self._endpoint(registry)
         label = image_label(registry, repository, reference)
-        _digest, _mt, raw = self.resolve(registry, repository, reference, store=store)
-        doc = parse_manifest_or_index(raw)
-        index_obj: Index | None = None
-        if isinstance(doc, Index):
-            index_obj = doc
-            try:
-                chosen = doc.select(want)
-            except PlatformMismatchError as e:
-                raise PlatformMismatchError(f"{label}: {e}", available=e.available) from None
-            _d, _m, child_raw = self.resolve(registry, repository, chosen.digest, store=store)
-            if len(child_raw) != chosen.size:
-                raise IntegrityError(
-                    f"{label}: manifest {chosen.digest} is {len(child_raw)} bytes, the index says "
-                    f"{chosen.size}",
-                    expected=chosen.digest,
-                )
-            doc = parse_manifest_or_index(child_raw)
-            if not isinstance(doc, Manifest):
-                raise ManifestError(f"{label}: index entry {chosen.digest} is not an image manifest")
+        if chosen is None:
+            chosen = self._select(registry, repository, reference, want, store)
         # The config is tiny and says which platform the image is really for: get it
         # before any layer, so a wrong platform costs one small blob, not the image.
-        cfg = doc.config
+        cfg = chosen.manifest.config
         outcome = self._fetch_blob_locked(ep, repository, cfg, store, label)
         config = _load_config(store, cfg.digest, label)
-        actual = image_platform(config)
-        if index_obj is None and explicit is not None and not explicit.matches(actual):
-            raise PlatformMismatchError(
-                f"{label} is a single-platform image for {actual}, not the requested "
-                f"{explicit}; pull it without a platform or pick another tag.",
-                available=[str(actual)],
-            )
-        if index_obj is None and explicit is None and not want.matches(actual):
-            log.warning("%s is built for %s, which is not this machine's platform", label, actual)
+        actual = check_platform(label, config, chosen.index is not None, want, explicit)
         return _Plan(
             index=i,
             endpoint=ep,
@@ -449,8 +467,8 @@ class RegistryClient:
             repository=repository,
             reference=reference,
             label=label,
-            manifest=doc,
-            index_obj=index_obj,
+            manifest=chosen.manifest,
+            index_obj=chosen.index,
             config=config,
             platform=actual,
             prefetched={cfg.digest: outcome},
@@ -518,14 +536,15 @@ class RegistryClient:
         self, ep: _Endpoint, repository: str, desc: Descriptor, store: BlobStore, label: str
     ) -> int:
         """Foreign (non-distributable) layers come from their ``urls`` first, the registry last."""
-        urls = [u for u in desc.urls if urlsplit(u).scheme in ("http", "https")]
         errors: list[str] = []
-        for url in urls:
+        for url in foreign_urls(desc):
             try:
                 return self._download_from(ep, repository, desc, store, label, url)
             except (RegistryError, IntegrityError) as e:
-                errors.append(f"{url}: {e}")
-                log.warning("%s: foreign layer %s not fetched from %s: %s", label, desc.digest, url, e)
+                errors.append(f"{safe_url(url)}: {e}")
+                log.warning(
+                    "%s: foreign layer %s not fetched from %s: %s", label, desc.digest, safe_url(url), e
+                )
         try:
             return self._download_from(ep, repository, desc, store, label, None)
         except (RegistryError, IntegrityError) as e:
@@ -547,7 +566,7 @@ class RegistryClient:
         url: str | None,
     ) -> int:
         digest, size = desc.digest, desc.size
-        what = f"downloading blob {digest} of {label}" + (f" from {url}" if url else "")
+        what = f"downloading blob {digest} of {label}" + (f" from {safe_url(url)}" if url else "")
         attempt = 0
         fetched = 0
         while True:
@@ -556,24 +575,19 @@ class RegistryClient:
                 if writer.offset < size:
                     self._emit(digest, "start", size, writer.offset, label)
                     headers = {"Range": f"bytes={writer.offset}-"} if writer.offset else {}
-                    if url is None:
-                        resp = self._blob_response(ep, repository, digest, headers, what)
-                    else:
-                        resp = self.transport.get_following_redirects(
-                            url, headers=headers, auth_headers={}, verify_for=self._verify_for, what=what
-                        )
+                    resp = self._blob_get(ep, repository, digest, url, headers, what)
                     with resp:
                         if resp.status_code == 206:
-                            if _content_range_start(resp) != writer.offset:
+                            if content_range_start(resp) != writer.offset:
                                 writer.restart()
-                                raise _ShortRead("unexpected Content-Range; starting over")
+                                raise ShortRead("unexpected Content-Range; starting over")
                         elif resp.status_code == 200:
                             if writer.offset:
                                 log.info("%s: server ignored Range, restarting from 0", what)
                                 writer.restart()
                         elif resp.status_code == 416 and writer.offset:
                             writer.restart()
-                            raise _ShortRead("range not satisfiable; starting over")
+                            raise ShortRead("range not satisfiable; starting over")
                         else:
                             _raise_for(resp, what, kind="blob", label=label)
                         for chunk in resp.iter_content(STREAM_CHUNK):
@@ -581,12 +595,12 @@ class RegistryClient:
                             fetched += len(chunk)
                             self._emit(digest, "advance", size, writer.written, label)
                 if writer.written < size:
-                    raise _ShortRead(f"body ended at {writer.written} of {size} bytes")
+                    raise ShortRead(f"body ended at {writer.written} of {size} bytes")
                 writer.commit()
             except IntegrityError:
                 writer.discard()
                 raise
-            except (*_STREAM_ERRORS, _ShortRead) as e:
+            except (*STREAM_ERRORS, ShortRead) as e:
                 _park(writer)
                 if attempt >= self.policy.retries:
                     raise RegistryError(
@@ -603,6 +617,34 @@ class RegistryClient:
                 raise
             self._emit(digest, "done", size, size, label)
             return fetched
+
+    def _blob_get(
+        self,
+        ep: _Endpoint,
+        repository: str,
+        digest: str,
+        url: str | None,
+        headers: dict[str, str],
+        what: str,
+    ) -> requests.Response:
+        """A blob's GET response (any status), from the registry or, for a foreign layer, its ``url``."""
+        if url is None:
+            return self._blob_response(ep, repository, digest, headers, what)
+        return self.transport.get_following_redirects(
+            url, headers=headers, auth_headers={}, verify_for=self._verify_for, what=what
+        )
+
+    def _open_blob_at(
+        self, ep: _Endpoint, repository: str, desc: Descriptor, url: str | None, offset: int, label: str
+    ) -> requests.Response:
+        """A streaming 200/206 answer for ``desc`` from byte ``offset``; any other answer raises."""
+        what = f"reading blob {desc.digest} of {label}" + (f" from {safe_url(url)}" if url else "")
+        headers = {"Range": f"bytes={offset}-"} if offset else {}
+        resp = self._blob_get(ep, repository, desc.digest, url, headers, what)
+        if resp.status_code not in (200, 206):
+            with resp:
+                _raise_for(resp, what, kind="blob", label=label)
+        return resp
 
     def _blob_response(
         self, ep: _Endpoint, repository: str, digest: str, headers: dict[str, str], what: str
@@ -647,7 +689,7 @@ class RegistryClient:
                     _raise_for(resp, what, kind="manifest", label=label)
                 try:
                     raw = _read_limited(resp, MAX_MANIFEST_BYTES, what)
-                except _STREAM_ERRORS as e:
+                except STREAM_ERRORS as e:
                     if attempt >= self.policy.retries:
                         raise RegistryError(f"{what}: transfer kept breaking off: {e}") from e
                     time.sleep(self.policy.delay(attempt))
@@ -793,6 +835,11 @@ def _load_config(store: BlobStore, digest: str, label: str) -> dict:
     return config
 
 
+def foreign_urls(desc: Descriptor) -> list[str]:
+    """The http(s) ``urls`` of a non-distributable layer: tried before the registry itself."""
+    return [u for u in desc.urls if urlsplit(u).scheme in ("http", "https")]
+
+
 def _put_if_missing(store: BlobStore, raw: bytes, digest: str) -> None:
     if not store.has(digest):
         store.put_bytes(raw, digest)
@@ -814,20 +861,10 @@ def _read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
     for chunk in resp.iter_content(64 << 10):
         buf += chunk
         if len(buf) > limit:
-            raise RegistryError(f"{what}: response larger than {limit} bytes; refusing it", url=resp.url)
+            raise RegistryError(
+                f"{what}: response larger than {limit} bytes; refusing it", url=safe_url(resp.url)
+            )
     return bytes(buf)
-
-
-def _content_range_start(resp: requests.Response) -> int | None:
-    value = resp.headers.get("Content-Range", "")
-    # "bytes 100-999/1000"
-    try:
-        unit, _, rng = value.partition(" ")
-        if unit.strip().lower() != "bytes":
-            return None
-        return int(rng.split("-", 1)[0])
-    except ValueError:
-        return None
 
 
 def _error_codes(resp: requests.Response) -> list[tuple[str, str]]:
@@ -855,7 +892,7 @@ def _raise_for(resp: requests.Response, what: str, *, kind: str, label: str) -> 
             f"image {label} not found: the registry answered HTTP {status}{suffix}. Check the "
             "repository name and tag (e.g. `skopeo list-tags docker://REGISTRY/REPOSITORY`).",
             status=status,
-            url=resp.url,
+            url=safe_url(resp.url),
         )
     if kind == "blob" and (status == 404 or "BLOB_UNKNOWN" in names):
         raise RegistryError(
@@ -863,8 +900,8 @@ def _raise_for(resp: requests.Response, what: str, *, kind: str, label: str) -> 
             "manifest references a blob that was deleted or never pushed. Ask the image owner to push "
             "it again.",
             status=status,
-            url=resp.url,
+            url=safe_url(resp.url),
         )
     transient = status >= 500 or status == 429
     hint = " (the registry kept failing after all retries; try later)" if transient else ""
-    raise RegistryError(f"{what}: HTTP {status}{suffix}{hint}", status=status, url=resp.url)
+    raise RegistryError(f"{what}: HTTP {status}{suffix}{hint}", status=status, url=safe_url(resp.url))

@@ -17,9 +17,10 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
 from ..errors import RegistryError
@@ -31,6 +32,53 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504, 520, 521, 522, 523, 52
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 USER_AGENT = "wfexs-like/0.1 (+OCI distribution client)"
+#: What a body that breaks off mid-stream raises; each is worth resuming with a Range request.
+STREAM_ERRORS = (
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.ReadTimeoutError,
+)
+
+
+class ShortRead(Exception):
+    """The body ended cleanly but short of the promised size: resume it like a broken one."""
+
+
+def safe_url(url: str) -> str:
+    """``url`` fit for a message: no ``user:password@``, no query (signed URLs carry secrets there)."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    query = "<redacted>" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def scrub(text: str, url: str) -> str:
+    """Remove ``url``'s secrets from an exception text that may quote it (requests' messages do)."""
+    parts = urlsplit(url)
+    if parts.query:
+        text = text.replace(parts.query, "<redacted>")
+    if "@" in parts.netloc:
+        text = text.replace(parts.netloc.rpartition("@")[0] + "@", "")
+    return text
+
+
+def content_range_start(resp: requests.Response) -> int | None:
+    """Where a 206 body starts (``Content-Range: bytes 100-999/1000`` -> 100); None if unreadable."""
+    unit, _, rng = resp.headers.get("Content-Range", "").partition(" ")
+    if unit.strip().lower() != "bytes":
+        return None
+    try:
+        return int(rng.split("-", 1)[0])
+    except ValueError:
+        return None
+
+
+def content_range_total(resp: requests.Response) -> int | None:
+    """The full size a 206 names (``.../1000`` -> 1000); None when absent or ``*``."""
+    total = resp.headers.get("Content-Range", "").rpartition("/")[2].strip()
+    return int(total) if total.isdigit() else None
 
 
 def origin(url: str) -> tuple[str, str]:
@@ -132,22 +180,24 @@ class Transport:
                     auth=auth,
                 )
             except requests.exceptions.SSLError as e:
-                host = urlsplit(url).netloc
+                host = urlsplit(safe_url(url)).netloc
                 raise RegistryError(
-                    f"TLS handshake with {host} failed while {what or method + ' ' + url}: {e}. "
+                    f"TLS handshake with {host} failed while {what or method + ' ' + safe_url(url)}: "
+                    f"{scrub(str(e), url)}. "
                     "If the registry uses a private or self-signed certificate pass its CA with "
                     "ca_bundle=..., or list the host in insecure_registries to skip verification.",
-                    url=url,
+                    url=safe_url(url),
                 ) from e
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
                 if attempt >= self.policy.retries:
                     raise RegistryError(
-                        f"could not reach {urlsplit(url).netloc} while {what or method + ' ' + url} "
-                        f"after {attempt + 1} attempts: {e}. Check the registry is up and reachable "
+                        f"could not reach {urlsplit(safe_url(url)).netloc} while "
+                        f"{what or method + ' ' + safe_url(url)} after {attempt + 1} attempts: "
+                        f"{scrub(str(e), url)}. Check the host is up and reachable "
                         "(proxy settings, firewall, DNS).",
-                        url=url,
+                        url=safe_url(url),
                     ) from e
-                self._sleep(attempt, None, f"{type(e).__name__} on {method} {url}")
+                self._sleep(attempt, None, f"{type(e).__name__} on {method} {safe_url(url)}")
                 attempt += 1
                 continue
             if resp.status_code not in RETRY_STATUSES:
@@ -156,16 +206,16 @@ class Transport:
             if retry_after is not None and retry_after > self.policy.max_retry_after:
                 resp.close()
                 raise RegistryError(
-                    f"{urlsplit(url).netloc} answered HTTP {resp.status_code} while "
-                    f"{what or method + ' ' + url} and asks to wait {retry_after:.0f} s "
+                    f"{urlsplit(safe_url(url)).netloc} answered HTTP {resp.status_code} while "
+                    f"{what or method + ' ' + safe_url(url)} and asks to wait {retry_after:.0f} s "
                     "(Retry-After); try again later or use authenticated pulls for a higher quota.",
                     status=resp.status_code,
-                    url=url,
+                    url=safe_url(url),
                 )
             if attempt >= self.policy.retries:
                 return resp  # the caller turns the final status into a proper error
             resp.close()
-            self._sleep(attempt, retry_after, f"HTTP {resp.status_code} on {method} {url}")
+            self._sleep(attempt, retry_after, f"HTTP {resp.status_code} on {method} {safe_url(url)}")
             attempt += 1
 
     def _sleep(self, attempt: int, retry_after: float | None, why: str) -> None:
@@ -204,10 +254,12 @@ class Transport:
             resp.close()
             if not location:
                 raise RegistryError(
-                    f"redirect without a Location header while {what}", status=resp.status_code, url=current
+                    f"redirect without a Location header while {what}",
+                    status=resp.status_code,
+                    url=safe_url(current),
                 )
             current = urljoin(current, location)
-        raise RegistryError(f"more than {MAX_REDIRECTS} redirects while {what}", url=url)
+        raise RegistryError(f"more than {MAX_REDIRECTS} redirects while {what}", url=safe_url(url))
 
 
 def verify_setting(ca_bundle: str | Path | None, skip: bool) -> bool | str:
