@@ -18,11 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from wfexs_like.cache.blobstore import BlobStore
+from wfexs_like.cache import ImageCache
 from wfexs_like.cache.handler import ContainerCacheHandler
 from wfexs_like.cache.paths import ENV_CACHE_DIR, default_cache_dir
 from wfexs_like.digests import normalize_fingerprint, sha256_bytes, sha256_file
 from wfexs_like.errors import CacheError, IntegrityError
+from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.model import ContainerTaggedName, ContainerType
 
 REPO = Path(__file__).resolve().parent.parent
@@ -95,7 +96,7 @@ _SLOW_WRITER = textwrap.dedent(
     import sys, time
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from wfexs_like.cache.blobstore import BlobStore
+    from wfexs_like.images.blobstore import BlobStore
     store = BlobStore(Path({root!r}))
     w = store.writer({digest!r}, {size}, resumable={resumable})
     w.write(b"x" * 1000)
@@ -268,7 +269,7 @@ def test_two_processes_update_the_same_entry(tmp_path: Path, same_payload: bool)
     snapshots = [p for p in h.snapshotsDir.iterdir() if not p.name.endswith("_meta.json")]
     assert len(snapshots) == len(set(payloads)), "one snapshot per distinct content"
     refs = sorted(p.name for p in h.engineContainersSymlinkDir.iterdir())
-    assert len(refs) == 2, f"exactly one entry (snapshot + sidecar link), got {refs}"
+    assert len(refs) == 1, f"exactly one entry (one keyed record), got {refs}"
     assert not [p for p in h.store.tmp_dir.iterdir() if not p.name.startswith("retired-")]
 
 
@@ -297,3 +298,52 @@ def test_transfer_falls_back_to_copy_across_filesystems(tmp_path: Path) -> None:
         # the copy keeps its mtime, so a later transfer trusts it without re-hashing
         assert h.store.is_trusted(fp, spath)
         assert h.transfer(tag, staged) == paths
+
+
+# -- the typed cache: keys that never collide -----------------------------------------------
+
+
+def test_references_that_flatten_alike_never_share_an_entry(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "cache")
+    a, b = "h:5000/ns/img1:1", "h:5000/ns-img1:1"
+    img, meta = _make_snapshot(tmp_path / "b1", b"A" * 100)
+    hit = cache.put(a, "sif", img, json.loads(meta.read_text()))
+    assert cache.lookup(a, "sif") == hit
+    assert cache.lookup(b, "sif") is None, "another reference never gets this entry"
+    assert cache.lookup(a, "oci-layout") is None, "nor another kind"
+    assert cache.lookup(a, "sif", "linux/arm64") is None, "nor another platform"
+    img, meta = _make_snapshot(tmp_path / "b2", b"B" * 100)
+    cache.put(b, "sif", img, json.loads(meta.read_text()))
+    assert cache.lookup(a, "sif") == hit, "the second reference does not overwrite the first"
+
+
+def test_a_record_whose_reference_differs_is_not_a_hit(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "cache")
+    img, meta = _make_snapshot(tmp_path / "b", b"A" * 100)
+    cache.put("h/a:1", "sif", img, json.loads(meta.read_text()))
+    record = next((cache.refs_dir / "sif").iterdir())
+    data = json.loads(record.read_text())
+    data["reference"] = "h/b:1"
+    record.write_text(json.dumps(data))
+    assert cache.lookup("h/a:1", "sif") is None
+
+
+def test_resolutions_need_the_manifest_in_the_store(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "cache")
+    digest = cache.store.put_bytes(b'{"schemaVersion":2}')
+    cache.record_resolution("h/a:1", None, digest)
+    assert cache.resolved("h/a:1", None) == digest
+    assert cache.resolved("h/a:1", "linux/arm64") is None
+    assert cache.resolved("h/b:1", None) is None
+    cache.store.remove(digest)
+    assert cache.resolved("h/a:1", None) is None
+
+
+def test_staged_sidecar_is_a_copy_not_a_link(tmp_path: Path) -> None:
+    h = ContainerCacheHandler(tmp_path / "cache", "singularity", _naming)
+    img, meta = _make_snapshot(tmp_path / "b", b"S" * 100)
+    h.update(_tag(), img, meta)
+    _, smeta = h.transfer(_tag(), tmp_path / "wf") or (None, None)
+    assert smeta is not None
+    smeta.write_text("{}")  # a workflow scribbling on its staged sidecar
+    assert h.query(_tag())[0], "the cache's own sidecar is untouched"

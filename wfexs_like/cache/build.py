@@ -1,0 +1,178 @@
+"""Turn an image in the blob store into a cached snapshot of the kind a workflow needs.
+
+Factories decide *which* snapshot kind a tag gets (policy); the bytes are
+made here, from any ``Image``, through the sinks of ``images.copy``:
+
+- ``oci-layout``: a layout dir whose blobs are hard links into the store
+  (Podman loads it as it is; Docker gets a docker-archive streamed from it);
+- ``docker-archive``: a reproducible gzipped ``docker save`` tarball, the
+  ``.img`` snapshot WfExS-backend stages and loads, with a sidecar WfExS reads;
+- ``sif``: a SIF built natively (layers merged, whiteouts applied, squashfs).
+
+Every snapshot is built in a private work dir under the cache's ``tmp/`` and
+published by ``ImageCache.put`` (rename under a lock), so a killed build
+leaves nothing under a final name.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ..digests import sha256_bytes, sha256_file
+from ..errors import IntegrityError
+from ..images.base import Image
+from ..images.copy import DockerArchiveSink, LayoutSink, SifSink, copy
+from ..images.sif import read_sif
+from ..model import ImageMetadata
+from .snapshots import CacheHit, ImageCache, SnapshotKind
+
+
+@contextlib.contextmanager
+def work_dir(cache: ImageCache, prefix: str) -> Iterator[Path]:
+    """A private directory inside the cache (same filesystem: publishing is a rename)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=cache.store.tmp_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def wfexs_digest(sha256_hex_digest: str) -> str:
+    """WfExS-backend's spelling of a digest (``sha256=<base64>``), which its loaders compare verbatim."""
+    raw = bytes.fromhex(sha256_hex_digest.split(":", 1)[1])
+    return "sha256=" + base64.b64encode(raw).decode("ascii")
+
+
+def image_metadata(
+    image: Image,
+    reference: str,
+    kind: SnapshotKind,
+    *,
+    registry: str | None,
+    repository: str | None,
+    source: Mapping[str, Any],
+    size: int | None = None,
+) -> ImageMetadata:
+    plat = image.platform()
+    return ImageMetadata(
+        tagged_name=reference,
+        manifest_digest=image.digest(),
+        image_id=image.config_name(),
+        image_signature="",
+        architecture=plat.architecture,
+        os=plat.os,
+        variant=plat.variant,
+        registry=registry,
+        repository=repository,
+        size=image.size() if size is None else size,
+        layers=tuple(layer.digest() for layer in image.layers()),
+        media_type=image.media_type(),
+        snapshot_kind=kind,
+        extra=dict(source),
+    )
+
+
+def build_snapshot(
+    cache: ImageCache,
+    reference: str,
+    kind: SnapshotKind,
+    image: Image,
+    *,
+    platform: str | None,
+    name: str,
+    registry: str | None = None,
+    repository: str | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> CacheHit:
+    """Build the ``kind`` snapshot of ``image`` and cache it under ``reference``.
+
+    ``name`` is the image name the snapshot carries (the layout's ref name,
+    the archive's repo tag, the SIF definition's ``from:``).
+    """
+    with work_dir(cache, f"{kind}-") as work:
+        if kind == "oci-layout":
+            snapshot = work / "layout"
+            copy(image, LayoutSink(snapshot, ref_name=name))
+            size = None
+        elif kind == "docker-archive":
+            snapshot = work / "image.img"
+            copy(image, DockerArchiveSink(snapshot, [name], compress=True))
+            size = snapshot.stat().st_size
+        else:
+            snapshot = work / "image.sif"
+            copy(image, SifSink(snapshot, tmp_dir=work, source=name))
+            size = snapshot.stat().st_size
+        meta = image_metadata(
+            image,
+            reference,
+            kind,
+            registry=registry,
+            repository=repository,
+            source={**(source or {}), **({"builder": "wfexs-like native"} if kind == "sif" else {})},
+            size=size,
+        ).to_json()
+        if kind == "docker-archive":
+            meta.update(_wfexs_sidecar(image, snapshot, name))
+        return cache.put(reference, kind, snapshot, meta, platform=platform, move=True)
+
+
+def _wfexs_sidecar(image: Image, archive: Path, name: str) -> dict[str, Any]:
+    """The keys WfExS-backend's docker factory reads from a staged ``.img`` sidecar."""
+    plat = image.platform()
+    manifests = [
+        {
+            "Id": image.config_name(),
+            "RepoTags": [name],
+            "RepoDigests": [],
+            "Architecture": plat.architecture,
+            "Os": plat.os,
+            **({"Variant": plat.variant} if plat.variant else {}),
+        }
+    ]
+    trimmed = json.dumps(manifests, sort_keys=True, separators=(",", ":")).encode()
+    return {
+        "image_signature": wfexs_digest(sha256_file(archive)),
+        "manifests_signature": wfexs_digest(sha256_bytes(trimmed)),
+        "manifests": manifests,
+    }
+
+
+def put_sif_file(
+    cache: ImageCache,
+    reference: str,
+    path: Path,
+    *,
+    platform: str | None,
+    source: Mapping[str, Any],
+    move: bool,
+    registry: str | None = None,
+    repository: str | None = None,
+) -> CacheHit:
+    """Cache an existing SIF file (downloaded, pulled by Apptainer, or local) after checking it is one."""
+    try:
+        info = read_sif(path)
+    except Exception as e:  # any parse failure means "not a SIF we can trust"
+        raise IntegrityError(f"{reference}: {path} is not a valid SIF file ({e})") from e
+    part = info.primary_partition()
+    digest = sha256_file(path)
+    meta = ImageMetadata(
+        tagged_name=reference,
+        manifest_digest=digest,
+        image_id=digest,
+        image_signature="",
+        architecture=(part.arch if part else None) or info.arch or None,
+        os="linux",
+        registry=registry,
+        repository=repository,
+        size=path.stat().st_size,
+        snapshot_kind="sif",
+        extra=dict(source),
+    )
+    return cache.put(reference, "sif", path, meta, platform=platform, move=move)

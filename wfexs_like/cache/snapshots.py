@@ -1,0 +1,342 @@
+"""The typed cache: what a reference resolved to, and which snapshot of it is cached.
+
+Layout under the cache dir (shared by every engine and every workflow)::
+
+    blobs/sha256/<hex>               every layer, config, manifest, SIF and archive once
+    tags/<key>.json                  reference + platform -> manifest digest (engine-agnostic)
+    refs/<kind>/<key>.json           reference + platform -> snapshot fingerprint of that kind
+    snapshots/sha256-<hex>           one snapshot per fingerprint: an OCI layout dir (blobs
+                                     hard-linked from the store) or a file (a link of its blob)
+    snapshots/sha256-<hex>_meta.json its metadata sidecar
+
+**Keys never collide.** ``<key>`` is the sha256 of the canonical reference
+and platform, and every record repeats the reference it answers for; a hit
+counts only when that equals what was asked. Flattening names (``ns/img``
+and ``ns-img`` both become ``ns-img``) can therefore never hand out another
+image, online or offline.
+
+**Resolution is shared by every kind.** A Docker materialize records
+``reference -> manifest digest`` in ``tags/``; a later SIF materialize of the
+same reference, offline, finds the manifest and its layers in the blob store
+and builds the SIF from them: no network, no second copy of the layers.
+
+**Publishing is a rename under a lock**, as everywhere here: two processes
+putting the same entry both succeed and leave one consistent entry.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from ..digests import is_digest, normalize_fingerprint, sha256_file, split_digest
+from ..errors import CacheError, IntegrityError
+from ..fsutil import atomic_write_bytes, fsync_dir
+from ..images.blobstore import BlobStore
+from ..images.layout import verify_oci_layout
+from ..images.staging import link_or_copy, link_tree, remove_path
+from ..model import META_JSON_POSTFIX, ImageMetadata
+from .paths import default_cache_dir
+
+logger = logging.getLogger(__name__)
+
+SnapshotKind = Literal["oci-layout", "sif", "docker-archive"]
+SNAPSHOT_KINDS: tuple[SnapshotKind, ...] = ("oci-layout", "sif", "docker-archive")
+
+
+def fingerprint_to_name(fingerprint: str) -> str:
+    algo, hexd = split_digest(fingerprint)
+    return f"{algo}-{hexd}"
+
+
+def name_to_fingerprint(name: str) -> str | None:
+    algo, sep, hexd = name.partition("-")
+    candidate = f"{algo}:{hexd}"
+    return candidate if sep and is_digest(candidate) else None
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Sidecars are tiny but must never be seen half-written by a concurrent reader."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("r", encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise CacheError(
+            f"metadata file {path} is unreadable or corrupted ({e}); "
+            "re-materialize the container (or run with --force) to rebuild it"
+        ) from e
+    if not isinstance(data, dict):
+        raise CacheError(f"metadata file {path} is not a JSON object; re-materialize the container")
+    return data
+
+
+def _key(*parts: str | None) -> str:
+    return hashlib.sha256("\0".join(p or "" for p in parts).encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    """A verified cached snapshot of ``reference``."""
+
+    reference: str
+    kind: SnapshotKind
+    platform: str | None
+    fingerprint: str
+    snapshot: Path
+    metadata_path: Path
+    metadata: ImageMetadata
+
+    @property
+    def raw_metadata(self) -> dict[str, Any]:
+        return read_json(self.metadata_path)
+
+
+class ImageCache:
+    """Tag resolutions, snapshots and their sidecars over one ``BlobStore``; see the module docstring."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root or default_cache_dir()).absolute()
+        self.store = BlobStore(self.root)
+        self.snapshots_dir = self.root / "snapshots"
+        self.tags_dir = self.root / "tags"
+        self.refs_dir = self.root / "refs"
+        for d in (self.snapshots_dir, self.tags_dir, self.refs_dir):
+            d.mkdir(parents=True, exist_ok=True)
+
+    # -- resolution: reference -> manifest digest, for every kind ------------------------
+    def _tag_file(self, reference: str, platform: str | None) -> Path:
+        return self.tags_dir / f"{_key(reference, platform)}.json"
+
+    def record_resolution(
+        self, reference: str, platform: str | None, manifest_digest: str, **extra: Any
+    ) -> None:
+        """Remember what ``reference`` named when it was last fetched (offline runs resolve with it)."""
+        split_digest(manifest_digest)
+        data = {"reference": reference, "platform": platform, "manifest_digest": manifest_digest, **extra}
+        write_json_atomic(self._tag_file(reference, platform), data)
+
+    def resolved(self, reference: str, platform: str | None) -> str | None:
+        """The manifest digest ``reference`` resolved to, if recorded *and* its manifest is stored."""
+        path = self._tag_file(reference, platform)
+        try:
+            data = read_json(path)
+        except CacheError:
+            return None
+        if data.get("reference") != reference or data.get("platform") != platform:
+            return None
+        digest = data.get("manifest_digest")
+        if not isinstance(digest, str) or not is_digest(digest) or not self.store.has(digest):
+            return None
+        return digest
+
+    # -- snapshots ---------------------------------------------------------------------------
+    def _ref_file(self, reference: str, kind: SnapshotKind, platform: str | None) -> Path:
+        return self.refs_dir / kind / f"{_key(reference, platform)}.json"
+
+    def snapshot_path(self, fingerprint: str) -> Path:
+        return self.snapshots_dir / fingerprint_to_name(fingerprint)
+
+    def metadata_path(self, fingerprint: str) -> Path:
+        return self.snapshots_dir / (fingerprint_to_name(fingerprint) + META_JSON_POSTFIX)
+
+    def entry(self, reference: str, kind: SnapshotKind, platform: str | None = None) -> str | None:
+        """The fingerprint recorded for ``reference`` (unverified), or None."""
+        try:
+            rec = read_json(self._ref_file(reference, kind, platform))
+        except CacheError:
+            return None
+        fingerprint = rec.get("fingerprint")
+        if rec.get("reference") != reference or rec.get("platform") != platform:
+            return None
+        return fingerprint if isinstance(fingerprint, str) and is_digest(fingerprint) else None
+
+    def lookup(
+        self, reference: str, kind: SnapshotKind, platform: str | None = None, *, full: bool = False
+    ) -> CacheHit | None:
+        """The cached snapshot of ``reference`` of this kind, verified; None when absent or damaged.
+
+        Only a record whose reference (and platform) equals the one asked
+        for counts. Verification costs a ``stat`` per blob unless ``full``.
+        """
+        fingerprint = self.entry(reference, kind, platform)
+        if fingerprint is None:
+            return None
+        snapshot, meta_path = self.snapshot_path(fingerprint), self.metadata_path(fingerprint)
+        try:
+            raw_meta = read_json(meta_path)
+            # Sidecars written through the reference's API may hold only some of our keys.
+            defaults = {"tagged_name": reference, "manifest_digest": fingerprint, "image_id": fingerprint}
+            meta = ImageMetadata.from_json({**defaults, **raw_meta})
+        except (CacheError, KeyError, TypeError, ValueError) as e:
+            logger.warning("cached metadata of %s is unusable: %s", reference, e)
+            return None
+        if normalize_fingerprint(meta.image_signature) != fingerprint:
+            return None
+        problems = self.verify_snapshot(snapshot, fingerprint, full=full)
+        if problems:
+            logger.warning("cached snapshot of %s is damaged: %s", reference, "; ".join(problems))
+            return None
+        return CacheHit(reference, kind, platform, fingerprint, snapshot, meta_path, meta)
+
+    def put(
+        self,
+        reference: str,
+        kind: SnapshotKind,
+        snapshot: Path,
+        metadata: ImageMetadata | Mapping[str, Any],
+        *,
+        platform: str | None = None,
+        move: bool = True,
+    ) -> CacheHit:
+        """Publish a freshly built snapshot and point ``reference`` at it.
+
+        The sidecar's ``image_signature`` is set to the computed fingerprint,
+        so the two can never disagree.
+        """
+        snapshot = Path(snapshot)
+        fingerprint = self.compute_fingerprint(snapshot)
+        meta = dict(metadata.to_json() if isinstance(metadata, ImageMetadata) else metadata)
+        if (
+            kind == "docker-archive"
+            and isinstance(meta.get("image_signature"), str)
+            and "=" in str(meta["image_signature"])
+        ):
+            # WfExS-style sidecars keep their own spelling of the same digest.
+            if normalize_fingerprint(meta["image_signature"]) != fingerprint:
+                raise IntegrityError(f"{snapshot}: the sidecar's image_signature does not match it")
+        else:
+            meta["image_signature"] = fingerprint
+        meta.setdefault("snapshot_kind", kind)
+        canonical, canonical_meta = self.snapshot_path(fingerprint), self.metadata_path(fingerprint)
+        with self.store.lock(f"snapshot-{fingerprint}"):
+            if canonical.exists() and not self.verify_snapshot(canonical, fingerprint):
+                if move:
+                    remove_path(snapshot)
+            else:
+                if canonical.exists() or canonical.is_symlink():
+                    logger.warning("replacing damaged cached snapshot %s", canonical)
+                    self._retire(canonical)
+                self._publish_snapshot(snapshot, canonical, fingerprint, move)
+            write_json_atomic(canonical_meta, meta)
+        ref_file = self._ref_file(reference, kind, platform)
+        write_json_atomic(
+            ref_file, {"reference": reference, "kind": kind, "platform": platform, "fingerprint": fingerprint}
+        )
+        hit = self.lookup(reference, kind, platform)
+        if hit is None:
+            raise CacheError(f"the snapshot of {reference} vanished right after it was cached; retry")
+        return hit
+
+    def forget(self, reference: str, kind: SnapshotKind, platform: str | None = None) -> None:
+        """Drop this reference's entry (its snapshot stays until gc: other references may share it)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._ref_file(reference, kind, platform).unlink()
+
+    # -- staging ------------------------------------------------------------------------------
+    def stage(self, hit: CacheHit, path: Path, meta_path: Path, *, force: bool = False) -> tuple[Path, Path]:
+        """Put the snapshot and its sidecar at ``path``/``meta_path``: links for blobs, a copy of the sidecar.
+
+        A staged copy already there is kept when it is the same snapshot
+        (O(1)); a stale one is replaced atomically. The sidecar is copied,
+        never linked, so a workflow that edits it cannot corrupt the cache.
+        """
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self.store.lock(f"stage-{path}"):
+            if force or not self._staged_matches(path, hit.fingerprint):
+                if hit.snapshot.is_dir():
+                    link_tree(hit.snapshot, path, force=True)
+                else:
+                    link_or_copy(hit.snapshot, path)
+            meta_bytes = hit.metadata_path.read_bytes()
+            try:
+                current = meta_path.read_bytes()
+            except OSError:
+                current = None
+            if force or current != meta_bytes:
+                atomic_write_bytes(meta_path, meta_bytes, mode=0o644)
+        return path, meta_path
+
+    def _staged_matches(self, path: Path, fingerprint: str) -> bool:
+        if not (path.exists() or path.is_symlink()):
+            return False
+        return not self.verify_snapshot(path, fingerprint)
+
+    # -- fingerprints and verification ---------------------------------------------------------
+    def compute_fingerprint(self, snapshot: Path) -> str:
+        """A snapshot's fingerprint: of the file, or of an OCI layout's ``index.json``.
+
+        ``index.json`` pins the manifest by digest, which pins the config and
+        every layer, so its hash is the root of the whole layout: hashing a
+        few hundred bytes identifies gigabytes, and ``verify_snapshot`` checks
+        the rest of the chain.
+        """
+        if snapshot.is_dir():
+            return sha256_file(snapshot / "index.json")
+        return sha256_file(snapshot)
+
+    def verify_snapshot(self, snapshot: Path, fingerprint: str, full: bool = False) -> list[str]:
+        """Problems found in ``snapshot`` (empty when it is intact).
+
+        Without ``full``, blobs that still look as when they were verified
+        (trust records: size and mtime) are not re-hashed.
+        """
+        fingerprint = normalize_fingerprint(fingerprint)
+        if snapshot.is_dir():
+            index = snapshot / "index.json"
+            if not index.is_file():
+                return [f"{snapshot}: missing index.json"]
+            problems: list[str] = []
+            if sha256_file(index) != fingerprint:
+                problems.append(f"{index}: does not match the recorded fingerprint {fingerprint}")
+            problems.extend(verify_oci_layout(snapshot, self.store, full))
+            return problems
+        if not snapshot.is_file():
+            return [f"{snapshot}: missing"]
+        if not full and self.store.has(fingerprint) and self.store.is_trusted(fingerprint, snapshot):
+            return []
+        actual = sha256_file(snapshot)
+        if actual != fingerprint:
+            return [f"{snapshot}: content is {actual}, recorded fingerprint is {fingerprint}"]
+        return []
+
+    def _publish_snapshot(self, src: Path, canonical: Path, fingerprint: str, move: bool) -> None:
+        if src.is_dir():
+            same_fs = src.stat().st_dev == self.snapshots_dir.stat().st_dev
+            if move and same_fs:
+                os.replace(src, canonical)
+            else:
+                link_tree(src, canonical, force=True)
+                if move:
+                    shutil.rmtree(src)
+        else:
+            if move:
+                self.store.adopt_file(src, fingerprint)
+            else:
+                self.store.put_file(src, fingerprint)
+            link_or_copy(self.store.path(fingerprint), canonical)
+        fsync_dir(self.snapshots_dir)
+        if self.compute_fingerprint(canonical) != fingerprint:
+            raise IntegrityError(
+                f"snapshot {canonical} changed while it was being cached; retry the operation",
+                expected=fingerprint,
+            )
+
+    def _retire(self, path: Path) -> None:
+        """Move a damaged entry out of the way atomically, then delete it."""
+        graveyard = self.store.tmp_dir / f"retired-{uuid.uuid4().hex}"
+        os.replace(path, graveyard)
+        remove_path(graveyard)
