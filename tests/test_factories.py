@@ -24,11 +24,11 @@ import pytest
 from tests.support.imagegen import BuiltImage, build_image, busybox_base_layer
 from tests.support.push import push_image
 from tests.support.registry import RunningRegistry, start_registry
-from wfexs_like.cache.blobstore import BlobStore
 from wfexs_like.container_factories import DockerContainerFactory, PodmanContainerFactory
 from wfexs_like.container_factories.docker_like import DockerLikeContainerFactory
 from wfexs_like.digests import sha256_file
 from wfexs_like.errors import ContainerEngineException, ContainerNotFoundException, IntegrityError
+from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.model import Container, ContainerTaggedName, ContainerType
 from wfexs_like.provenance import read_containers_file, write_containers_file
 
@@ -178,11 +178,11 @@ def test_podman_per_workdir_storage(tmp_path: Path, pushed: PushedSet) -> None:
     c = f.materializeContainers([ContainerTaggedName(pushed.tag("right"), ContainerType.Podman)])[0]
     try:
         assert f.deploySingleContainer(c)[1] is True
-        private = _podman(*f._cmd("images", "-q", "--no-trunc")[1:])
+        private = _podman(*f.engine.command("images", "-q", "--no-trunc")[1:])
         assert c.signature in private.stdout
         assert _podman("image", "exists", c.signature or "", check=False).returncode == 1
     finally:
-        _podman(*f._cmd("rmi", "-af")[1:], check=False)
+        _podman(*f.engine.command("rmi", "-af")[1:], check=False)
 
 
 def test_second_materialize_downloads_no_blob(

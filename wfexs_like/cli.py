@@ -80,6 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="talk plain HTTP to this registry (loopback registries always are)",
     )
     m.add_argument("--output", "-o", type=Path, default=None, help="write the YAML here instead of stdout")
+    m.add_argument(
+        "--format",
+        choices=("wfexs-like", "wfexs"),
+        default="wfexs-like",
+        help="record style: ours (plain safe YAML) or WfExS-backend's marshalled form",
+    )
+    m.add_argument(
+        "--snapshot-format",
+        choices=("oci-layout", "docker-archive"),
+        default=None,
+        help="docker/podman only: stage OCI layouts (default) or gzipped docker-archive .img files "
+        "named the way WfExS-backend stages them, so its own deploy can load them",
+    )
 
     d = sub.add_parser(
         "deploy",
@@ -94,12 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _materialize(args: argparse.Namespace) -> int:
     platform = Platform.parse(args.platform) if args.platform else None
+    extra = {"snapshot_format": args.snapshot_format} if args.snapshot_format else {}
+    if extra and args.engine not in ("docker", "podman"):
+        raise ContainerFactoryException("--snapshot-format applies to --engine docker or podman only")
     factory = make_factory(
         args.engine,
         containersCacheDir=args.cache_dir,
         stagedContainersDir=args.stage_dir,
         platform=platform,
         insecure_registries=args.insecure_registry,
+        **extra,
     )
     ctype = factory.ContainerType()
     if ctype == ContainerType.Podman:
@@ -109,25 +126,34 @@ def _materialize(args: argparse.Namespace) -> int:
         tags, containers_dir=args.stage_dir, offline=args.offline, force=args.force
     )
     if args.output:
-        write_containers_file(containers, args.output)
+        write_containers_file(containers, args.output, style=args.format, containers_dir=args.stage_dir)
         print(f"wrote {len(containers)} container record(s) to {args.output}", file=sys.stderr)
     else:
-        sys.stdout.write(dump_containers(containers) or "")
+        sys.stdout.write(dump_containers(containers, style=args.format, containers_dir=args.stage_dir) or "")
     return 0
 
 
 def _deploy(args: argparse.Namespace) -> int:
-    containers = read_containers_file(args.containers_file)
+    containers = read_containers_file(args.containers_file, containers_dir=args.stage_dir)
     factory = make_factory(args.engine, containersCacheDir=args.cache_dir, stagedContainersDir=args.stage_dir)
-    loaded = 0
+    loaded = skipped = 0
     for c in containers:
         if not factory.AcceptsContainer(c):
-            print(f"skipping {c.origTaggedName}: not a {args.engine} container", file=sys.stderr)
+            kind = c.type.value
+            print(
+                f"skipping {c.origTaggedName}: a {kind} record, not for --engine {args.engine}",
+                file=sys.stderr,
+            )
+            skipped += 1
             continue
-        _, was_loaded = factory.deploySingleContainer(c, containers_dir=args.stage_dir, force=args.force)
+        deployed, was_loaded = factory.deploySingleContainer(
+            c, containers_dir=args.stage_dir, force=args.force
+        )
         loaded += was_loaded
-        print(f"{'loaded' if was_loaded else 'present'}\t{c.taggedName}\t{c.signature}")
-    print(f"{loaded} loaded, {len(containers) - loaded} already present", file=sys.stderr)
+        state = "loaded" if was_loaded else ("converted" if deployed is not c else "present")
+        print(f"{state}\t{deployed.taggedName}\t{deployed.signature}")
+    present = len(containers) - loaded - skipped
+    print(f"{loaded} loaded, {present} already present, {skipped} skipped", file=sys.stderr)
     return 0
 
 

@@ -62,6 +62,12 @@ class ContainerNotFoundException(ContainerFactoryException):
         self.failures = list(failures)
         super().__init__(message)
 
+    @classmethod
+    def for_failures(cls, verb: str, failures: Sequence[tuple[str, str]]) -> ContainerNotFoundException:
+        """One exception naming every failed tag with its reason, so a user fixes them all at once."""
+        lines = "\n".join(f"  - {name}: {reason}" for name, reason in failures)
+        return cls(f"could not {verb} {len(failures)} container(s):\n{lines}", failures=failures)
+
 
 class InvalidReferenceError(ContainerFactoryException, ValueError):
     """A container tag that cannot be parsed; the message names the tag."""

@@ -1,0 +1,188 @@
+"""The materialize policy every image-backed factory shares.
+
+For each tag, in this order: an injected record's staged snapshot (verified)
+is adopted; offline, the cache answers alone (a cached snapshot of this
+kind, or one built from blobs another kind already cached); online, the
+source is fetched into the blob store (a pinned digest that is cached costs
+no request at all) and the snapshot of this factory's kind is built from it
+unless the cache already holds one of that exact image. The result is
+staged and described by a record. Engine modules say only which kind they
+stage, which engine deploys, and what their records call a signature.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from ..cache import CacheHit, ImageCache
+from ..cache.build import build_snapshot
+from ..engines.base import Engine
+from ..errors import CacheError, ContainerFactoryException, ContainerNotFoundException
+from ..images.blobstore import BlobStore
+from ..images.store import StoreImage
+from ..model import Container, ContainerTaggedName
+from ..references import Reference
+from ..registry.client import RegistryClient
+from .base import ContainerFactory
+from .injected import injected_image
+from .sources import ImageSources, pin_from_fingerprint
+from .staged import StagedSnapshots
+
+
+class CachedImageFactory(ContainerFactory, StagedSnapshots):
+    """Materialize through the blob store and the typed cache; see the module docstring."""
+
+    #: Take an image from the engine when the registry lacks it (or fails), as Docker users expect.
+    ENGINE_FALLBACK: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *args: Any,
+        registry_client: RegistryClient | None = None,
+        allow_tag_fallback: bool = False,
+        engine: Engine | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self._client = registry_client
+        self._probe: RegistryClient | None = None
+        self._engine = engine
+        self.sources = ImageSources(
+            self.store,
+            client=lambda: self.registry_client,
+            probe_client=self._probe_client,
+            engine=self.source_engine,
+            platform=self.platform,
+            work_dir=self.tempDir,
+            allow_tag_fallback=allow_tag_fallback,
+            engine_fallback=self.ENGINE_FALLBACK,
+        )
+
+    # -- collaborators ---------------------------------------------------------------------------
+    @property
+    def cache(self) -> ImageCache:
+        return self.cc_handler.cache
+
+    @property
+    def store(self) -> BlobStore:
+        return self.cc_handler.store
+
+    @property
+    def registry_client(self) -> RegistryClient:
+        if self._client is None:
+            self._client = RegistryClient(
+                insecure_registries=self.insecure_registries, platform=self.platform
+            )
+        return self._client
+
+    def _probe_client(self) -> RegistryClient:
+        """For yes/no questions to a registry: one attempt, so an unreachable one costs no back-off."""
+        if self._probe is None:
+            self._probe = RegistryClient(
+                insecure_registries=self.insecure_registries, platform=self.platform, retries=0, timeout=10
+            )
+        return self._probe
+
+    def source_engine(self) -> Engine | None:
+        """The engine images that exist only locally are read from (None: there is none)."""
+        return self._engine
+
+    # -- materialize ----------------------------------------------------------------------------
+    @staticmethod
+    def _pin(tag: ContainerTaggedName, ref: Reference) -> str | None:
+        return ref.digest or (pin_from_fingerprint(tag.fingerprint) if isinstance(tag, Container) else None)
+
+    def _prefetch(self, tags: Sequence[ContainerTaggedName], *, offline: bool, force: bool) -> None:
+        if offline:
+            return
+        wanted: list[tuple[Reference, str | None]] = []
+        for tag in tags:
+            try:
+                ref = self.parse_tag(tag)
+            except ContainerFactoryException:
+                continue
+            pin = self._pin(tag, ref)
+            if self._fetches(tag, ref) and not (pin and self._cached(ref, pin, force)):
+                wanted.append((ref, pin))
+        self.sources.prefetch(wanted)
+
+    def _fetches(self, tag: ContainerTaggedName, ref: Reference) -> bool:
+        """Whether this factory reads ``ref`` through ``ImageSources`` (subclasses narrow it)."""
+        return not (isinstance(tag, Container) and injected_image(tag, self.cache) is not None)
+
+    def materializeSingleContainer(
+        self,
+        tag: ContainerTaggedName,
+        containers_dir: Path | None = None,
+        offline: bool = False,
+        force: bool = False,
+    ) -> Container | None:
+        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        ref = self.parse_tag(tag)
+        pin = self._pin(tag, ref)
+        injected = injected_image(tag, self.cache) if isinstance(tag, Container) else None
+        if injected is not None:
+            hit = self._snapshot(ref, *injected, force=force)
+        elif offline and not ref.is_local:
+            hit = self._offline(tag, ref, pin)
+        else:
+            hit = self._cached(ref, pin, force) or self._fetch(tag, ref, pin, force)
+        return self._stage(tag, ref, hit, cdir, force)
+
+    def _cached(self, ref: Reference, pin: str | None, force: bool) -> CacheHit | None:
+        """A cached snapshot of exactly ``pin`` (no pin: none, the registry must be asked)."""
+        if force or pin is None:
+            return None
+        hit = self.cache.lookup(ref.canonical(), self.kind, self.platform_key)
+        return hit if hit is not None and hit.metadata.manifest_digest == pin else None
+
+    def _fetch(self, tag: ContainerTaggedName, ref: Reference, pin: str | None, force: bool) -> CacheHit:
+        manifest_digest, source = self.sources.fetch(ref, pin)
+        self.cache.record_resolution(ref.canonical(), self.platform_key, manifest_digest)
+        return self._snapshot(ref, manifest_digest, source, force=force)
+
+    def _offline(self, tag: ContainerTaggedName, ref: Reference, pin: str | None) -> CacheHit:
+        reference = ref.canonical()
+        hit = self.cache.lookup(reference, self.kind, self.platform_key)
+        if hit is not None and (pin is None or hit.metadata.manifest_digest == pin):
+            return hit
+        manifest_digest = pin or self.cache.resolved(reference, self.platform_key)
+        if manifest_digest is not None and self.store.has(manifest_digest):
+            try:
+                return self._snapshot(ref, manifest_digest, {"source": "cache"}, force=False)
+            except CacheError as e:
+                raise ContainerNotFoundException(
+                    f"{tag.origTaggedName} ({reference}) is only partly in the cache at "
+                    f"{self.containersCacheDir} ({e}); materialize it once with network access"
+                ) from e
+        raise ContainerNotFoundException(
+            f"{tag.origTaggedName} ({reference}) is not in the cache at {self.containersCacheDir} "
+            "and offline mode forbids fetching it; materialize it once with network access"
+        )
+
+    def _snapshot(
+        self, ref: Reference, manifest_digest: str, source: dict[str, Any], *, force: bool
+    ) -> CacheHit:
+        """The cached snapshot of this kind of that exact image, built from the store if needed."""
+        reference = ref.canonical()
+        if not force:
+            hit = self.cache.lookup(reference, self.kind, self.platform_key)
+            if hit is not None and hit.metadata.manifest_digest == manifest_digest:
+                return hit
+        return build_snapshot(
+            self.cache,
+            reference,
+            self.kind,
+            StoreImage(self.store, manifest_digest),
+            platform=self.platform_key,
+            name=self.snapshot_name(ref),
+            registry=ref.registry,
+            repository=ref.repository if ref.is_registry or ref.scheme == "docker-daemon" else None,
+            source=source,
+        )
+
+    def snapshot_name(self, ref: Reference) -> str:
+        """The image name a snapshot carries (what the engine will call the image)."""
+        return ref.canonical()
