@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup-host.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/lint-imports
 set +e
 .venv/bin/python -m pytest "$@"
 rc=$?
