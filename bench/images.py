@@ -13,7 +13,7 @@ Two kinds:
 - ``synthetic``: ≈ 60 MB of mixed compressible and incompressible files in
   four layers, built in Python with the test suite's image builder (no
   network, a few seconds): what ``--quick`` uses, and the fallback when the
-  Debian mirror is unreachable.
+  Debian archive is unreachable.
 
 Everything expensive is cached under ``bench/.work/``: the rootfs tarball,
 the registry's storage (the registry listens on a new port every run, but
@@ -36,12 +36,13 @@ import requests
 from tests.support.imagegen import build_image, busybox_base_layer
 from tests.support.push import push_image
 from tests.support.registry import RunningRegistry
-from wfexs_like.cache.blobstore import BlobStore
+from wfexs_like.images.blobstore import BlobStore
 
 from . import engines
 from .proc import CommandError, run
 
-DEBIAN_MIRROR = os.environ.get("BENCH_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+#: debootstrap uses its configured default mirror unless this variable names one.
+DEBIAN_MIRROR = os.environ.get("BENCH_DEBIAN_MIRROR")
 MANIFEST_ACCEPT = ", ".join(
     [
         "application/vnd.docker.distribution.manifest.v2+json",
@@ -128,7 +129,15 @@ def _rootfs_tar(work: Path) -> Path:
     rootfs = work / "rootfs.tmp"
     shutil.rmtree(rootfs, ignore_errors=True)
     try:
-        run(["debootstrap", "--variant=minbase", "bookworm", str(rootfs), DEBIAN_MIRROR])
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "bookworm",
+                str(rootfs),
+                *([DEBIAN_MIRROR] if DEBIAN_MIRROR else []),
+            ]
+        )
         partial = tar.with_suffix(".tar.partial")
         run(["tar", "-C", str(rootfs), "-c", "."], stdout=partial)
         partial.rename(tar)
