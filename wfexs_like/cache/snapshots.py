@@ -58,12 +58,6 @@ def fingerprint_to_name(fingerprint: str) -> str:
     return f"{algo}-{hexd}"
 
 
-def name_to_fingerprint(name: str) -> str | None:
-    algo, sep, hexd = name.partition("-")
-    candidate = f"{algo}:{hexd}"
-    return candidate if sep and is_digest(candidate) else None
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     """Sidecars are tiny but must never be seen half-written by a concurrent reader."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -99,10 +93,6 @@ class CacheHit:
     snapshot: Path
     metadata_path: Path
     metadata: ImageMetadata
-
-    @property
-    def raw_metadata(self) -> dict[str, Any]:
-        return read_json(self.metadata_path)
 
 
 class ImageCache:

@@ -22,7 +22,7 @@ import tarfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Self
 
 from ..digests import CHUNK, sha256_chunks
 from ..errors import CacheError, IntegrityError, UnsafeArchiveError
@@ -394,3 +394,18 @@ def write_tar_stream(chunks: Iterable[bytes], dest: Path, *, compress: bool = Fa
             for chunk in chunks:
                 out.write(chunk)
     return out.digest()
+
+
+class ArchiveImage:
+    """An image read from an archive file it keeps open: close it, or use it in a ``with``."""
+
+    _tar: TarMembers
+
+    def close(self) -> None:
+        self._tar.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

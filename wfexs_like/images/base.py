@@ -225,9 +225,6 @@ class BlobLayer:
     def is_gzip(self) -> bool:
         return self.compression() == "gzip"
 
-    def is_zstd(self) -> bool:
-        return self.compression() == "zstd"
-
     def local_path(self) -> Path | None:
         return self._image.blob_path(self.digest()) if self._image.blob_trusted(self.digest()) else None
 
@@ -389,3 +386,20 @@ class BaseImage(abc.ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.describe_source()})"
+
+
+class LoadedImage(BaseImage):
+    """A source that reads its manifest and config when opened (files on disk): the getters, once."""
+
+    _raw_manifest: bytes
+    _raw_config: bytes
+    _digest: str
+
+    def raw_manifest(self) -> bytes:
+        return self._raw_manifest
+
+    def raw_config_file(self) -> bytes:
+        return self._raw_config
+
+    def digest(self) -> str:
+        return self._digest

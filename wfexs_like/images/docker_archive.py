@@ -44,6 +44,7 @@ from ..digests import CHUNK, sha256_bytes, sha256_chunks
 from ..errors import CacheError, IntegrityError
 from .archive import (
     BLOCK,
+    ArchiveImage,
     TarMembers,
     layer_chunks,
     layer_compression,
@@ -168,7 +169,7 @@ class _LayerMember:
     diff_id: str
 
 
-class DockerArchiveImage(BaseImage):
+class DockerArchiveImage(ArchiveImage, BaseImage):
     """The image a docker-archive file holds (``repo_tag`` picks one when it holds several)."""
 
     SNIFF_BLOBS = False  # the synthesised manifest already says what each member is
@@ -330,15 +331,6 @@ class DockerArchiveImage(BaseImage):
                 if not store.has(digest):
                     store.put_bytes(raw, expected_digest=digest)
         return self.digest()
-
-    def close(self) -> None:
-        self._tar.close()
-
-    def __enter__(self) -> DockerArchiveImage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 # -- the sink -------------------------------------------------------------------------------

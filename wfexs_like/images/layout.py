@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 from ..digests import CHUNK, sha256_bytes, sha256_file, split_digest
 from ..errors import CacheError, IntegrityError
 from ..fsutil import fsync_dir
-from .base import BaseImage, Image
+from .base import Image, LoadedImage
 from .blobstore import BLOB_MODE, BlobStore
 from .manifest import (
     INDEX_TYPES,
@@ -201,7 +201,7 @@ def trusted_by(store: BlobStore, digest: str, p: Path) -> bool:
     return store.is_trusted(digest, p)
 
 
-class LayoutImage(BaseImage):
+class LayoutImage(LoadedImage):
     """The one image an OCI layout directory holds (chosen by ref name and platform)."""
 
     def __init__(
@@ -223,15 +223,6 @@ class LayoutImage(BaseImage):
                     f"{self.path}: layer blob {layer.digest} is missing; the layout is incomplete: "
                     "write it again"
                 )
-
-    def raw_manifest(self) -> bytes:
-        return self._raw_manifest
-
-    def raw_config_file(self) -> bytes:
-        return self._raw_config
-
-    def digest(self) -> str:
-        return self._digest
 
     def open_blob(self, descriptor: Descriptor) -> BinaryIO:
         p = blob_file(self.path, descriptor.digest)

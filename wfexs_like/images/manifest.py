@@ -246,10 +246,6 @@ def parse_manifest(raw: bytes, header_type: str | None = None) -> Manifest:
     return m
 
 
-def is_gzip_layer(media_type: str) -> bool:
-    return media_type.endswith("gzip") or media_type == DOCKER_LAYER_GZIP
-
-
 def image_platform(config: Mapping[str, Any]) -> Platform:
     """The platform an image config declares (every config has os and architecture)."""
     return Platform(

@@ -20,6 +20,7 @@ from ..digests import sha256_bytes, split_digest
 from ..errors import CacheError, IntegrityError
 from .archive import (
     SMALL_LIMIT,
+    ArchiveImage,
     TarMembers,
     layer_chunks,
     tar_end,
@@ -27,7 +28,7 @@ from .archive import (
     tar_padding,
     write_tar_stream,
 )
-from .base import BaseImage, Image, Layer
+from .base import Image, Layer, LoadedImage
 from .layout import (
     INDEX_FILE,
     OCI_LAYOUT_FILE,
@@ -44,7 +45,7 @@ def _member_name(digest: str) -> str:
     return f"blobs/{algo}/{hexd}"
 
 
-class OciArchiveImage(BaseImage):
+class OciArchiveImage(ArchiveImage, LoadedImage):
     """The one image an oci-archive holds (chosen by ref name and platform, as for a layout)."""
 
     def __init__(self, path: Path, *, ref_name: str | None = None, platform: Platform | None = None) -> None:
@@ -92,15 +93,6 @@ class OciArchiveImage(BaseImage):
             )
         return raw
 
-    def raw_manifest(self) -> bytes:
-        return self._raw_manifest
-
-    def raw_config_file(self) -> bytes:
-        return self._raw_config
-
-    def digest(self) -> str:
-        return self._digest
-
     def open_blob(self, descriptor: Descriptor) -> BinaryIO:
         return self._tar.open(self._member(descriptor.digest))
 
@@ -109,15 +101,6 @@ class OciArchiveImage(BaseImage):
 
     def describe_source(self) -> str:
         return f"oci-archive {self.path}"
-
-    def close(self) -> None:
-        self._tar.close()
-
-    def __enter__(self) -> OciArchiveImage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def iter_oci_archive(image: Image, *, ref_name: str | None = None) -> Iterator[bytes]:

@@ -193,13 +193,6 @@ class SifDescriptor:
     part_type: int | None = None
     arch: str | None = None
 
-    @property
-    def datatype_name(self) -> str:
-        try:
-            return SifDataType(self.datatype).name
-        except ValueError:
-            return f"Unknown({self.datatype:#x})"
-
 
 @dataclass(frozen=True)
 class SifInfo:

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from ..digests import CHUNK, sha256_bytes
 from ..errors import CacheError, IntegrityError
-from .base import BaseImage, Image
+from .base import Image, LoadedImage
 from .blobstore import BlobStore
 from .manifest import INDEX_TYPES, Descriptor, ManifestError, detect_media_type
 
@@ -53,7 +53,7 @@ def read_small_blob(store: BlobStore, digest: str, what: str, manifest_digest: s
     return raw
 
 
-class StoreImage(BaseImage):
+class StoreImage(LoadedImage):
     """An image whose manifest, config and layers are all blobs in one ``BlobStore``."""
 
     def __init__(self, store: BlobStore, manifest_digest: str) -> None:
@@ -74,15 +74,6 @@ class StoreImage(BaseImage):
         for layer in self.layers():
             if not store.has(layer.digest()):
                 raise _missing(store, layer.digest(), "layer", manifest_digest)
-
-    def raw_manifest(self) -> bytes:
-        return self._raw_manifest
-
-    def raw_config_file(self) -> bytes:
-        return self._raw_config
-
-    def digest(self) -> str:
-        return self._digest
 
     def open_blob(self, descriptor: Descriptor) -> BinaryIO:
         path = self.store.path(descriptor.digest)
