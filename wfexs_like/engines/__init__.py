@@ -8,12 +8,10 @@ uses it, when it is first used.
 
 from __future__ import annotations
 
-from typing import Any
-
-from ..errors import ContainerFactoryException
 from .apptainer import ApptainerEngine
 from .base import Engine, EngineImageInfo, engine_env, normalize_image_id, run_engine
 from .docker import DockerEngine
+from .make import make_engine
 from .podman import PodmanEngine
 
 __all__ = [
@@ -27,22 +25,3 @@ __all__ = [
     "normalize_image_id",
     "run_engine",
 ]
-
-_ENGINES: dict[str, type] = {
-    "docker": DockerEngine,
-    "podman": PodmanEngine,
-    "apptainer": ApptainerEngine,
-    "singularity": ApptainerEngine,
-}
-
-
-def make_engine(name: str, **kwargs: Any) -> Engine:
-    """The engine called ``name``, built with ``kwargs`` (its constructor's keywords)."""
-    try:
-        cls = _ENGINES[name.lower()]
-    except KeyError:
-        raise ContainerFactoryException(
-            f"unknown container engine {name!r}; use one of {', '.join(sorted(_ENGINES))}"
-        ) from None
-    engine: Engine = cls(**kwargs)
-    return engine

@@ -1,0 +1,71 @@
+"""The public surface is a list, and this keeps it honest (as httpx's test of the same name does).
+
+Every package's ``__init__`` says what it exports with ``__all__``; a name
+imported there but left out of ``__all__`` (or listed but missing) is
+either an accident or an undocumented API, and fails here.
+"""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+import pytest
+
+PACKAGES = [
+    "wfexs_like",
+    "wfexs_like.images",
+    "wfexs_like.registry",
+    "wfexs_like.cache",
+    "wfexs_like.engines",
+    "wfexs_like.container_factories",
+]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_lists_exactly_the_public_names(name: str) -> None:
+    module = importlib.import_module(name)
+    exported = getattr(module, "__all__", None)
+    assert exported is not None, f"{name} has no __all__"
+    public = {
+        member
+        for member, value in vars(module).items()
+        if not member.startswith("_") and not isinstance(value, types.ModuleType) and member != "annotations"
+    }
+    assert sorted(exported) == sorted(public), f"{name}: __all__ and the public names differ"
+    assert len(exported) == len(set(exported)), f"{name}: __all__ repeats a name"
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_every_exported_name_resolves(name: str) -> None:
+    module = importlib.import_module(name)
+    for member in module.__all__:
+        assert getattr(module, member, None) is not None, f"{name}.{member} is listed but missing"
+
+
+def test_the_reference_surface_is_importable_where_wfexs_backend_has_it() -> None:
+    from wfexs_like.cache import ContainerCacheHandler
+    from wfexs_like.container_factories import (
+        Container,
+        ContainerFactory,
+        ContainerNotFoundException,
+        ContainerType,
+        DockerContainerFactory,
+        NoContainerFactory,
+        PodmanContainerFactory,
+        SingularityContainerFactory,
+    )
+    from wfexs_like.container_factories import (
+        ContainerCacheHandler as HandlerAgain,
+    )
+
+    assert ContainerCacheHandler is HandlerAgain
+    for cls in (
+        DockerContainerFactory,
+        PodmanContainerFactory,
+        SingularityContainerFactory,
+        NoContainerFactory,
+    ):
+        assert issubclass(cls, ContainerFactory)
+        assert hasattr(cls, "materializeContainers") and hasattr(cls, "deployContainers")
+    assert Container and ContainerNotFoundException and ContainerType
