@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 
 from tests.support.proxy import FaultProxy
@@ -60,6 +62,28 @@ def registry_proxy(registry: RunningRegistry) -> Iterator[FaultProxy]:
     proxy = FaultProxy(registry.url)
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    """The real Docker engine; a missing one is a failure, not a skip."""
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as e:  # the SDK raises several unrelated types
+        pytest.fail(f"the Docker engine is not running ({e}); run scripts/setup-host.sh")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def docker_made(docker_client: docker.DockerClient) -> Iterator[list[str]]:
+    """Image ids a test module made in Docker, removed when the module is done."""
+    made: list[str] = []
+    yield made
+    for image_id in reversed(made):
+        with contextlib.suppress(docker.errors.ImageNotFound):
+            docker_client.images.remove(image_id, force=True)
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ nothing published. Archives written by ``docker save``, ``podman save`` and
 from __future__ import annotations
 
 import bz2
-import contextlib
 import gzip
 import io
 import json
@@ -524,24 +523,9 @@ def test_archive_errors_name_the_way_out(tmp_path: Path, gz_image: StoreImage) -
 
 
 @pytest.fixture(scope="module")
-def docker_client() -> Iterator[object]:
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as e:  # any failure to reach the daemon means: no Docker here
-        pytest.fail(f"Docker engine not reachable: {e}; run scripts/setup-host.sh")
-    made: list[str] = []
-    client._wfexs_made = made  # type: ignore[attr-defined]
-    yield client
-    for image_id in reversed(made):
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            client.images.remove(image_id, force=True)
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def built(docker_client: object, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+def built(
+    docker_client: object, docker_made: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path]:
     """An image Docker built FROM scratch (busybox), and its ``docker save``."""
     ctx = tmp_path_factory.mktemp("ctx")
     shutil.copy2("/bin/busybox", ctx / "busybox")
@@ -556,7 +540,7 @@ def built(docker_client: object, tmp_path_factory: pytest.TempPathFactory) -> tu
     client = docker_client
     tag = f"{REPO}/built:v1"
     image, _ = client.images.build(path=str(ctx), tag=tag, rm=True, forcerm=True)  # type: ignore[attr-defined]
-    client._wfexs_made.append(image.id)  # type: ignore[attr-defined]
+    docker_made.append(image.id)
     saved = tmp_path_factory.mktemp("saved") / "docker-save.tar"
     _run("docker", "save", "-o", str(saved), tag)
     return image.id, saved

@@ -96,17 +96,6 @@ def _check_same_image(saved: DockerArchiveImage, built: BuiltImage) -> None:
                 pass
 
 
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as e:  # the SDK raises several unrelated types
-        pytest.fail(f"the Docker engine is not running ({e}); run scripts/setup-host.sh")
-    yield client
-    client.close()
-
-
 @pytest.fixture
 def docker_engine() -> Iterator[DockerEngine]:
     """An engine that makes its own client from the environment, as the factories' default does."""

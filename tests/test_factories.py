@@ -15,7 +15,6 @@ import sys
 import tempfile
 import textwrap
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -24,26 +23,23 @@ import pytest
 from tests.support.imagegen import BuiltImage, build_image, busybox_base_layer
 from tests.support.push import push_image
 from tests.support.registry import RunningRegistry, start_registry
-from wfexs_like.container_factories import DockerContainerFactory, PodmanContainerFactory
+from tests.support.wfexs import wfexs_record
+from wfexs_like.container_factories import (
+    DockerContainerFactory,
+    PodmanContainerFactory,
+    SingularityContainerFactory,
+)
 from wfexs_like.container_factories.docker_like import DockerLikeContainerFactory
 from wfexs_like.digests import sha256_file
 from wfexs_like.errors import ContainerEngineException, ContainerNotFoundException, IntegrityError
 from wfexs_like.images.blobstore import BlobStore
+from wfexs_like.images.docker_archive import write_docker_archive
+from wfexs_like.images.layout import write_oci_layout
+from wfexs_like.images.store import StoreImage
 from wfexs_like.model import Container, ContainerTaggedName, ContainerType
 from wfexs_like.provenance import read_containers_file, write_containers_file
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as e:  # the SDK raises several unrelated types
-        pytest.fail(f"the Docker engine is not running ({e}); run scripts/setup-host.sh")
-    yield client
-    client.close()
 
 
 def _podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -596,3 +592,162 @@ def test_cli_bad_inputs_get_clear_errors(tmp_path: Path) -> None:
         assert "Traceback" not in out.stderr, name
         assert expected in out.stderr, (name, out.stderr)
     assert not payload.exists()
+
+
+# -- issue 8: transports, WfExS formats and cross-kind deploys through the command ---------------
+
+
+def test_transports_reach_every_engine(tmp_path: Path, src_store: BlobStore, docker_client) -> None:
+    """A docker-archive into Podman, an OCI layout into Docker, a docker-daemon image into a SIF."""
+    img = build_image(
+        src_store, [busybox_base_layer(), {"etc/t": b"transport\n"}], cmd=["/bin/busybox", "cat", "/etc/t"]
+    )
+    name = f"localhost/wl-transport-{uuid.uuid4().hex[:8]}:1"
+    write_docker_archive(StoreImage(src_store, img.digest), tmp_path / "img.tar", [name])
+    write_oci_layout(StoreImage(src_store, img.digest), tmp_path / "layout", ref_name="v1")
+    cache = tmp_path / "cache"
+    podman = PodmanContainerFactory(containersCacheDir=cache)
+    docker_f = DockerContainerFactory(containersCacheDir=cache)
+    [from_archive] = podman.materializeContainers(
+        [ContainerTaggedName(f"docker-archive:{tmp_path / 'img.tar'}", ContainerType.Podman)],
+        tmp_path / "wf-p",
+    )
+    [from_layout] = docker_f.materializeContainers(
+        [ContainerTaggedName(f"oci:{tmp_path / 'layout'}:v1", ContainerType.Docker)], tmp_path / "wf-d"
+    )
+    try:
+        assert from_archive.signature == from_layout.signature == img.image_id
+        assert from_layout.fingerprint == f"oci:{tmp_path / 'layout'}:v1@{img.digest}"
+        assert podman.deploySingleContainer(from_archive)[1] is True
+        # without a REF, an archive's image is named after its file, as Podman names what it loads
+        assert _podman("image", "exists", "localhost/img.tar:latest").returncode == 0
+        assert docker_f.deploySingleContainer(from_layout)[1] is True
+        assert docker_client.images.get(img.image_id).id == img.image_id
+        sif_f = SingularityContainerFactory(containersCacheDir=cache)
+        daemon_tag = f"docker-daemon:{_docker_tag(docker_client, img.image_id)}"
+        [sif] = sif_f.materializeContainers(
+            [ContainerTaggedName(daemon_tag, ContainerType.Singularity)], tmp_path / "wf-s"
+        )
+        assert Path(sif.localPath or "").read_bytes()[32:42] == b"SIF_MAGIC\x00"
+        assert sif.source_type == ContainerType.Docker
+    finally:
+        _cleanup_docker(docker_client, [img.image_id])
+        _cleanup_podman([img.image_id])
+
+
+def _docker_tag(client: docker.DockerClient, image_id: str) -> str:
+    tag = f"localhost/wl-daemon-{uuid.uuid4().hex[:8]}:1"
+    client.images.get(image_id).tag(tag)
+    return tag
+
+
+def test_cli_wfexs_formats_and_cross_kind_deploys(tmp_path: Path, pushed: PushedSet, docker_client) -> None:
+    common = ["--cache-dir", str(tmp_path / "cache")]
+    out = _cli(
+        "materialize",
+        pushed.tag("left"),
+        "--engine",
+        "docker",
+        "--stage-dir",
+        str(tmp_path / "wf" / "containers"),
+        "--format",
+        "wfexs",
+        "--snapshot-format",
+        "docker-archive",
+        "-o",
+        str(tmp_path / "wf" / "c.yaml"),
+        *common,
+    )
+    assert out.returncode == 0, out.stderr
+    text = (tmp_path / "wf" / "c.yaml").read_text()
+    assert "_type: Container" in text and "_enum: ContainerType" in text
+    [record] = read_containers_file(tmp_path / "wf" / "c.yaml", containers_dir=tmp_path / "wf" / "containers")
+    assert record.localPath is not None and record.localPath.name.endswith(".img")
+    # the staged .img loads with plain `docker load`, as WfExS-backend's deploy does
+    _cleanup_docker(docker_client, [record.signature or ""])
+    try:
+        loaded = subprocess.run(
+            ["docker", "load", "-i", str(record.localPath)], capture_output=True, text=True
+        )
+        assert loaded.returncode == 0, loaded.stderr
+        assert docker_client.images.get(record.signature).id == record.signature
+    finally:
+        _cleanup_docker(docker_client, [record.signature or ""])
+    # a Docker record deployed for Apptainer: converted to a SIF
+    conv = _cli(
+        "deploy",
+        str(tmp_path / "wf" / "c.yaml"),
+        "--engine",
+        "singularity",
+        "--stage-dir",
+        str(tmp_path / "wf" / "containers"),
+        *common,
+    )
+    assert conv.returncode == 0, conv.stderr
+    assert conv.stdout.startswith("converted\t")
+    # a SIF record deployed for Docker: refused by name, no traceback
+    s = _cli(
+        "materialize",
+        pushed.tag("right"),
+        "--engine",
+        "singularity",
+        "--stage-dir",
+        str(tmp_path / "s"),
+        "-o",
+        str(tmp_path / "s.yaml"),
+        *common,
+    )
+    assert s.returncode == 0, s.stderr
+    refused = _cli(
+        "deploy", str(tmp_path / "s.yaml"), "--engine", "docker", "--stage-dir", str(tmp_path / "s"), *common
+    )
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert pushed.tag("right") in refused.stderr and "SIF" in refused.stderr
+
+
+def test_cli_deploy_uses_the_stage_dir_given(tmp_path: Path, pushed: PushedSet, docker_client) -> None:
+    common = ["--engine", "podman", "--cache-dir", str(tmp_path / "cache")]
+    wf = tmp_path / "wf"
+    out = _cli(
+        "materialize",
+        pushed.tag("multi"),
+        "--stage-dir",
+        str(wf / "containers"),
+        "-o",
+        str(wf / "c.yaml"),
+        *common,
+    )
+    assert out.returncode == 0, out.stderr
+    assert str(wf) not in (wf / "c.yaml").read_text(), "paths in the record are relative to the stage dir"
+    copy_dir = tmp_path / "copy"
+    shutil.copytree(wf, copy_dir)
+    blob = max((copy_dir / "containers").rglob("blobs/sha256/*"), key=lambda p: p.stat().st_size)
+    blob.chmod(0o644)
+    blob.write_bytes(b"tampered")
+    [record] = read_containers_file(wf / "c.yaml")
+    _cleanup_podman([record.signature or ""])
+    bad = _cli("deploy", str(copy_dir / "c.yaml"), "--stage-dir", str(copy_dir / "containers"), *common)
+    assert bad.returncode == 1 and "does not match" in bad.stderr, bad.stderr
+    good = _cli("deploy", str(wf / "c.yaml"), "--stage-dir", str(wf / "containers"), *common)
+    try:
+        assert good.returncode == 0 and good.stdout.startswith("loaded\t"), good.stderr
+    finally:
+        _cleanup_podman([record.signature or ""])
+
+
+def test_a_wfexs_backend_record_deploys_into_docker_from_its_img(
+    tmp_path: Path, src_store: BlobStore, docker_client: docker.DockerClient
+) -> None:
+    """WfExS-backend's staged `docker save | gzip` snapshot, deployed by its record, into the real engine."""
+    img = build_image(
+        src_store, [busybox_base_layer(), {"etc/w": b"wfexs\n"}], cmd=["/bin/busybox", "cat", "/etc/w"]
+    )
+    tag = f"localhost/wl-wfexs-{uuid.uuid4().hex[:8]}:1"
+    record = wfexs_record(tmp_path, src_store, img, tag)
+    f = DockerContainerFactory(containersCacheDir=tmp_path / "cache")
+    try:
+        assert f.deploySingleContainer(record, containers_dir=Path(record.localPath or "").parent)[1] is True
+        out = docker_client.containers.run(tag, remove=True, network_mode="none")
+        assert out == b"wfexs\n"
+    finally:
+        _cleanup_docker(docker_client, [img.image_id])

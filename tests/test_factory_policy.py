@@ -25,6 +25,7 @@ from tests.support.fake_engine import FakeEngine
 from tests.support.imagegen import BuiltImage, build_image, busybox_base_layer
 from tests.support.push import push_image
 from tests.support.registry import RunningRegistry, running_registry
+from tests.support.wfexs import wfexs_record
 from wfexs_like.cache import ImageCache
 from wfexs_like.container_factories import (
     DockerContainerFactory,
@@ -38,7 +39,6 @@ from wfexs_like.errors import (
     ContainerNotFoundException,
     IntegrityError,
 )
-from wfexs_like.images.docker_archive import write_docker_archive
 from wfexs_like.images.layout import write_oci_layout
 from wfexs_like.images.store import StoreImage
 from wfexs_like.model import Container, ContainerTaggedName, ContainerType
@@ -235,32 +235,9 @@ def test_sif_is_built_offline_from_layers_a_docker_materialize_cached(tmp_path: 
 # -- WfExS-backend's snapshots: .img docker-archives -----------------------------------------------------
 
 
-def _wfexs_record(tmp_path: Path, src_store, img: BuiltImage, tag: str) -> Container:
-    """What WfExS-backend 1.0.9 stages for a docker tag: `docker save | gzip` as <name>.img."""
-    wd = tmp_path / "wfexs-wd" / "containers"
-    wd.mkdir(parents=True)
-    archive = wd / (tag.replace("/", "-").replace(":", "-") + ".img")
-    write_docker_archive(StoreImage(src_store, img.digest), archive, [tag], compress=True)
-    digest = sha256_file(archive).split(":", 1)[1]
-    b64 = base64.b64encode(bytes.fromhex(digest)).decode()
-    meta = archive.with_name(archive.name + "_meta.json")
-    meta.write_text(json.dumps({"image_id": img.image_id, "image_signature": f"sha256={b64}"}))
-    return Container(
-        origTaggedName=tag,
-        type=DOCKER,
-        taggedName=tag,
-        localPath=archive,
-        signature=img.image_id,
-        fingerprint=f"{tag.rsplit(':', 1)[0]}@{img.digest}",
-        metadataLocalPath=meta,
-        source_type=DOCKER,
-        image_signature=f"sha256={b64}",
-    )
-
-
 def test_offline_restage_and_deploy_from_a_wfexs_img_snapshot(tmp_path: Path, src_store) -> None:
     img = _image(src_store, "wfexs")
-    record = _wfexs_record(tmp_path, src_store, img, "127.0.0.1:1/ns/bookworm:12")
+    record = wfexs_record(tmp_path, src_store, img, "127.0.0.1:1/ns/bookworm:12")
     engine = FakeEngine("docker")
     f = _factory(tmp_path, engine)
     # deploy straight from WfExS's staged dir

@@ -9,7 +9,6 @@ them from the engines afterwards safe for anyone else using the machine.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import gzip
 import hashlib
@@ -91,23 +90,6 @@ def _run(*cmd: str, input: bytes | None = None) -> subprocess.CompletedProcess[b
     proc = subprocess.run(cmd, input=input, capture_output=True, timeout=300, check=False)
     assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}"
     return proc
-
-
-@pytest.fixture(scope="module")
-def docker_client() -> Iterator[object]:
-    docker = pytest.importorskip("docker")
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception as e:  # any failure to reach the daemon means: no Docker here
-        pytest.fail(f"Docker engine not reachable: {e}; run scripts/setup-host.sh")
-    loaded: list[str] = []
-    client._wfexs_loaded = loaded  # type: ignore[attr-defined]
-    yield client
-    for image_id in reversed(loaded):
-        with contextlib.suppress(docker.errors.ImageNotFound):
-            client.images.remove(image_id, force=True)
-    client.close()
 
 
 @pytest.fixture(scope="module")
@@ -409,13 +391,17 @@ def test_skopeo_reads_the_docker_archive(tmp_path: Path, store: BlobStore, three
 
 @pytest.mark.docker
 def test_docker_loads_the_streamed_archive_and_runs_it(
-    store: BlobStore, three: BuiltImage, with_entrypoint: BuiltImage, docker_client: object
+    store: BlobStore,
+    three: BuiltImage,
+    with_entrypoint: BuiltImage,
+    docker_client: object,
+    docker_made: list[str],
 ) -> None:
     client = docker_client
     for built, name in ((three, "three"), (with_entrypoint, "entrypoint")):
         img = StoreImage(store, built.digest)
         tag = f"{REPO}/{name}:v1"
-        client._wfexs_loaded.append(img.config_name())  # type: ignore[attr-defined]
+        docker_made.append(img.config_name())
         loaded = client.images.load(iter_docker_archive(img, [tag]))  # type: ignore[attr-defined]
         assert [i.id for i in loaded] == [img.config_name()]
         assert tag in client.images.get(tag).tags  # type: ignore[attr-defined]
@@ -462,7 +448,7 @@ def test_podman_loads_the_docker_archive_and_runs_it(
 @pytest.mark.docker
 @pytest.mark.podman
 def test_docker_save_read_in_place_keeps_the_image_id(
-    tmp_path: Path, docker_client: object, podman: list[str]
+    tmp_path: Path, docker_client: object, docker_made: list[str], podman: list[str]
 ) -> None:
     ctx = tmp_path / "ctx"
     ctx.mkdir()
@@ -476,7 +462,7 @@ def test_docker_save_read_in_place_keeps_the_image_id(
     client = docker_client
     tag = f"{REPO}/built:v1"
     built, _ = client.images.build(path=str(ctx), tag=tag, rm=True, forcerm=True)  # type: ignore[attr-defined]
-    client._wfexs_loaded.append(built.id)  # type: ignore[attr-defined]
+    docker_made.append(built.id)
 
     sdk_saved = tmp_path / "sdk.tar"
     with open(sdk_saved, "wb") as fh:
