@@ -175,7 +175,7 @@ def _materialize(
     pos = traffic.mark(ctx.registry)
     seconds = timed([*cmd, *options, "-o", str(record)])
     got = traffic.since(ctx.registry, pos)
-    (container,) = read_containers_file(record)
+    (container,) = read_containers_file(record, containers_dir=stage)
     assert container.metadataLocalPath is not None and container.localPath is not None
     meta = json.loads(Path(container.metadataLocalPath).read_text())
     meta["local_path"] = str(container.localPath)
