@@ -26,6 +26,7 @@ what keeps deploying a staged, hard-linked snapshot O(1).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -320,28 +321,21 @@ def _place_small(image: Image, digest: str, raw: bytes, blobs: Path) -> None:
         if sha256_bytes(target.read_bytes()) == digest:
             return
         target.unlink()
-    with open(target, "wb") as fh:
-        fh.write(raw)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(target, BLOB_MODE)
+    _write_stream(target, io.BytesIO(raw))
 
 
-def _write_stream(target: Path, src: BinaryIO) -> None:
+def _write_stream(target: Path, src: BinaryIO, mode: int = BLOB_MODE) -> None:
+    """Write into the private build dir (published later by one rename), durably, with its final mode."""
     with open(target, "wb") as fh:
         while chunk := src.read(CHUNK):
             fh.write(chunk)
         fh.flush()
         os.fsync(fh.fileno())
-    os.chmod(target, BLOB_MODE)
+    os.chmod(target, mode)
 
 
 def _write_small(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(path, 0o644)
+    _write_stream(path, io.BytesIO(data), 0o644)
 
 
 # -- verifying ----------------------------------------------------------------------------------
