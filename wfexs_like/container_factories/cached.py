@@ -26,7 +26,7 @@ from ..model import Container, ContainerTaggedName
 from ..references import Reference
 from ..registry.client import RegistryClient
 from .base import ContainerFactory
-from .injected import injected_image
+from .injected import has_staged_snapshot, injected_image
 from .sources import ImageSources, pin_from_fingerprint
 from .staged import StagedSnapshots
 
@@ -110,7 +110,7 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
 
     def _fetches(self, tag: ContainerTaggedName, ref: Reference) -> bool:
         """Whether this factory reads ``ref`` through ``ImageSources`` (subclasses narrow it)."""
-        return not (isinstance(tag, Container) and injected_image(tag, self.cache) is not None)
+        return not has_staged_snapshot(tag)
 
     def materializeSingleContainer(
         self,

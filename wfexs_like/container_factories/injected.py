@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -59,15 +59,31 @@ def _is_tar(path: Path) -> bool:
         return False
 
 
-def usable_snapshot(container: Container, cache: ImageCache) -> tuple[Path, str] | None:
-    """(path, kind) of the record's staged snapshot when it exists and matches its image_signature."""
-    if container.localPath is None or not container.image_signature:
+def has_staged_snapshot(tag: ContainerTaggedName) -> bool:
+    """Whether a record points at a staged snapshot that may be adopted: a stat, no hashing.
+
+    Planning (which tags to pull together) asks this; the adoption itself
+    verifies the snapshot once, later.
+    """
+    return (
+        isinstance(tag, Container)
+        and tag.localPath is not None
+        and bool(tag.image_signature)
+        and Path(tag.localPath).exists()
+    )
+
+
+def usable_snapshot(
+    container: Container, cache: ImageCache, kinds: Collection[str] = ("oci-layout", "docker-archive", "sif")
+) -> tuple[Path, str] | None:
+    """(path, kind) of the record's staged snapshot when it is one of ``kinds`` and matches its
+    image_signature; a snapshot of another kind is not hashed at all."""
+    if not has_staged_snapshot(container):
         return None
+    assert container.localPath is not None and container.image_signature is not None
     path = Path(container.localPath)
-    if not path.exists():
-        return None
     kind = snapshot_kind_of(path)
-    if kind is None:
+    if kind is None or kind not in kinds:
         return None
     try:
         fingerprint = normalize_fingerprint(container.image_signature)
@@ -88,8 +104,8 @@ def injected_image(container: Container, cache: ImageCache) -> tuple[str, dict[s
 
     SIF snapshots are not images in the OCI sense and return None here.
     """
-    found = usable_snapshot(container, cache)
-    if found is None or found[1] == "sif":
+    found = usable_snapshot(container, cache, kinds=("oci-layout", "docker-archive"))
+    if found is None:
         return None
     path, kind = found
     image = LayoutImage(path, trust=cache.store) if kind == "oci-layout" else DockerArchiveImage(path)

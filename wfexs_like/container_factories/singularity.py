@@ -98,7 +98,7 @@ class SingularityContainerFactory(CachedImageFactory):
         )
 
     def _fetches(self, tag: ContainerTaggedName, ref: Reference) -> bool:
-        return super()._fetches(tag, ref) and not self._by_file(ref) and not self._injected_sif(tag)
+        return super()._fetches(tag, ref) and not self._by_file(ref)
 
     # -- materialize ------------------------------------------------------------------------------
     def materializeSingleContainer(
@@ -136,8 +136,8 @@ class SingularityContainerFactory(CachedImageFactory):
     def _injected_sif(self, tag: ContainerTaggedName) -> Path | None:
         if not isinstance(tag, Container):
             return None
-        found = usable_snapshot(tag, self.cache)
-        return found[0] if found is not None and found[1] == "sif" else None
+        found = usable_snapshot(tag, self.cache, kinds=("sif",))
+        return found[0] if found is not None else None
 
     def snapshot_name(self, ref: Reference) -> str:
         return "docker://" + ref.canonical() if ref.scheme == "docker" else ref.canonical()
