@@ -82,6 +82,12 @@ def _key(*parts: str | None) -> str:
     return hashlib.sha256("\0".join(p or "" for p in parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def _metadata(reference: str, fingerprint: str, raw: Mapping[str, Any]) -> ImageMetadata:
+    # Sidecars written through the reference's API may hold only some of our keys.
+    defaults = {"tagged_name": reference, "manifest_digest": fingerprint, "image_id": fingerprint}
+    return ImageMetadata.from_json({**defaults, **raw})
+
+
 @dataclass(frozen=True)
 class CacheHit:
     """A verified cached snapshot of ``reference``."""
@@ -167,10 +173,7 @@ class ImageCache:
             return None
         snapshot, meta_path = self.snapshot_path(fingerprint), self.metadata_path(fingerprint)
         try:
-            raw_meta = read_json(meta_path)
-            # Sidecars written through the reference's API may hold only some of our keys.
-            defaults = {"tagged_name": reference, "manifest_digest": fingerprint, "image_id": fingerprint}
-            meta = ImageMetadata.from_json({**defaults, **raw_meta})
+            meta = _metadata(reference, fingerprint, read_json(meta_path))
         except (CacheError, KeyError, TypeError, ValueError) as e:
             logger.warning("cached metadata of %s is unusable: %s", reference, e)
             return None
@@ -226,10 +229,9 @@ class ImageCache:
         write_json_atomic(
             ref_file, {"reference": reference, "kind": kind, "platform": platform, "fingerprint": fingerprint}
         )
-        hit = self.lookup(reference, kind, platform)
-        if hit is None:
-            raise CacheError(f"the snapshot of {reference} vanished right after it was cached; retry")
-        return hit
+        # Verified above (kept) or just now (published): no need to read it all back.
+        meta_obj = _metadata(reference, fingerprint, meta)
+        return CacheHit(reference, kind, platform, fingerprint, canonical, canonical_meta, meta_obj)
 
     def forget(self, reference: str, kind: SnapshotKind, platform: str | None = None) -> None:
         """Drop this reference's entry (its snapshot stays until gc: other references may share it)."""
