@@ -21,7 +21,7 @@ import pytest
 from wfexs_like.cache import ImageCache
 from wfexs_like.cache.handler import ContainerCacheHandler
 from wfexs_like.cache.paths import ENV_CACHE_DIR, default_cache_dir
-from wfexs_like.digests import normalize_fingerprint, sha256_bytes, sha256_file
+from wfexs_like.digests import normalize_fingerprint, sha256_bytes, sha256_file, wfexs_fingerprint
 from wfexs_like.errors import CacheError, IntegrityError
 from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.model import ContainerTaggedName, ContainerType
@@ -146,6 +146,7 @@ def test_wfexs_fingerprints_accepted() -> None:
 
     b64 = base64.b64encode(bytes.fromhex(hexd)).decode()
     assert normalize_fingerprint(f"sha256={b64}") == f"sha256:{hexd}"
+    assert wfexs_fingerprint(f"sha256:{hexd}") == f"sha256={b64}"
     assert normalize_fingerprint(f"SHA256:{hexd.upper()}") == f"sha256:{hexd}"
     with pytest.raises(IntegrityError):
         normalize_fingerprint("sha256=notbase64!!")

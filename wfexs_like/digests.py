@@ -76,3 +76,13 @@ def normalize_fingerprint(value: str) -> str:
     raise IntegrityError(
         f"unrecognised fingerprint {value!r}: expected 'sha256:<hex>' or WfExS's 'sha256=<base64>'"
     )
+
+
+def wfexs_fingerprint(digest: str) -> str:
+    """WfExS-backend's spelling of a sha256 digest (``sha256=<base64>``), the inverse of the above.
+
+    Only for files WfExS-backend reads itself (a staged ``.img`` sidecar), whose
+    loader compares the string verbatim; everything of ours says ``sha256:<hex>``.
+    """
+    algo, hexd = split_digest(digest)
+    return f"{algo}=" + base64.b64encode(bytes.fromhex(hexd)).decode("ascii")

@@ -16,7 +16,6 @@ leaves nothing under a final name.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import shutil
@@ -25,7 +24,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..digests import sha256_bytes, sha256_file
+from ..digests import sha256_bytes, sha256_file, wfexs_fingerprint
 from ..errors import IntegrityError
 from ..images.base import Image
 from ..images.copy import DockerArchiveSink, LayoutSink, SifSink, copy
@@ -42,12 +41,6 @@ def work_dir(cache: ImageCache, prefix: str) -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
-
-
-def wfexs_digest(sha256_hex_digest: str) -> str:
-    """WfExS-backend's spelling of a digest (``sha256=<base64>``), which its loaders compare verbatim."""
-    raw = bytes.fromhex(sha256_hex_digest.split(":", 1)[1])
-    return "sha256=" + base64.b64encode(raw).decode("ascii")
 
 
 def image_metadata(
@@ -138,8 +131,8 @@ def _wfexs_sidecar(image: Image, archive: Path, name: str) -> dict[str, Any]:
     ]
     trimmed = json.dumps(manifests, sort_keys=True, separators=(",", ":")).encode()
     return {
-        "image_signature": wfexs_digest(sha256_file(archive)),
-        "manifests_signature": wfexs_digest(sha256_bytes(trimmed)),
+        "image_signature": wfexs_fingerprint(sha256_file(archive)),
+        "manifests_signature": wfexs_fingerprint(sha256_bytes(trimmed)),
         "manifests": manifests,
     }
 
