@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,6 +85,17 @@ def docker_made(docker_client: docker.DockerClient) -> Iterator[list[str]]:
     for image_id in reversed(made):
         with contextlib.suppress(docker.errors.ImageNotFound):
             docker_client.images.remove(image_id, force=True)
+
+
+@pytest.fixture(scope="module")
+def podman_made() -> Iterator[list[str]]:
+    """Image ids a test module loaded into Podman, removed when the module is done."""
+    if shutil.which("podman") is None:
+        pytest.fail("podman is not installed; run scripts/setup-host.sh")
+    made: list[str] = []
+    yield made
+    for image_id in reversed(made):
+        subprocess.run(["podman", "rmi", "-f", image_id], capture_output=True, check=False)
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ import pytest
 
 from tests.support.imagegen import BuiltImage, build_image, busybox_base_layer, gzip_bytes, make_tar
 from tests.support.storeimage import store_image
+from tests.support.tools import run_ok, tar_of
 from wfexs_like.digests import sha256_bytes, sha256_file
 from wfexs_like.errors import CacheError, IntegrityError, UnsafeArchiveError
 from wfexs_like.images import (
@@ -58,12 +59,6 @@ RUN_ID = uuid.uuid4().hex[:12]
 REPO = f"localhost/wfexs-like-copy-{RUN_ID}"
 TAG = f"{REPO}/img:v1"
 ULIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
-
-
-def _run(*cmd: str) -> subprocess.CompletedProcess[bytes]:
-    proc = subprocess.run(cmd, capture_output=True, timeout=300, check=False)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}"
-    return proc
 
 
 def _need(tool: str) -> None:
@@ -391,26 +386,11 @@ def test_a_damaged_layer_is_refused_by_every_sink(
         _assert_nothing_published(sink_kind, out, src, src.layers()[-1].digest())
 
 
-def _archive(members: list[tuple[str, bytes]], links: tuple[tuple[str, str], ...] = ()) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-        for name, target in links:
-            ti = tarfile.TarInfo(name)
-            ti.type = tarfile.SYMTYPE
-            ti.linkname = target
-            tf.addfile(ti)
-    return buf.getvalue()
-
-
 def _docker_archive_of(layer: bytes, diff_id: str, layer_name: str = "l/layer.tar") -> bytes:
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"diff_ids": [diff_id]}}).encode()
     cfg_name = f"{sha256_bytes(config).split(':')[1]}.json"
     manifest = json.dumps([{"Config": cfg_name, "RepoTags": [TAG], "Layers": [layer_name]}]).encode()
-    return _archive([("manifest.json", manifest), (cfg_name, config), (layer_name, layer)])
+    return tar_of([("manifest.json", manifest), (cfg_name, config), (layer_name, layer)])
 
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["plain-member", "gzip-member"])
@@ -450,7 +430,7 @@ def test_archives_reaching_outside_themselves_are_refused(
     tmp_path: Path, members: list[tuple[str, bytes]], links: tuple[tuple[str, str], ...], opener: type
 ) -> None:
     path = tmp_path / "evil.tar"
-    path.write_bytes(_archive(members, links))
+    path.write_bytes(tar_of(members, links))
     with pytest.raises(UnsafeArchiveError):
         opener(path)
     gz = tmp_path / "evil.tar.gz"
@@ -542,7 +522,7 @@ def built(
     image, _ = client.images.build(path=str(ctx), tag=tag, rm=True, forcerm=True)  # type: ignore[attr-defined]
     docker_made.append(image.id)
     saved = tmp_path_factory.mktemp("saved") / "docker-save.tar"
-    _run("docker", "save", "-o", str(saved), tag)
+    run_ok("docker", "save", "-o", str(saved), tag)
     return image.id, saved
 
 
@@ -602,27 +582,18 @@ def test_docker_loads_what_we_compose_from_its_own_save(
     assert gz_tag in client.images.get(image_id).tags  # type: ignore[attr-defined]
 
 
-@pytest.fixture(scope="module")
-def podman() -> Iterator[list[str]]:
-    _need("podman")
-    loaded: list[str] = []
-    yield loaded
-    for image_id in reversed(loaded):
-        subprocess.run(["podman", "rmi", "-f", image_id], capture_output=True, check=False)
-
-
 @pytest.mark.podman
-def test_podman_save_reads(tmp_path: Path, store: BlobStore, podman: list[str]) -> None:
+def test_podman_save_reads(tmp_path: Path, store: BlobStore, podman_made: list[str]) -> None:
     built = build_image(
         store, [busybox_base_layer(), {"etc/p": b"podman\n"}], labels={"wfexs-like.test-run": RUN_ID}
     )
     img = StoreImage(store, built.digest)
     tag = f"{REPO}/podman:v1"
-    podman.append(_hex(img.config_name()))
-    _run("podman", "load", "-q", "-i", str(_oci(tmp_path / "o.tar", img)))
-    _run("podman", "tag", _hex(img.config_name()), tag)
+    podman_made.append(_hex(img.config_name()))
+    run_ok("podman", "load", "-q", "-i", str(_oci(tmp_path / "o.tar", img)))
+    run_ok("podman", "tag", _hex(img.config_name()), tag)
     saved = tmp_path / "podman-save.tar"
-    _run("podman", "save", "-q", "--format", "docker-archive", "-o", str(saved), tag)
+    run_ok("podman", "save", "-q", "--format", "docker-archive", "-o", str(saved), tag)
     with tarfile.open(saved) as tf:
         assert any(m.issym() for m in tf.getmembers())  # its <id>/layer.tar -> ../<diffid>.tar links
     back = DockerArchiveImage(saved)
@@ -644,7 +615,7 @@ def test_skopeo_oci_archive_reads(tmp_path: Path, store: BlobStore) -> None:
     img = StoreImage(store, _built_image(store).digest)
     write_oci_layout(img, tmp_path / "layout", ref_name=TAG)
     out = tmp_path / "skopeo.tar"
-    _run("skopeo", "copy", "-q", f"oci:{tmp_path / 'layout'}:{TAG}", f"oci-archive:{out}:{TAG}")
+    run_ok("skopeo", "copy", "-q", f"oci:{tmp_path / 'layout'}:{TAG}", f"oci-archive:{out}:{TAG}")
     back = OciArchiveImage(out)
     assert back.digest() == img.digest()
     assert back.ref_name == TAG
@@ -656,7 +627,7 @@ def test_skopeo_oci_archive_reads(tmp_path: Path, store: BlobStore) -> None:
     # from a docker-archive skopeo converts the manifest and re-encodes the config: the layers stay
     dock = _write(tmp_path / "d.tar", img)
     out2 = tmp_path / "skopeo2.tar"
-    _run("skopeo", "copy", "-q", f"docker-archive:{dock}", f"oci-archive:{out2}")
+    run_ok("skopeo", "copy", "-q", f"docker-archive:{dock}", f"oci-archive:{out2}")
     converted = OciArchiveImage(out2)
     assert _diff_ids(converted) == _diff_ids(img)
     assert converted.config()["config"]["Labels"] == {"run": RUN_ID}
@@ -667,20 +638,20 @@ def test_skopeo_reads_what_we_write(tmp_path: Path, store: BlobStore) -> None:
     _need("skopeo")
     img = StoreImage(store, _built_image(store).digest)
     oci = _oci(tmp_path / "o.tar", img)
-    info = json.loads(_run("skopeo", "inspect", f"oci-archive:{oci}").stdout)
+    info = json.loads(run_ok("skopeo", "inspect", f"oci-archive:{oci}").stdout)
     assert info["Digest"] == img.digest()
     assert info["Layers"] == [x.digest() for x in img.layers()]
-    raw = _run("skopeo", "inspect", "--raw", f"oci-archive:{oci}:{TAG}").stdout
+    raw = run_ok("skopeo", "inspect", "--raw", f"oci-archive:{oci}:{TAG}").stdout
     assert sha256_bytes(raw) == img.digest()
     # (skopeo 1.9 cannot read a gzipped docker-archive at all; Docker loads ours below)
     dock = _write(tmp_path / "d.tar", img)
-    cfg = json.loads(_run("skopeo", "inspect", "--config", f"docker-archive:{dock}").stdout)
+    cfg = json.loads(run_ok("skopeo", "inspect", "--config", f"docker-archive:{dock}").stdout)
     assert cfg["rootfs"]["diff_ids"] == _diff_ids(img)
-    info = json.loads(_run("skopeo", "inspect", f"docker-archive:{dock}").stdout)
+    info = json.loads(run_ok("skopeo", "inspect", f"docker-archive:{dock}").stdout)
     assert info["Labels"]["run"] == RUN_ID
     assert info["Layers"] == _diff_ids(img)  # skopeo names docker-archive layers by diff id
     # skopeo's copy of our oci-archive into a layout keeps every byte of the image
-    _run("skopeo", "copy", "-q", f"oci-archive:{oci}", f"oci:{tmp_path / 'via-skopeo'}:{TAG}")
+    run_ok("skopeo", "copy", "-q", f"oci-archive:{oci}", f"oci:{tmp_path / 'via-skopeo'}:{TAG}")
     assert LayoutImage(tmp_path / "via-skopeo").digest() == img.digest()
 
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 import errno
 import gzip
 import hashlib
-import io
 import json
 import os
 import shutil
-import subprocess
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -25,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.imagegen import BuiltImage, build_image, busybox_base_layer, make_tar
+from tests.support.tools import run_ok, tar_of
 from wfexs_like.digests import sha256_bytes, sha256_file
 from wfexs_like.errors import CacheError, IntegrityError, UnsafeArchiveError
 from wfexs_like.images import staging
@@ -86,24 +85,8 @@ def _hex(digest: str) -> str:
     return digest.split(":", 1)[1]
 
 
-def _run(*cmd: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
-    proc = subprocess.run(cmd, input=input, capture_output=True, timeout=300, check=False)
-    assert proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr.decode()[-2000:]}"
-    return proc
-
-
-@pytest.fixture(scope="module")
-def podman() -> Iterator[list[str]]:
-    if shutil.which("podman") is None:
-        pytest.fail("podman is not installed; run scripts/setup-host.sh")
-    loaded: list[str] = []
-    yield loaded
-    for image_id in reversed(loaded):
-        subprocess.run(["podman", "rmi", "-f", image_id], capture_output=True, check=False)
-
-
 def _podman_inspect(ref: str) -> dict:
-    return json.loads(_run("podman", "image", "inspect", ref).stdout)[0]
+    return json.loads(run_ok("podman", "image", "inspect", ref).stdout)[0]
 
 
 # -- StoreImage -----------------------------------------------------------------
@@ -306,24 +289,24 @@ def test_skopeo_reads_the_oci_layout(tmp_path: Path, store: BlobStore, three: Bu
     layout = tmp_path / "layout"
     write_oci_layout(img, layout, ref_name=ref)
     for target in (f"oci:{layout}", f"oci:{layout}:{ref}"):
-        info = json.loads(_run("skopeo", "inspect", target).stdout)
+        info = json.loads(run_ok("skopeo", "inspect", target).stdout)
         assert info["Digest"] == img.digest()
         assert info["Labels"]["wfexs-like.test-run"] == RUN_ID
         assert info["Layers"] == [layer.digest() for layer in img.layers()]
-    raw = json.loads(_run("skopeo", "inspect", "--raw", f"oci:{layout}").stdout)
+    raw = json.loads(run_ok("skopeo", "inspect", "--raw", f"oci:{layout}").stdout)
     assert raw["config"]["digest"] == img.config_name()
 
 
 @pytest.mark.podman
 def test_podman_loads_the_oci_layout_and_runs_it(
-    tmp_path: Path, store: BlobStore, with_entrypoint: BuiltImage, podman: list[str]
+    tmp_path: Path, store: BlobStore, with_entrypoint: BuiltImage, podman_made: list[str]
 ) -> None:
     img = StoreImage(store, with_entrypoint.digest)
     ref = f"{REPO}/entrypoint:v1"
     layout = tmp_path / "ep-layout"
     write_oci_layout(img, layout, ref_name=ref)
-    podman.append(_hex(img.config_name()))
-    _run("podman", "load", "-q", "-i", str(layout))
+    podman_made.append(_hex(img.config_name()))
+    run_ok("podman", "load", "-q", "-i", str(layout))
     info = _podman_inspect(_hex(img.config_name()))
     assert info["Id"] == _hex(img.config_name())
     assert info["Digest"] == img.digest()
@@ -333,9 +316,9 @@ def test_podman_loads_the_oci_layout_and_runs_it(
     tags = info.get("RepoTags") or []
     path_name = f"localhost/{str(layout).lstrip('/')}:latest"
     assert ref in tags or path_name in tags, tags
-    _run("podman", "tag", info["Id"], ref)
+    run_ok("podman", "tag", info["Id"], ref)
     assert ref in _podman_inspect(ref)["RepoTags"]
-    out = _run("podman", "run", "--rm", "--network", "none", *ULIMITS, ref).stdout
+    out = run_ok("podman", "run", "--rm", "--network", "none", *ULIMITS, ref).stdout
     assert out == b"from-entrypoint\n"
 
 
@@ -382,10 +365,10 @@ def test_skopeo_reads_the_docker_archive(tmp_path: Path, store: BlobStore, three
         pytest.fail("skopeo is not installed; run scripts/setup-host.sh")
     img = StoreImage(store, three.digest)
     write_docker_archive(img, tmp_path / "a.tar", [f"{REPO}/three:v1"])
-    info = json.loads(_run("skopeo", "inspect", f"docker-archive:{tmp_path / 'a.tar'}").stdout)
+    info = json.loads(run_ok("skopeo", "inspect", f"docker-archive:{tmp_path / 'a.tar'}").stdout)
     assert info["Labels"]["wfexs-like.test-run"] == RUN_ID
     assert info["Architecture"] == "amd64"
-    cfg = json.loads(_run("skopeo", "inspect", "--config", f"docker-archive:{tmp_path / 'a.tar'}").stdout)
+    cfg = json.loads(run_ok("skopeo", "inspect", "--config", f"docker-archive:{tmp_path / 'a.tar'}").stdout)
     assert cfg["rootfs"]["diff_ids"] == [layer.diff_id() for layer in img.layers()]
 
 
@@ -417,24 +400,24 @@ def test_docker_loads_the_streamed_archive_and_runs_it(
 
 @pytest.mark.podman
 def test_podman_loads_the_docker_archive_and_runs_it(
-    tmp_path: Path, store: BlobStore, three: BuiltImage, podman: list[str]
+    tmp_path: Path, store: BlobStore, three: BuiltImage, podman_made: list[str]
 ) -> None:
     img = StoreImage(store, three.digest)
     tag = f"{REPO}/three-archive:v1"
     archive = tmp_path / "three.tar"
     write_docker_archive(img, archive, [tag])
-    podman.append(_hex(img.config_name()))
-    _run("podman", "load", "-q", "-i", str(archive))
+    podman_made.append(_hex(img.config_name()))
+    run_ok("podman", "load", "-q", "-i", str(archive))
     info = _podman_inspect(tag)
     assert info["Id"] == _hex(img.config_name())
     assert tag in info["RepoTags"]
     cmd = ["podman", "run", "--rm", "--network", "none", *ULIMITS, tag]
-    assert _run(*cmd, "/bin/busybox", "echo", "ok").stdout == b"ok\n"
-    assert _run(*cmd, "/bin/cat", "/data/b.txt").stdout == b"bravo\n"
+    assert run_ok(*cmd, "/bin/busybox", "echo", "ok").stdout == b"ok\n"
+    assert run_ok(*cmd, "/bin/cat", "/data/b.txt").stdout == b"bravo\n"
 
     # podman save (uncompressed layers) comes back to the same image id
     saved = tmp_path / "saved.tar"
-    _run("podman", "save", "-q", "--format", "docker-archive", "-o", str(saved), tag)
+    run_ok("podman", "save", "-q", "--format", "docker-archive", "-o", str(saved), tag)
     other = BlobStore(tmp_path / "other")
     back = StoreImage(other, write_to_store(DockerArchiveImage(saved), other))
     assert back.config_name() == img.config_name()
@@ -448,7 +431,7 @@ def test_podman_loads_the_docker_archive_and_runs_it(
 @pytest.mark.docker
 @pytest.mark.podman
 def test_docker_save_read_in_place_keeps_the_image_id(
-    tmp_path: Path, docker_client: object, docker_made: list[str], podman: list[str]
+    tmp_path: Path, docker_client: object, docker_made: list[str], podman_made: list[str]
 ) -> None:
     ctx = tmp_path / "ctx"
     ctx.mkdir()
@@ -476,7 +459,7 @@ def test_docker_save_read_in_place_keeps_the_image_id(
 
     # the CLI's output gives the very same synthesised manifest
     cli_saved = tmp_path / "cli.tar"
-    _run("docker", "save", "-o", str(cli_saved), tag)
+    run_ok("docker", "save", "-o", str(cli_saved), tag)
     again = DockerArchiveImage(cli_saved)
     assert again.digest() == manifest_digest
     assert again.repo_tags == [tag]
@@ -484,10 +467,10 @@ def test_docker_save_read_in_place_keeps_the_image_id(
     layout = tmp_path / "built-layout"
     write_oci_layout(img, layout, ref_name=tag)
     assert verify_oci_layout(layout, store, full=True) == []
-    podman.append(_hex(built.id))
-    _run("podman", "load", "-q", "-i", str(layout))
+    podman_made.append(_hex(built.id))
+    run_ok("podman", "load", "-q", "-i", str(layout))
     assert _podman_inspect(_hex(built.id))["Id"] == _hex(built.id)
-    out = _run("podman", "run", "--rm", "--network", "none", *ULIMITS, _hex(built.id)).stdout
+    out = run_ok("podman", "run", "--rm", "--network", "none", *ULIMITS, _hex(built.id)).stdout
     assert out == b"built-ok\n"
 
 
@@ -509,21 +492,6 @@ def test_docker_archive_round_trip_through_the_store(
     assert write_to_store(DockerArchiveImage(gz), other) == digest
 
 
-def _archive(members: list[tuple[str, bytes]], links: tuple[tuple[str, str], ...] = ()) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        for name, data in members:
-            ti = tarfile.TarInfo(name)
-            ti.size = len(data)
-            tf.addfile(ti, io.BytesIO(data))
-        for name, target in links:
-            ti = tarfile.TarInfo(name)
-            ti.type = tarfile.SYMTYPE
-            ti.linkname = target
-            tf.addfile(ti)
-    return buf.getvalue()
-
-
 @pytest.mark.parametrize(
     "members,links",
     [
@@ -539,7 +507,7 @@ def test_reading_refuses_members_outside_the_archive(
     tmp_path: Path, members: list[tuple[str, bytes]], links: tuple[tuple[str, str], ...]
 ) -> None:
     archive = tmp_path / "evil.tar"
-    archive.write_bytes(_archive(members, links))
+    archive.write_bytes(tar_of(members, links))
     with pytest.raises(UnsafeArchiveError):
         DockerArchiveImage(archive)
 
@@ -553,7 +521,7 @@ def test_reading_refuses_a_layer_that_does_not_match_its_diff_id(tmp_path: Path)
     manifest = json.dumps([{"Config": cfg_name, "RepoTags": None, "Layers": ["l/layer.tar"]}]).encode()
     store = BlobStore(tmp_path / "s")
     archive = tmp_path / "bad.tar"
-    archive.write_bytes(_archive([("manifest.json", manifest), (cfg_name, config), ("l/layer.tar", layer)]))
+    archive.write_bytes(tar_of([("manifest.json", manifest), (cfg_name, config), ("l/layer.tar", layer)]))
     with pytest.raises(IntegrityError, match="diff id"):
         write_to_store(DockerArchiveImage(archive), store)
     assert list(store.iter_digests()) == []  # nothing published
