@@ -751,3 +751,24 @@ def test_a_wfexs_backend_record_deploys_into_docker_from_its_img(
         assert out == b"wfexs\n"
     finally:
         _cleanup_docker(docker_client, [img.image_id])
+
+
+def test_docker_daemon_means_docker_whatever_engine_deploys(
+    tmp_path: Path, src_store: BlobStore, docker_client: docker.DockerClient
+) -> None:
+    """skopeo's docker-daemon: reads the Docker daemon, also when materializing for Podman."""
+    img = build_image(src_store, [busybox_base_layer(), {"etc/d": b"daemon\n"}], cmd=["/bin/busybox", "true"])
+    write_docker_archive(StoreImage(src_store, img.digest), tmp_path / "img.tar", [])
+    with open(tmp_path / "img.tar", "rb") as fh:
+        docker_client.images.load(fh.read())
+    tag = _docker_tag(docker_client, img.image_id)
+    try:
+        assert _podman("image", "exists", tag, check=False).returncode == 1, "Podman does not have it"
+        podman_f = PodmanContainerFactory(containersCacheDir=tmp_path / "cache")
+        [c] = podman_f.materializeContainers(
+            [ContainerTaggedName(f"docker-daemon:{tag}", ContainerType.Podman)], tmp_path / "wf"
+        )
+        assert c.signature == img.image_id
+        assert json.loads(Path(c.metadataLocalPath or "").read_text())["extra"]["engine"] == "docker"
+    finally:
+        _cleanup_docker(docker_client, [img.image_id])

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 from ..cache import CacheHit, ImageCache
 from ..cache.build import build_snapshot
 from ..engines.base import Engine
+from ..engines.docker import DockerEngine
 from ..errors import CacheError, ContainerFactoryException, ContainerNotFoundException
 from ..images.blobstore import BlobStore
 from ..images.store import StoreImage
@@ -49,11 +50,13 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
         self._client = registry_client
         self._probe: RegistryClient | None = None
         self._engine = engine
+        self._docker_daemon: Engine | None = None
         self.sources = ImageSources(
             self.store,
             client=lambda: self.registry_client,
             probe_client=self._probe_client,
             engine=self.source_engine,
+            docker_daemon=self.docker_daemon,
             platform=self.platform,
             work_dir=self.tempDir,
             allow_tag_fallback=allow_tag_fallback,
@@ -88,6 +91,15 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
     def source_engine(self) -> Engine | None:
         """The engine images that exist only locally are read from (None: there is none)."""
         return self._engine
+
+    def docker_daemon(self) -> Engine:
+        """What ``docker-daemon:`` tags are read from: the Docker engine, whatever this factory deploys to."""
+        engine = self.source_engine()
+        if engine is not None and engine.name == "docker":
+            return engine
+        if self._docker_daemon is None:
+            self._docker_daemon = DockerEngine()
+        return self._docker_daemon
 
     # -- materialize ----------------------------------------------------------------------------
     @staticmethod

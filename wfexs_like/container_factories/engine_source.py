@@ -28,6 +28,7 @@ class EngineSource:
         self,
         store: BlobStore,
         engine: Callable[[], Engine | None],
+        docker_daemon: Callable[[], Engine],
         probe: Callable[[], RegistryClient],
         work_dir: Path,
         *,
@@ -35,6 +36,7 @@ class EngineSource:
     ) -> None:
         self.store = store
         self._engine = engine
+        self._docker_daemon = docker_daemon
         self._probe = probe
         self.work_dir = work_dir
         self.fallback = fallback
@@ -45,8 +47,13 @@ class EngineSource:
         self._local_only.clear()
 
     def fetch(self, ref: Reference, name: str) -> tuple[str, dict[str, Any]]:
-        """Copy the engine's image ``name`` into the store; (manifest digest, source)."""
-        engine = self._engine()
+        """Copy the engine's image ``name`` into the store; (manifest digest, source).
+
+        ``docker-daemon:`` means the Docker daemon, as in skopeo, whichever
+        engine the factory deploys to; any other reference is read from the
+        factory's own engine.
+        """
+        engine = self._docker_daemon() if ref.scheme == "docker-daemon" else self._engine()
         if engine is None:
             raise ContainerEngineException(f"{ref.canonical()}: no container engine to read it from")
         work = self.work_dir / "engine-save"

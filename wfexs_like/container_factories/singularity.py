@@ -23,8 +23,6 @@ from typing import Any, ClassVar
 
 from ..cache import CacheHit
 from ..engines.apptainer import ApptainerEngine
-from ..engines.base import Engine
-from ..engines.docker import DockerEngine
 from ..errors import (
     ContainerFactoryException,
 )
@@ -82,12 +80,6 @@ class SingularityContainerFactory(CachedImageFactory):
         if not self.has_engine:
             return "wfexs-like native SIF builder (no apptainer/singularity binary)"
         return self.apptainer.version()
-
-    def source_engine(self) -> Engine | None:
-        """``docker-daemon:`` images come from the Docker engine, when there is one."""
-        if self._engine is None:
-            self._engine = DockerEngine()
-        return self._engine
 
     def _by_file(self, ref: Reference) -> bool:
         """Tags that become a SIF file directly, not through the blob store."""

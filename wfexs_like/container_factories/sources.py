@@ -79,6 +79,7 @@ class ImageSources:
         client: Callable[[], RegistryClient],
         probe_client: Callable[[], RegistryClient],
         engine: Callable[[], Engine | None],
+        docker_daemon: Callable[[], Engine],
         platform: Platform | None,
         work_dir: Path,
         allow_tag_fallback: bool = False,
@@ -89,7 +90,9 @@ class ImageSources:
         self.platform = platform
         self.allow_tag_fallback = allow_tag_fallback
         self._prefetched: dict[str, PullResult | BaseException] = {}
-        self.engine = EngineSource(store, engine, probe_client, work_dir, fallback=engine_fallback)
+        self.engine = EngineSource(
+            store, engine, docker_daemon, probe_client, work_dir, fallback=engine_fallback
+        )
 
     # -- planning -----------------------------------------------------------------------------
     def prefetch(self, wanted: Sequence[tuple[Reference, str | None]]) -> None:
