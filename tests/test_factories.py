@@ -772,3 +772,20 @@ def test_docker_daemon_means_docker_whatever_engine_deploys(
         assert json.loads(Path(c.metadataLocalPath or "").read_text())["extra"]["engine"] == "docker"
     finally:
         _cleanup_docker(docker_client, [img.image_id])
+
+
+def test_cli_with_a_relative_stage_dir_finds_its_snapshots_again(tmp_path: Path, pushed: PushedSet) -> None:
+    """A relative --stage-dir must not be joined to itself when the record is read back."""
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "wfexs_like.cli", *args, "--cache-dir", "cache"]
+        return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False)
+
+    out = cli(
+        "materialize", pushed.tag("left"), "--engine", "docker", "--stage-dir", "wf/c", "-o", "wf/c.yaml"
+    )
+    assert out.returncode == 0, out.stderr
+    conv = cli("deploy", "wf/c.yaml", "--engine", "singularity", "--stage-dir", "wf/c")
+    assert conv.returncode == 0, conv.stderr
+    assert conv.stdout.startswith("converted\t")
+    assert not (tmp_path / "wf" / "c" / "wf").exists(), "nothing staged under a doubled path"

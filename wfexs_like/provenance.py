@@ -742,14 +742,15 @@ def _records(
 
 
 def _place_paths(container: Container, stage_state: bool, containers_dir: Path | None) -> None:
-    """Make relative paths relative to the containers dir, then join them to ``containers_dir``."""
+    """Make relative paths relative to the containers dir, then join them to ``containers_dir``
+    (made absolute, like the writer takes it, so a factory never joins the dir a second time)."""
     for name in _PATH_FIELDS:
         path = getattr(container, name)
         if path is None or path.is_absolute():
             continue
         if stage_state:
             path = _from_wfexs_workdir(path)
-        setattr(container, name, path if containers_dir is None else Path(containers_dir) / path)
+        setattr(container, name, path if containers_dir is None else Path(containers_dir).absolute() / path)
 
 
 def _from_wfexs_workdir(path: Path) -> Path:

@@ -74,6 +74,11 @@ class ContainerFactory(ReferenceIdentity):
         if os.path.lexists("/proc/self/ns/user"):
             self._features.add("host_userns")
 
+    def containers_dir(self, given: Path | str | None) -> Path:
+        """The containers dir a call works in, absolute: records name absolute paths, so a
+        relative ``--stage-dir`` is not joined to itself again when a record is read back."""
+        return (Path(given) if given is not None else self.stagedContainersDir).absolute()
+
     @property
     def kind(self) -> SnapshotKind:
         """The snapshot this factory stages (its engine's natural one unless told otherwise)."""
@@ -107,7 +112,7 @@ class ContainerFactory(ReferenceIdentity):
         materialized from that container's record and snapshot instead of
         from the network, as the reference does.
         """
-        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        cdir = self.containers_dir(containers_dir)
         planned = plan(self, tagList, injectable_containers)
         self._prefetch(planned, offline=offline, force=force)
         materialized: list[Container] = []
@@ -146,7 +151,7 @@ class ContainerFactory(ReferenceIdentity):
         containers_dir: Path | str | None = None,
         force: bool = False,
     ) -> list[Container]:
-        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        cdir = self.containers_dir(containers_dir)
         return [
             self.deploySingleContainer(c, containers_dir=cdir, force=force)[0]
             for c in containers_list

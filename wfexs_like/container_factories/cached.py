@@ -131,7 +131,7 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
         offline: bool = False,
         force: bool = False,
     ) -> Container | None:
-        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        cdir = self.containers_dir(containers_dir)
         ref = self.parse_tag(tag)
         pin = self._pin(tag, ref)
         injected = injected_image(tag, self.cache) if isinstance(tag, Container) else None

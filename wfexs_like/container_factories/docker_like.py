@@ -103,7 +103,7 @@ class DockerLikeContainerFactory(CachedImageFactory):
                 f"{container.origTaggedName}: the record lacks its image id (signature); "
                 "re-materialize it to get a verifiable record"
             )
-        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        cdir = self.containers_dir(containers_dir)
         image_id = normalize_image_id(container.signature)
         tag = engine_tag(self.parse_tag(container))
         present = None if force else self.engine.inspect(image_id)

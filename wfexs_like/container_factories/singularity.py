@@ -104,7 +104,7 @@ class SingularityContainerFactory(CachedImageFactory):
         injected = self._injected_sif(tag)
         if injected is None and not self._by_file(ref):
             return super().materializeSingleContainer(tag, containers_dir, offline, force)
-        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        cdir = self.containers_dir(containers_dir)
         if injected is not None:
             assert isinstance(tag, Container)
             hit = adopt_sif(self.cache, tag, ref, injected, platform=self.platform_key)
@@ -151,7 +151,7 @@ class SingularityContainerFactory(CachedImageFactory):
         A Docker/Podman record (an OCI layout, or WfExS's docker-archive) is
         converted: its verified image becomes a SIF, staged beside it.
         """
-        cdir = Path(containers_dir) if containers_dir is not None else self.stagedContainersDir
+        cdir = self.containers_dir(containers_dir)
         path, _ = self.staged_paths(container, cdir)
         kind = None
         if path.exists():
