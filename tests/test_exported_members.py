@@ -27,11 +27,18 @@ def test_all_lists_exactly_the_public_names(name: str) -> None:
     module = importlib.import_module(name)
     exported = getattr(module, "__all__", None)
     assert exported is not None, f"{name} has no __all__"
-    public = {
-        member
-        for member, value in vars(module).items()
-        if not member.startswith("_") and not isinstance(value, types.ModuleType) and member != "annotations"
-    }
+    lazy = getattr(module, "_EXPORTS", None)
+    public = (
+        set(lazy)
+        if lazy is not None
+        else {
+            member
+            for member, value in vars(module).items()
+            if not member.startswith("_")
+            and not isinstance(value, types.ModuleType)
+            and member != "annotations"
+        }
+    )
     assert sorted(exported) == sorted(public), f"{name}: __all__ and the public names differ"
     assert len(exported) == len(set(exported)), f"{name}: __all__ repeats a name"
 
@@ -69,3 +76,18 @@ def test_the_reference_surface_is_importable_where_wfexs_backend_has_it() -> Non
         assert issubclass(cls, ContainerFactory)
         assert hasattr(cls, "materializeContainers") and hasattr(cls, "deployContainers")
     assert Container and ContainerNotFoundException and ContainerType
+
+
+def test_importing_the_package_and_the_command_imports_nothing_heavy() -> None:
+    """``wfexs-like --help`` must stay fast: YAML, HTTP, SDKs and rich load only when a command needs them."""
+    import subprocess
+    import sys
+
+    heavy = ("yaml", "requests", "docker", "spython", "rich", "boto3", "filelock", "urllib3")
+    code = (
+        "import sys, wfexs_like, wfexs_like.cli; from wfexs_like.cli._common import build_parser; "
+        "from wfexs_like.cli import COMMAND_MODULES; build_parser(COMMAND_MODULES); "
+        f"print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "", f"imported at start-up: {out.strip()}"

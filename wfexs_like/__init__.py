@@ -1,18 +1,33 @@
-"""wfexs-like: pull workflow containers once, pin them by digest, cache, stage and deploy them."""
+"""wfexs-like: pull workflow containers once, pin them by digest, cache, stage and deploy them.
 
-from .errors import (
-    ContainerEngineException,
-    ContainerFactoryException,
-    ContainerNotFoundException,
-)
-from .model import (
-    META_JSON_POSTFIX,
-    Container,
-    ContainerTaggedName,
-    ContainerType,
-)
-from .provenance import dump_containers, load_containers, read_containers_file, write_containers_file
-from .references import Reference, parse_reference
+The public names are resolved on first use (PEP 562): ``import wfexs_like``
+and ``wfexs-like --help`` then cost almost nothing, and YAML, requests or the
+Docker SDK are imported only by the code that needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "META_JSON_POSTFIX": "model",
+    "Container": "model",
+    "ContainerEngineException": "errors",
+    "ContainerFactoryException": "errors",
+    "ContainerNotFoundException": "errors",
+    "ContainerTaggedName": "model",
+    "ContainerType": "model",
+    "Reference": "references",
+    "dump_containers": "provenance",
+    "load_containers": "provenance",
+    "parse_reference": "references",
+    "read_containers_file": "provenance",
+    "write_containers_file": "provenance",
+}
 
 __all__ = [
     "META_JSON_POSTFIX",
@@ -29,4 +44,23 @@ __all__ = [
     "read_containers_file",
     "write_containers_file",
 ]
-__version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'wfexs_like' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from .errors import ContainerEngineException, ContainerFactoryException, ContainerNotFoundException
+    from .model import META_JSON_POSTFIX, Container, ContainerTaggedName, ContainerType
+    from .provenance import dump_containers, load_containers, read_containers_file, write_containers_file
+    from .references import Reference, parse_reference

@@ -77,6 +77,11 @@ class ProvenanceError(ContainerFactoryException, ValueError):
     """A provenance (YAML) file that cannot be read safely or is malformed."""
 
 
+class UnsafeInputError(ContainerFactoryException, ValueError):
+    """An input file refused before it is read in full: too large, too deeply nested, an alias or
+    entity bomb, an include cycle. The message names the file and the limit it broke."""
+
+
 class CacheError(ContainerFactoryException):
     """The local cache is unusable (corrupted entry, unwritable dir...)."""
 

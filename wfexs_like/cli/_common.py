@@ -1,0 +1,207 @@
+"""What every verb shares: the global options, exit codes, and turning exceptions into one-line errors.
+
+Only ``argparse`` and the standard library are imported here; the library's
+exception classes are looked up by name when an error is being reported, so
+a ``--help`` never imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_PARTIAL = 3
+EXIT_INTERRUPTED = 130
+
+#: The engines ``--engine`` accepts; kept here as names so parsing imports no factory.
+ENGINES = ("docker", "none", "podman", "singularity")
+
+
+class UsageError(Exception):
+    """A mistake in how the command was called (exit 2), found after argparse (a bad tag, a bad path)."""
+
+
+class PartialFailure(Exception):
+    """Some items failed under ``--keep-going`` (exit 3); what succeeded was written."""
+
+
+def examples(*lines: str) -> str:
+    """The epilog every ``--help`` ends with: runnable examples, one per line."""
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def new_parser(
+    sub: argparse._SubParsersAction,
+    name: str,
+    parents: Sequence[argparse.ArgumentParser],
+    *,
+    help: str,
+    description: str,
+    example_lines: Sequence[str],
+) -> argparse.ArgumentParser:
+    """A sub-command parser with the house settings: global options, no abbreviations, examples."""
+    return sub.add_parser(
+        name,
+        help=help,
+        description=description,
+        epilog=examples(*example_lines),
+        parents=list(parents),
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_cache_dir(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="shared cache (default: $WFEXS_LIKE_CACHE_DIR or the XDG cache home)",
+    )
+
+
+def global_options() -> argparse.ArgumentParser:
+    """Options accepted both before and after the verb (``wfexs-like -v materialize`` and ``... -v``).
+
+    ``default=SUPPRESS`` keeps a sub-parser from overwriting a value the main
+    parser already set; the real defaults are filled in by ``_defaults``.
+    """
+    g = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    S = argparse.SUPPRESS
+    g.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=S,
+        help="-v: one line per step per image; -vv: debug; -vvv: third-party debug too",
+    )
+    g.add_argument(
+        "-q", "--quiet", action="store_true", default=S, help="print nothing but errors and results"
+    )
+    g.add_argument(
+        "--progress",
+        choices=("auto", "plain", "none"),
+        default=S,
+        help="progress display: bars on a terminal (auto), plain lines, or none",
+    )
+    g.add_argument("--debug", action="store_true", default=S, help="show tracebacks of unexpected errors")
+    return g
+
+
+def _defaults(args: argparse.Namespace) -> None:
+    for name, value in (("verbose", 0), ("quiet", False), ("progress", "auto"), ("debug", False)):
+        if not hasattr(args, name):
+            setattr(args, name, value)
+
+
+def build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
+    from .. import __version__
+
+    g = global_options()
+    parser = argparse.ArgumentParser(
+        prog="wfexs-like",
+        description="Pull workflow containers once, pin them by digest, cache, stage and deploy them.",
+        parents=[g],
+        allow_abbrev=False,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=examples(
+            "wfexs-like materialize --stage-dir containers -o containers.yaml busybox:1.36",
+            "wfexs-like deploy containers.yaml",
+            "wfexs-like COMMAND --help",
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in modules:
+        importlib.import_module(f"{__package__}.{name}").register(sub, [g])
+    return parser
+
+
+def setup_logging(args: argparse.Namespace) -> None:
+    """-v: our INFO; -vv: our DEBUG; -vvv: everyone's DEBUG (urllib3, filelock stay quiet before)."""
+    import logging
+
+    level = logging.WARNING
+    if args.quiet:
+        level = logging.ERROR
+    elif args.verbose == 1:
+        level = logging.INFO
+    elif args.verbose >= 2:
+        level = logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    if args.verbose < 3:
+        for noisy in ("urllib3", "filelock", "docker", "spython", "botocore", "boto3", "s3transfer"):
+            logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+
+
+def _on_second_sigint(signum: int, frame: object) -> None:
+    """The second Ctrl-C: the first already asked workers to stop; leave now, without a traceback."""
+    sys.stderr.write("\nwfexs-like: interrupted again; leaving now (partial downloads are kept for resume)\n")
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
+
+
+def _on_first_sigint(signum: int, frame: object) -> None:
+    from ..progress import request_cancel
+
+    request_cancel()
+    signal.signal(signal.SIGINT, _on_second_sigint)
+    raise KeyboardInterrupt
+
+
+def report_error(e: BaseException) -> int:
+    """One clear message (no traceback) for the failures the library anticipates; their exit code."""
+    from ..errors import AbstractWfExSException, ContainerNotFoundException, InvalidReferenceError
+
+    if isinstance(e, UsageError | InvalidReferenceError):
+        print(f"wfexs-like: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if isinstance(e, PartialFailure):
+        print(f"wfexs-like: {e}", file=sys.stderr)
+        return EXIT_PARTIAL
+    if isinstance(e, ContainerNotFoundException) and e.failures:
+        print(f"wfexs-like: {len(e.failures)} container(s) failed:", file=sys.stderr)
+        for tag, reason in e.failures:
+            print(f"  {tag}: {reason}", file=sys.stderr)
+        return EXIT_FAILURE
+    if isinstance(e, AbstractWfExSException | OSError):
+        print(f"wfexs-like: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"wfexs-like: internal error: {type(e).__name__}: {e} (run again with --debug for details)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILURE
+
+
+def main_with(modules: Sequence[str], argv: Sequence[str] | None = None) -> int:
+    signal.signal(signal.SIGINT, _on_first_sigint)
+    try:
+        args = build_parser(modules).parse_args(argv)
+        _defaults(args)
+        setup_logging(args)
+        return int(args.run(args))
+    except KeyboardInterrupt:
+        print(
+            "\nwfexs-like: interrupted; partial downloads are kept for resume, nothing half-written "
+            "was published",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # `wfexs-like ... | head`: the reader left; that is not an error of ours.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+    except Exception as e:
+        if "args" in locals() and getattr(args, "debug", False):
+            raise
+        return report_error(e)
