@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from ._common import main_with
 
 #: Module names (in this package) of the verb groups, in the order ``--help`` lists them.
-COMMAND_MODULES: tuple[str, ...] = ("materialize", "deploy")
+COMMAND_MODULES: tuple[str, ...] = ("materialize", "deploy", "scan", "cache", "bundle", "provenance")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
