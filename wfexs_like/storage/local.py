@@ -1,0 +1,92 @@
+"""A directory as a backend: a library dir (read-only) or any tree in the cache layout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from ..digests import CHUNK
+from ..fsutil import fsync_dir
+from .base import HashingReader, StorageError, check_key
+
+
+class DirBackend:
+    """Files under ``root``; writes go to a temp file beside the target and are renamed in.
+
+    A read-only one (``writable=False``, the library dirs) never creates,
+    locks or touches anything: reads only, so it is safe on a shared,
+    read-only filesystem and never disturbs its owner.
+    """
+
+    def __init__(self, root: Path, *, writable: bool = False) -> None:
+        self.root = Path(root).absolute()
+        self.name = str(self.root)
+        self.writable = writable
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        try:
+            st = self._path(key).stat()
+        except OSError:
+            return None
+        return st.st_size
+
+    def open(self, key: str, offset: int = 0) -> BinaryIO:
+        fh = open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
+        if offset:
+            fh.seek(offset)
+        return fh
+
+    def local_path(self, key: str) -> Path | None:
+        """The file itself, for callers that can hard-link instead of copying."""
+        path = self._path(key)
+        return path if path.is_file() else None
+
+    def put(self, key: str, source: BinaryIO, *, digest: str | None = None, size: int | None = None) -> None:
+        if not self.writable:
+            raise StorageError(f"{self.name} is read-only; nothing is written to a library dir")
+        final = self._path(key)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=".partial")
+        reader = HashingReader(source)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                while chunk := reader.read(CHUNK):
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            reader.check(f"{self.name}/{key}", digest, size)
+            os.replace(tmp, final)
+            fsync_dir(final.parent)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def delete(self, key: str) -> None:
+        if not self.writable:
+            raise StorageError(f"{self.name} is read-only; nothing is deleted from a library dir")
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        base = self.root / prefix if prefix else self.root
+        start = base if base.is_dir() else base.parent
+        if not start.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(start):
+            for f in files:
+                if f.startswith(".tmp-"):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, f), self.root).replace(os.sep, "/")
+                if rel.startswith(prefix):
+                    yield rel
