@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import UnsafeInputError
+from ..errors import ContainerFactoryException, UnsafeInputError
 from ..safeyaml import read_bounded
 
 #: What kind of thing a reference names: a pullable image, a SIF at a URL, an ORAS artifact, a local
@@ -71,15 +71,92 @@ class IncludeGuard:
     def __init__(self) -> None:
         self.opened = 0
 
-    def enter(self, chain: tuple[Path, ...], path: Path) -> tuple[Path, ...]:
-        """The chain extended by ``path``; raises ``UnsafeInputError`` on a cycle or a limit."""
+    def enter(self, chain: tuple[Path, ...], path: Path, *, new_file: bool = True) -> tuple[Path, ...]:
+        """The chain extended by ``path``; raises ``UnsafeInputError`` on a cycle or a limit.
+
+        ``new_file=False`` for a file this scan already read (a scanner's cache hit): its chain is
+        still checked for cycles, but it does not count again against ``MAX_FILES``.
+        """
         resolved = path.resolve()
         if resolved in chain:
             cycle = " -> ".join(str(p) for p in (*chain[chain.index(resolved) :], resolved))
             raise UnsafeInputError(f"include cycle: {cycle}; break the cycle and scan again")
         if len(chain) >= MAX_INCLUDE_DEPTH:
             raise UnsafeInputError(f"{path}: includes nested more than {MAX_INCLUDE_DEPTH} deep; refused")
-        self.opened += 1
+        self.opened += int(new_file)
         if self.opened > MAX_FILES:
             raise UnsafeInputError(f"{path}: a scan opened more than {MAX_FILES} files; refused")
         return (*chain, resolved)
+
+
+class WorkflowScanError(ContainerFactoryException, ValueError):
+    """A workflow file the scanner cannot read: not a workflow it knows, broken syntax, a file it names
+    that does not exist. The message names the file (and line) and what to fix."""
+
+
+class MissingExtraError(ContainerFactoryException, ImportError):
+    """A scanner needs a third-party parser that is an optional extra of this package."""
+
+
+#: The kinds ``materialize`` can pull by tag.
+PULLABLE_KINDS: frozenset[str] = frozenset({"docker", "sif-url", "oras"})
+
+
+def require(module: str, language: str) -> Any:
+    """The optional parser ``module``, or an error that says which extra provides it.
+
+    The parsers are optional so that users of the container cache alone do not
+    install three workflow toolchains; a scan is the first place that needs them.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise MissingExtraError(
+            f"scanning {language} needs the Python package that provides '{module}', which is not "
+            "installed; install the extra: pip install 'wfexs-like[workflows]'"
+        ) from e
+
+
+def classify_tag(tag: str) -> Kind:
+    """What ``materialize`` would do with ``tag``: pull it, download a SIF, fetch ORAS, or read a file.
+
+    ``library://`` and ``shub://`` count as ``sif-url``: both name a SIF that Apptainer fetches.
+    """
+    lower = tag.lower()
+    if lower.startswith("docker://"):
+        return "docker"
+    if lower.startswith("oras://"):
+        return "oras"
+    if lower.startswith(("http://", "https://", "library://", "shub://")):
+        return "sif-url"
+    if lower.startswith(("docker-archive:", "oci-archive:")):
+        return "tarball"
+    if lower.startswith(("file:", "oci:", "/", "./", "../", "~")) or lower.endswith((".sif", ".simg")):
+        return "local"
+    return "docker"
+
+
+def looks_dynamic(text: str) -> bool:
+    """Whether a string still holds an expression a workflow engine would evaluate at run time."""
+    return any(mark in text for mark in ("$(", "${", "~{"))
+
+
+def read_params_file(path: Path) -> dict[str, Any]:
+    """Parameters from a YAML or JSON file (``--params-file``): Nextflow params, WDL inputs.
+
+    Read with the bounded safe loader: a params file comes from whoever wrote
+    the workflow, so it is as untrusted as the workflow itself.
+    """
+    from ..safeyaml import load_bounded
+
+    data = load_bounded(read_bounded(path, max_bytes=MAX_FILE_BYTES, what="params file"), str(path))
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise WorkflowScanError(
+            f"params file {path}: expected a mapping of parameter names to values, "
+            f"found a {type(data).__name__}"
+        )
+    return {str(k): v for k, v in data.items()}
