@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from .. import progress
 from ..digests import CHUNK
 from ..errors import ContainerFactoryException, UnsafeArchiveError
 from .base import Layer
@@ -117,7 +118,7 @@ def _open_layer(layer: Layer, name: str) -> Iterator[tarfile.TarFile]:
 def _drain(stream: BinaryIO) -> None:
     """Read to the end: tar stops at its end-of-archive marker, before the padding and checks."""
     while stream.read(CHUNK):
-        pass
+        progress.check_cancelled()
 
 
 def _check_blob(layer: Layer) -> None:
@@ -159,6 +160,7 @@ class _Applier:
         name = layer.digest()
         with _open_layer(layer, name) as tf:
             for count, member in enumerate(tf):
+                progress.check_cancelled()
                 try:
                     self._member(tf, member, name)
                 except (ContainerFactoryException, *_READ_ERRORS):
@@ -234,7 +236,9 @@ class _Applier:
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "wb", closefd=False) as out:
-                shutil.copyfileobj(src, out, _COPY_CHUNK)
+                while chunk := src.read(_COPY_CHUNK):
+                    out.write(chunk)
+                    progress.check_cancelled()
             if self.as_root:
                 os.fchown(fd, m.uid, m.gid)  # before chmod: chown clears setuid/setgid
             os.fchmod(fd, m.mode & 0o7777)

@@ -33,6 +33,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from .. import progress
 from ..errors import ContainerEngineException, ContainerFactoryException
 from .base import Image
 from .rootfs import apply_layers, remove_tree
@@ -46,6 +47,7 @@ OCI_CONFIG_OBJECT_NAME = "oci-config.json"
 _MAX_SQUASHFS_TIME = 2**32 - 1
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CREATED = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.\d+)?([Zz]|[+-]\d{2}:?\d{2})?$")
+_POLL_SECONDS = 0.25
 _HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}
 
 
@@ -56,6 +58,7 @@ def build_sif(
     tmp_dir: Path,
     source: str | None = None,
     mksquashfs: str = "mksquashfs",
+    label: str | None = None,
 ) -> None:
     """Write ``dest`` (atomically) as the SIF of ``image``.
 
@@ -65,9 +68,16 @@ def build_sif(
     the reference recorded in the definition file (``from:``), defaulting to
     the digest. Everything temporary lives in one directory under
     ``tmp_dir`` that is removed even on failure.
+
+    The stages are reported to ``progress.current()`` under ``label`` (the
+    tag the user asked for, so the step lands on that image's bar), else
+    ``source``, else the digest; a stop request (Ctrl-C) is honoured between
+    layer members and while ``mksquashfs`` runs.
     """
     config = image.config()
     digest = image.digest()
+    reporter = progress.current()
+    tag = label or source or digest
     created = image_created(config)
     arch = image_architecture(config)
     inner: Mapping[str, Any] = config.get("config") or {}
@@ -76,10 +86,16 @@ def build_sif(
     work = Path(tempfile.mkdtemp(prefix="sif-build-", dir=tmp_dir))
     try:
         rootfs = work / "rootfs"
+        reporter.step(tag, "building SIF: extracting layers")
         apply_layers(image.layers(), rootfs, implicit_mtime=created)
+        progress.check_cancelled()
+        reporter.step(tag, "building SIF: adding runtime files")
         add_runtime_files(rootfs, inner, arch=arch, deffile=deffile, mtime=created)
         squashfs = work / "rootfs.squashfs"
+        reporter.step(tag, "building SIF: squashing")
         make_squashfs(rootfs, squashfs, mkfs_time=created, mksquashfs=mksquashfs)
+        progress.check_cancelled()
+        reporter.step(tag, "building SIF: writing SIF")
         oci_config = json.dumps(inner, sort_keys=True, separators=(",", ":")).encode()
         objects = [
             SifObject(SifDataType.Deffile, deffile),
@@ -170,19 +186,35 @@ def make_squashfs(rootfs: Path, dest: Path, *, mkfs_time: int, mksquashfs: str =
     # SOURCE_DATE_EPOCH would clamp the layers' file times: our times are already fixed.
     env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
     try:
-        proc = subprocess.run(cmd, capture_output=True, env=env, check=False)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     except FileNotFoundError:
         raise ContainerEngineException(
             f"{mksquashfs} not found: install squashfs-tools (apt-get install squashfs-tools)",
             command=cmd,
         ) from None
+    stdout, stderr = _wait_cancellable(proc)
     if proc.returncode != 0:
+        progress.check_cancelled()  # a Ctrl-C on the terminal kills mksquashfs too: that is a stop
         raise ContainerEngineException(
             "mksquashfs could not pack the image's root file system",
             command=cmd,
             returncode=proc.returncode,
-            stderr=proc.stderr or proc.stdout,
+            stderr=stderr or stdout,
         )
+
+
+def _wait_cancellable(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
+    """Wait for ``proc``, killing it at a stop request: packing a big image takes minutes."""
+    try:
+        while True:
+            try:
+                return proc.communicate(timeout=_POLL_SECONDS)
+            except subprocess.TimeoutExpired:
+                progress.check_cancelled()
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
 
 
 # ---------------------------------------------------------------------------------------
