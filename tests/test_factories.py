@@ -401,6 +401,13 @@ def test_wfexs_call_sequence_across_processes(
         cleanup()
 
 
+def _states(table: str) -> list[str]:
+    """The STATE column of the table ``deploy`` prints (its first line is the header)."""
+    lines = table.splitlines()
+    assert lines and lines[0].split()[0] == "STATE", table
+    return [line.split()[0] for line in lines[1:]]
+
+
 def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "wfexs_like.cli", *args],
@@ -444,30 +451,35 @@ def test_cli_materialize_and_deploy(
             str(tmp_path / "cache"),
         )
         assert dep.returncode == 0, dep.stderr
-        assert dep.stdout.count("loaded\t") == 2
+        assert _states(dep.stdout) == ["loaded", "loaded"]
     finally:
         _cleanup_docker(docker_client, [r.signature or "" for r in records])
 
 
 def test_cli_names_each_failed_tag_without_traceback(tmp_path: Path, pushed: PushedSet) -> None:
     bad = f"{pushed.reg.host}/{pushed.prefix}/does-not-exist:9"
-    out = _cli(
-        "materialize",
-        pushed.tag("left"),
-        bad,
-        "Not_A:Valid Tag",
+    gone = f"{pushed.reg.host}/{pushed.prefix}/gone-too:1"
+    common = [
         "--engine",
         "podman",
         "--stage-dir",
         str(tmp_path / "wf"),
         "--cache-dir",
         str(tmp_path / "cache"),
-    )
+    ]
+    out = _cli("materialize", pushed.tag("left"), bad, gone, *common)
     assert out.returncode == 1
     assert "Traceback" not in out.stderr
-    assert bad in out.stderr and "Not_A:Valid Tag" in out.stderr
+    assert bad in out.stderr and gone in out.stderr
     assert "2 container(s) failed" in out.stderr
     assert out.stdout == ""
+    # a tag that cannot be parsed is a usage error, found before anything is fetched
+    fresh = tmp_path / "cache2"
+    usage = _cli(
+        "materialize", pushed.tag("left"), "Not_A:Valid Tag", *common[:-2], "--cache-dir", str(fresh)
+    )
+    assert usage.returncode == 2 and "Not_A:Valid Tag" in usage.stderr and "Traceback" not in usage.stderr
+    assert not fresh.exists()
 
 
 def test_engine_errors_carry_command_exit_code_and_stderr(
@@ -573,12 +585,12 @@ def test_cli_bad_inputs_get_clear_errors(tmp_path: Path) -> None:
     evil = tmp_path / "evil.yaml"
     evil.write_text(f"- !!python/object/apply:os.system ['touch {payload}']\n")
     cases = {
-        "malicious YAML": (["deploy", str(evil)], "python/object/apply:os.system"),
-        "missing file": (["deploy", str(tmp_path / "nope.yaml")], "nope.yaml"),
-        "bad platform": (["materialize", "busybox", "--platform", "linux"], "invalid platform 'linux'"),
-        "malformed tag": (["materialize", "UPPER/Case:tag"], "UPPER/Case:tag"),
+        "malicious YAML": (["deploy", str(evil)], "python/object/apply:os.system", 1),
+        "missing file": (["deploy", str(tmp_path / "nope.yaml")], "nope.yaml", 1),
+        "bad platform": (["materialize", "busybox", "--platform", "linux"], "invalid platform 'linux'", 2),
+        "malformed tag": (["materialize", "UPPER/Case:tag"], "UPPER/Case:tag", 2),
     }
-    for name, (args, expected) in cases.items():
+    for name, (args, expected, code) in cases.items():
         out = _cli(
             *args,
             "--engine",
@@ -588,7 +600,7 @@ def test_cli_bad_inputs_get_clear_errors(tmp_path: Path) -> None:
             "--cache-dir",
             str(tmp_path / "cache"),
         )
-        assert out.returncode == 1, name
+        assert out.returncode == code, name
         assert "Traceback" not in out.stderr, name
         assert expected in out.stderr, (name, out.stderr)
     assert not payload.exists()
@@ -684,7 +696,7 @@ def test_cli_wfexs_formats_and_cross_kind_deploys(tmp_path: Path, pushed: Pushed
         *common,
     )
     assert conv.returncode == 0, conv.stderr
-    assert conv.stdout.startswith("converted\t")
+    assert _states(conv.stdout) == ["converted"]
     # a SIF record deployed for Docker: refused by name, no traceback
     s = _cli(
         "materialize",
@@ -730,7 +742,7 @@ def test_cli_deploy_uses_the_stage_dir_given(tmp_path: Path, pushed: PushedSet, 
     assert bad.returncode == 1 and "does not match" in bad.stderr, bad.stderr
     good = _cli("deploy", str(wf / "c.yaml"), "--stage-dir", str(wf / "containers"), *common)
     try:
-        assert good.returncode == 0 and good.stdout.startswith("loaded\t"), good.stderr
+        assert good.returncode == 0 and _states(good.stdout) == ["loaded"], good.stderr
     finally:
         _cleanup_podman([record.signature or ""])
 
@@ -787,5 +799,5 @@ def test_cli_with_a_relative_stage_dir_finds_its_snapshots_again(tmp_path: Path,
     assert out.returncode == 0, out.stderr
     conv = cli("deploy", "wf/c.yaml", "--engine", "singularity", "--stage-dir", "wf/c")
     assert conv.returncode == 0, conv.stderr
-    assert conv.stdout.startswith("converted\t")
+    assert _states(conv.stdout) == ["converted"]
     assert not (tmp_path / "wf" / "c" / "wf").exists(), "nothing staged under a doubled path"

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -31,6 +32,78 @@ class UsageError(Exception):
 
 class PartialFailure(Exception):
     """Some items failed under ``--keep-going`` (exit 3); what succeeded was written."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistyped option is reported as unknown, not as a required one missing.
+
+    argparse checks required options before it looks at leftovers, so
+    ``--stage-dri x`` used to be reported as "--stage-dir is required". When
+    a required option is missing and an unknown one was given, the unknown
+    one is the mistake the user needs to hear about (with the nearest real
+    option). Sub-parsers inherit this class from the main parser.
+    """
+
+    _given: list[str]
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        self._given = list(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
+    def error(self, message: str) -> NoReturn:
+        if message.startswith("the following arguments are required"):
+            unknown = self._unknown_options()
+            if unknown:
+                message = "unrecognized arguments: " + " ".join(unknown)
+        super().error(message)
+
+    def _unknown_options(self) -> list[str]:
+        import difflib
+
+        found: list[str] = []
+        for arg in getattr(self, "_given", []):
+            if arg == "--":
+                break
+            name = arg.split("=", 1)[0]
+            if not name.startswith("-") or name == "-" or _is_number(name):
+                continue
+            if name in self._option_string_actions:
+                continue
+            if not name.startswith("--") and name[:2] in self._option_string_actions:
+                continue  # -vv, -j4: short options grouped or with their value attached
+            near = difflib.get_close_matches(name, list(self._option_string_actions), n=1)
+            found.append(f"{name} (did you mean {near[0]}?)" if near else name)
+        return found
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number of at least 1 (``--jobs``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 1 or more")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: a whole number of at least 0 (``--retry-times``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be 0 or more")
+    return value
 
 
 def examples(*lines: str) -> str:
@@ -64,6 +137,7 @@ def add_cache_dir(p: argparse.ArgumentParser) -> None:
         "--cache-dir",
         type=Path,
         default=None,
+        metavar="DIR",
         help="shared cache (default: $WFEXS_LIKE_CACHE_DIR or the XDG cache home)",
     )
 
@@ -106,7 +180,7 @@ def build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
     from .. import __version__
 
     g = global_options()
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="wfexs-like",
         description="Pull workflow containers once, pin them by digest, cache, stage and deploy them.",
         parents=[g],
@@ -188,7 +262,16 @@ def main_with(modules: Sequence[str], argv: Sequence[str] | None = None) -> int:
         args = build_parser(modules).parse_args(argv)
         _defaults(args)
         setup_logging(args)
-        return int(args.run(args))
+        # Imported after parsing: ``--help`` and usage errors never pay for the renderer.
+        from ..progress import reporting
+        from .render import reporter_for
+
+        reporter = reporter_for(args)
+        try:
+            with reporting(reporter):
+                return int(args.run(args))
+        finally:
+            reporter.close()
     except KeyboardInterrupt:
         print(
             "\nwfexs-like: interrupted; partial downloads are kept for resume, nothing half-written "

@@ -1,11 +1,30 @@
-"""``wfexs-like materialize``: fetch, cache and stage tags; write their records."""
+"""``wfexs-like materialize``: fetch, cache and stage tags; write their records.
+
+Everything that can be wrong with the call (the tags, the platform, where
+the records go, the registry files) is checked before the first request,
+so a mistake costs nothing; the work itself is ``ops.materialize``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+from typing import Any
 
-from ._common import ENGINES, add_cache_dir, new_parser
+from ._common import (
+    ENGINES,
+    PartialFailure,
+    UsageError,
+    add_cache_dir,
+    new_parser,
+    non_negative_int,
+    positive_int,
+)
+
+FORMATS = ("yaml", "json", "wfexs")
+#: Old name of ``yaml`` (our records), still accepted.
+FORMAT_ALIASES = {"wfexs-like": "yaml"}
 
 
 def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentParser]) -> None:
@@ -13,16 +32,42 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         sub,
         "materialize",
         parents,
-        help="fetch, cache and stage tags; print their provenance YAML",
-        description="Fetch each TAG (once: later runs reuse the cache), stage it into "
-        "--stage-dir and print the Container records as YAML.",
-        example_lines=["wfexs-like materialize --stage-dir containers -o containers.yaml busybox:1.36"],
+        help="fetch, cache and stage tags; write their provenance records",
+        description="Fetch each TAG once (later runs reuse the cache), stage it into --stage-dir "
+        "and write the Container records (YAML by default) to -o FILE or standard output.\n"
+        "Tags come as arguments and/or from -f FILE (one per line, # comments allowed; or a\n"
+        "containers YAML, whose records are re-materialized at exactly the digests they pin).\n"
+        "--stage-dir is required.\n\n"
+        "exit status: 0 done, 1 a tag failed (each is named with its reason; nothing written),\n"
+        "2 usage (bad option, tag or platform), 3 some failed under --keep-going, 130 interrupted",
+        example_lines=[
+            "wfexs-like materialize --stage-dir wf/containers -o wf/containers.yaml busybox:1.36",
+            "wfexs-like materialize --stage-dir wf/containers -f tags.txt --jobs 8 --keep-going -o wf/c.yaml",
+            "grep -v '^#' tags.txt | wfexs-like materialize --stage-dir wf/containers -f - --format json",
+            "wfexs-like materialize --stage-dir wf2/containers -f wf/c.yaml --offline   # re-stage pins",
+            "wfexs-like materialize --engine singularity --platform arm64 --stage-dir sifs alpine:3.20",
+        ],
     )
     m.add_argument(
         "tags",
-        nargs="+",
+        nargs="*",
         metavar="TAG",
-        help="e.g. busybox:1.36, quay.io/biocontainers/samtools:1.15--h1170115_1",
+        help="e.g. busybox:1.36, quay.io/biocontainers/samtools:1.15--h1170115_1, docker-archive:img.tar",
+    )
+    m.add_argument(
+        "-f",
+        "--file",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="read tags from FILE ('-': standard input): one per line, or a containers YAML; repeatable",
+    )
+    m.add_argument(
+        "--stage-dir",
+        type=Path,
+        required=True,
+        metavar="DIR",
+        help="the workflow's containers directory, where snapshots are staged (required)",
     )
     m.add_argument(
         "--engine",
@@ -30,33 +75,45 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         default="docker",
         help="container engine the workflow runs with (default: docker)",
     )
-    m.add_argument(
-        "--stage-dir",
-        type=Path,
-        required=True,
-        help="the workflow's containers directory (snapshots are staged here)",
-    )
     add_cache_dir(m)
-    m.add_argument("--force", action="store_true", help="re-fetch / re-load even when cached")
+    m.add_argument(
+        "-o",
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="write the records to FILE ('-' or none: standard output); checked before any work",
+    )
+    m.add_argument(
+        "--format",
+        choices=(*FORMATS, *FORMAT_ALIASES),
+        default="yaml",
+        metavar="{yaml,json,wfexs}",
+        help="records as our YAML (default; 'wfexs-like' is its old name), the same as JSON, "
+        "or WfExS-backend's marshalled YAML",
+    )
+    m.add_argument(
+        "-j",
+        "--jobs",
+        type=positive_int,
+        default=4,
+        metavar="N",
+        help="download N blobs at once, across all images (default: 4)",
+    )
+    m.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="when some tags fail, still write the records of the others, list the failures, exit 3",
+    )
     m.add_argument(
         "--platform",
         default=None,
-        help="os/arch[/variant] to pick from multi-platform images (default: this host's)",
+        metavar="PLATFORM",
+        help="pick this platform from multi-platform images: arm64, linux/arm64 or linux/arm64/v8 "
+        "(default: this machine's)",
     )
     m.add_argument("--offline", action="store_true", help="never touch the network; use only the cache")
     m.add_argument(
-        "--insecure-registry",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="talk plain HTTP to this registry (loopback registries always are)",
-    )
-    m.add_argument("--output", "-o", type=Path, default=None, help="write the YAML here instead of stdout")
-    m.add_argument(
-        "--format",
-        choices=("wfexs-like", "wfexs"),
-        default="wfexs-like",
-        help="record style: ours (plain safe YAML) or WfExS-backend's marshalled form",
+        "--force", action="store_true", help="fetch and stage again even when the cache has the image"
     )
     m.add_argument(
         "--snapshot-format",
@@ -65,10 +122,114 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="docker/podman only: stage OCI layouts (default) or gzipped docker-archive .img "
         "files named the way WfExS-backend stages them, so its own deploy can load them",
     )
+    registry = m.add_argument_group("registry access")
+    registry.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="talk plain HTTP (or unverified TLS) to this registry; loopback registries always may",
+    )
+    registry.add_argument(
+        "--authfile",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="registry logins from FILE alone (the auth.json 'podman login' writes, or a docker "
+        "config.json); without it $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json or "
+        "~/.docker/config.json, and podman's auth.json are read",
+    )
+    registry.add_argument(
+        "--cert-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="TLS files for every registry: CA certificates (*.crt, added to the system's) and a "
+        "client pair (*.cert, *.key); without it HOST:PORT/ under ~/.config/containers/certs.d, "
+        "/etc/containers/certs.d or /etc/docker/certs.d",
+    )
+    registry.add_argument(
+        "--retry-times",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="retry a failing registry request N times (default: 5)",
+    )
     m.set_defaults(run=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from .legacy import _materialize
+def _check(args: argparse.Namespace) -> None:
+    """Every usage mistake, before any work (exit 2)."""
+    from ..errors import ContainerFactoryException
+    from ..ops.materialize import check_output_path, parse_platform
 
-    return _materialize(args)
+    if args.output not in (None, "-"):
+        try:
+            check_output_path(Path(args.output), stage_dir=args.stage_dir)
+        except ContainerFactoryException as e:
+            raise UsageError(f"-o {args.output}: {e}") from None
+    if args.platform is not None:
+        try:
+            args.platform = parse_platform(args.platform)
+        except ContainerFactoryException as e:
+            raise UsageError(f"--platform: {e}") from None
+    if args.snapshot_format is not None and args.engine not in ("docker", "podman"):
+        raise UsageError(f"--snapshot-format applies to --engine docker or podman, not {args.engine}")
+    if args.authfile is not None and not args.authfile.is_file():
+        raise UsageError(f"--authfile {args.authfile}: no such file")
+    if args.cert_dir is not None and not args.cert_dir.is_dir():
+        raise UsageError(f"--cert-dir {args.cert_dir}: no such directory")
+
+
+def _tags(args: argparse.Namespace) -> list[Any]:
+    from ..errors import ContainerFactoryException
+    from ..ops.taglist import collect_tags
+
+    try:
+        return collect_tags(args.tags, args.file)
+    except ContainerFactoryException as e:
+        raise UsageError(str(e)) from None
+
+
+def run(args: argparse.Namespace) -> int:
+    _check(args)
+    tags = _tags(args)
+
+    from ..ops.materialize import materialize, records_text, write_records
+
+    fmt = FORMAT_ALIASES.get(args.format, args.format)
+    result = materialize(
+        tags,
+        engine=args.engine,
+        stage_dir=args.stage_dir,
+        cache_dir=args.cache_dir,
+        platform=args.platform,
+        offline=args.offline,
+        force=args.force,
+        jobs=args.jobs,
+        keep_going=args.keep_going,
+        insecure_registries=args.insecure_registry,
+        auth_file=args.authfile,
+        cert_dir=args.cert_dir,
+        retries=args.retry_times,
+        snapshot_format=args.snapshot_format,
+    )
+    if not result.containers:
+        # --keep-going with nothing to keep: a failure, and no empty records file.
+        from ..errors import ContainerNotFoundException
+
+        raise ContainerNotFoundException.for_failures("materialize", result.failures)
+    if args.output in (None, "-"):
+        sys.stdout.write(records_text(result.containers, format=fmt, stage_dir=result.stage_dir))
+        sys.stdout.flush()
+    else:
+        write_records(result.containers, Path(args.output), format=fmt, stage_dir=result.stage_dir)
+        if not args.quiet:
+            print(f"wrote {len(result.containers)} container record(s) to {args.output}", file=sys.stderr)
+    if result.failures:
+        lines = "\n".join(f"  {tag}: {reason}" for tag, reason in result.failures)
+        raise PartialFailure(
+            f"{len(result.failures)} of {len(result.summaries)} container(s) failed "
+            f"(--keep-going wrote the records of the others):\n{lines}"
+        )
+    return 0
