@@ -1,0 +1,3 @@
+rule copy:
+    container: "docker://example/other-copy:1.0"
+    shell: "true"
