@@ -185,9 +185,10 @@ def _materialize(
 def _deploy(ctx: Context, record: Path, stage: Path, cache: Path, engine: str, expect: str) -> float:
     """Time one ``wfexs-like deploy`` and check it reports ``expect`` (loaded / present)."""
     cmd = [str(ctx.wfexs_like), "deploy", str(record), "--engine", engine, "--stage-dir", str(stage)]
-    seconds, out = timed_output([*cmd, "--cache-dir", str(cache)])
-    if not out.startswith(expect.encode()):
-        raise RuntimeError(f"wfexs-like deploy into {engine} printed {out!r}, expected '{expect} ...'")
+    seconds, out = timed_output([*cmd, "--cache-dir", str(cache), "--json"])
+    states = [row["state"] for row in json.loads(out)]
+    if states != [expect]:
+        raise RuntimeError(f"wfexs-like deploy into {engine} reported {states}, expected [{expect!r}]")
     return seconds
 
 

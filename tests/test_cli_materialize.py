@@ -340,3 +340,60 @@ def test_authfile_and_cert_dir_reach_a_private_tls_registry(
     assert no_login.returncode == 1 and tag in no_login.stderr
     no_ca = materialize("--authfile", str(authfile), "--force")
     assert no_ca.returncode == 1 and tag in no_ca.stderr
+
+
+def test_from_workflow_materializes_what_the_scanner_finds(pushed: Pushed, tmp_path: Path) -> None:
+    """A CWL step and a Nextflow process name the two images; --from-workflow stages both."""
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    (wf / "tool.cwl").write_text(
+        "cwlVersion: v1.2\nclass: CommandLineTool\nbaseCommand: cat\n"
+        f"hints:\n  DockerRequirement:\n    dockerPull: {pushed.tag('left')}\n"
+        "  SoftwareRequirement:\n    packages: [{package: samtools, version: ['1.15']}]\n"
+        "inputs: []\noutputs: []\n"
+    )
+    (wf / "main.nf").write_text(
+        f"process SAY {{\n  container '{pushed.tag('right')}'\n  script:\n  'echo hi'\n}}\n"
+        "workflow {\n  SAY()\n}\n"
+    )
+    out = run(
+        "materialize", "--from-workflow", str(wf), "--stage-dir", str(tmp_path / "stage"),
+        "--cache-dir", str(tmp_path / "cache"), "--format", "json", "--progress", "plain",
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    records = data["containers"] if isinstance(data, dict) else data
+    assert sorted(r["origTaggedName"] for r in records) == sorted([pushed.tag("left"), pushed.tag("right")])
+    assert "samtools" in out.stderr, "the conda package that is not materialized is named, not dropped"
+
+
+def test_from_workflow_and_from_crate_refuse_missing_paths(tmp_path: Path) -> None:
+    for flag in ("--from-workflow", "--from-crate"):
+        out = run("materialize", flag, str(tmp_path / "nope"), "--stage-dir", str(tmp_path / "s"))
+        assert out.returncode == 2 and "nope: no such file or directory" in out.stderr
+
+
+def test_from_crate_restages_exactly_the_recorded_digests(pushed: Pushed, tmp_path: Path) -> None:
+    """records -> RO-Crate -> a second machine's materialize --from-crate: the same digests."""
+    cache, stage = tmp_path / "cache", tmp_path / "wf" / "containers"
+    records = tmp_path / "wf" / "containers.yaml"
+    first = run(
+        "materialize", pushed.tag("left"), pushed.tag("right"), "--stage-dir", str(stage),
+        "--cache-dir", str(cache), "-o", str(records),
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    crate = tmp_path / "crate"
+    made = run("provenance", "rocrate", str(records), "-o", str(crate))
+    assert made.returncode == 0, made.stderr
+    again = run(
+        "materialize", "--from-crate", str(crate), "--stage-dir", str(tmp_path / "other"),
+        "--cache-dir", str(tmp_path / "cache2"), "--format", "json",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    data = json.loads(again.stdout)
+    got = {
+        r["origTaggedName"]: r["fingerprint"]
+        for r in (data["containers"] if isinstance(data, dict) else data)
+    }
+    want = {c.origTaggedName: c.fingerprint for c in read_containers_file(records)}
+    assert got == want

@@ -20,6 +20,7 @@ PACKAGES = [
     "wfexs_like.storage",
     "wfexs_like.engines",
     "wfexs_like.container_factories",
+    "wfexs_like.rocrate",
 ]
 
 

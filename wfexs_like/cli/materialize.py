@@ -46,6 +46,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
             "grep -v '^#' tags.txt | wfexs-like materialize --stage-dir wf/containers -f - --format json",
             "wfexs-like materialize --stage-dir wf2/containers -f wf/c.yaml --offline   # re-stage pins",
             "wfexs-like materialize --engine singularity --platform arm64 --stage-dir sifs alpine:3.20",
+            "wfexs-like materialize --stage-dir wf/containers --from-workflow pipeline/ -o wf/c.yaml",
+            "wfexs-like materialize --stage-dir wf/containers --from-crate run-crate/ --offline",
         ],
     )
     m.add_argument(
@@ -61,6 +63,23 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         default=[],
         metavar="FILE",
         help="read tags from FILE ('-': standard input): one per line, or a containers YAML; repeatable",
+    )
+    m.add_argument(
+        "--from-workflow",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="PATH",
+        help="materialize every pullable container the workflow at PATH names (a file or a directory "
+        "of CWL, Nextflow, Snakemake, WDL or Galaxy tools; see 'wfexs-like scan'); repeatable",
+    )
+    m.add_argument(
+        "--from-crate",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="re-materialize exactly the digests an RO-Crate records (ours or WfExS-backend's); repeatable",
     )
     m.add_argument(
         "--stage-dir",
@@ -183,10 +202,15 @@ def _check(args: argparse.Namespace) -> None:
 
 def _tags(args: argparse.Namespace) -> list[Any]:
     from ..errors import ContainerFactoryException
-    from ..ops.taglist import collect_tags
+    from ..ops.taglist import collect_tags, from_crates, from_workflows
 
+    for path in (*args.from_workflow, *args.from_crate):
+        if not path.exists():
+            raise UsageError(f"{path}: no such file or directory")
+    # A workflow or crate that cannot be read is a failure of that input (exit 1), not of usage.
+    extra = [*from_workflows(args.from_workflow, engine=args.engine), *from_crates(args.from_crate)]
     try:
-        return collect_tags(args.tags, args.file)
+        return collect_tags(args.tags, args.file, extra=extra)
     except ContainerFactoryException as e:
         raise UsageError(str(e)) from None
 

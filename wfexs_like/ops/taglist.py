@@ -130,8 +130,42 @@ def _together(problems: Sequence[str]) -> str:
     return f"{len(problems)} bad tags:\n" + "\n".join(f"  {p}" for p in problems)
 
 
+def from_workflows(paths: Sequence[Path], *, engine: str = "docker") -> list[TagSource]:
+    """The pullable tags a workflow names (``materialize --from-workflow``), found by the scanners.
+
+    References the scanners could not resolve, or that name nothing pullable
+    (a Dockerfile, a conda package), are reported as warnings, never dropped
+    silently: the user must pin those by hand.
+    """
+    from ..progress import current
+    from ..workflows import ScanOptions, is_pullable, scan_paths, tags
+
+    refs = scan_paths(list(paths), ScanOptions(engine=engine))
+    for ref in refs:
+        if not is_pullable(ref):
+            why = ref.note or f"{ref.kind}, {ref.confidence}"
+            current().warn(
+                f"{ref.file}:{ref.line}: {ref.raw!r} is not materialized ({why})", key="from-workflow"
+            )
+    return list(tags(refs))
+
+
+def from_crates(crates: Sequence[Path]) -> list[TagSource]:
+    """The records of RO-Crates (``materialize --from-crate``), pinned to the digests they recorded."""
+    from ..rocrate import read_crate
+
+    found: list[TagSource] = []
+    for crate in crates:
+        found.extend(read_crate(Path(crate)))
+    return found
+
+
 def collect_tags(
-    positional: Sequence[str], files: Sequence[str | Path] = (), *, stdin: TextIO | None = None
+    positional: Sequence[str],
+    files: Sequence[str | Path] = (),
+    *,
+    stdin: TextIO | None = None,
+    extra: Sequence[TagSource] = (),
 ) -> list[TagSource]:
     """Arguments first, then each ``-f`` source in order; a repeated tag once; all of them checked.
 
@@ -141,7 +175,7 @@ def collect_tags(
     """
     if sum(1 for f in files if str(f) == STDIN) > 1:
         raise InvalidReferenceError("standard input ('-f -') can be read only once")
-    found: list[TagSource] = list(positional)
+    found: list[TagSource] = [*positional, *extra]
     for source in files:
         try:
             found.extend(read_tag_source(source, stdin=stdin))
@@ -156,6 +190,8 @@ def collect_tags(
             unique.append(tag)
     if not unique:
         where = " (the lists given hold none)" if files else ""
-        raise InvalidReferenceError(f"no tags to materialize{where}: give TAG arguments or -f FILE")
+        raise InvalidReferenceError(
+            f"no tags to materialize{where}: give TAG arguments, -f FILE, --from-workflow or --from-crate"
+        )
     check_tags(unique)
     return unique

@@ -22,7 +22,7 @@ from types import ModuleType
 from ..progress import check_cancelled
 from .base import PULLABLE_KINDS, ContainerRef, ScanOptions, WorkflowScanError
 
-__all__ = ["ContainerRef", "ScanOptions", "scan_paths", "tags"]
+__all__ = ["ContainerRef", "ScanOptions", "is_pullable", "scan_paths", "tags"]
 
 #: File names a directory walk hands to each language's ``claims`` (a Galaxy ``.xml`` is only
 #: scanned when it is a tool, not a macros file or any other XML).
