@@ -99,7 +99,7 @@ class StagedSnapshots(abc.ABC):
                 f"refusing to deploy {container.origTaggedName}: the staged snapshot at {path} "
                 f"does not match its recorded fingerprint {container.image_signature}: "
                 + "; ".join(problems)
-                + ". Re-materialize it with --force (force=True in the library) to restore a trustworthy copy.",
+                + ". Re-materialize it with --force to restore a trustworthy copy.",
                 expected=container.image_signature,
             )
         return path
