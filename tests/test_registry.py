@@ -516,7 +516,7 @@ def test_tls_certificate_is_verified(auth_registry, src_store, blob_store, tmp_p
     cfg = write_docker_config(
         tmp_path / "cfg", {"auths": {auth_registry.host: {"username": user, "password": pw}}}
     )
-    with client(docker_config=cfg, retries=0) as c, pytest.raises(RegistryError, match="ca_bundle"):
+    with client(docker_config=cfg, retries=0) as c, pytest.raises(RegistryError, match="--cert-dir"):
         c.pull(f"https://{auth_registry.host}", "private/tls", "v1", blob_store)
     # Declared insecure: TLS is still used, but not verified.
     with pytest.warns(Warning), client(docker_config=cfg, insecure_registries=[auth_registry.host]) as c:

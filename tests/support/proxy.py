@@ -5,8 +5,9 @@ that has never seen them will publish a wrong blob or give up too early:
 corrupted bytes, bodies cut short, 429 with ``Retry-After``, bursts of 500,
 a ``Docker-Content-Digest`` that does not match the body, a Range request
 answered with the whole blob, blob GETs redirected to another host
-(storage). Each fault is a rule matching a path substring, optionally only
-the first N times; every request is recorded so tests can count hits.
+(storage), a slow link. Each fault is a rule matching a path substring,
+optionally only the first N times; every request is recorded so tests can
+count hits.
 
 Bounded: bodies are read whole (test images are small), one upstream
 connection per request, daemon threads, ``stop()`` at the end of each test.
@@ -18,8 +19,11 @@ import contextlib
 import http.client
 import json
 import socket
+import sys
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
@@ -40,13 +44,15 @@ HOP_BY_HOP = {
 
 @dataclass
 class Rule:
-    kind: str  # status | corrupt | truncate | lie_digest | ignore_range | redirect
+    kind: str  # status | corrupt | truncate | lie_digest | ignore_range | redirect | throttle
     match: str
     times: int | None = None  # None: always
     status: int = 0
     retry_after: str | None = None
     method: str | None = None
+    rate: float = 0.0  # throttle: bytes per second, shared by every body the rule slows
     fired: int = 0
+    next_at: float = 0.0  # throttle: when the link is free for the next slice
 
     def wants(self, method: str, path: str) -> bool:
         if self.match not in path:
@@ -93,7 +99,7 @@ class FaultProxy:
 
             do_HEAD = do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
         self.host = f"127.0.0.1:{self.port}"
@@ -130,6 +136,19 @@ class FaultProxy:
     def redirect_blobs(self, match: str = "/blobs/") -> Rule:
         """Answer blob GETs with 307 to ``localhost:PORT/_storage/...`` — another host, as S3 would be."""
         return self._add(Rule("redirect", match, method="GET"))
+
+    def throttle(self, rate: float, match: str = "/blobs/", times: int | None = None) -> Rule:
+        """Send matching GET bodies at ``rate`` bytes per second in all (one slow link), in small slices."""
+        return self._add(Rule("throttle", match, times, method="GET", rate=rate))
+
+    def _pace(self, rule: Rule, nbytes: int) -> None:
+        """Wait for this slice's turn on the rule's link, then let it go."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, rule.next_at)
+            rule.next_at = start + nbytes / rule.rate
+        if start > now:
+            time.sleep(start - now)
 
     def serve(self, path: str, data: bytes) -> str:
         """Serve ``data`` at ``path`` (a foreign layer's URL); returns the full URL."""
@@ -228,10 +247,30 @@ class FaultProxy:
             return None
         if method == "HEAD" and head_length is not None:
             headers["Content-Length"] = head_length
-        return _reply(h, status, headers, data, method)
+        slow = self._take("throttle", method, path) if status in (200, 206) and data else None
+        if slow is None:
+            return _reply(h, status, headers, data, method)
+        seen.faults.append("throttle")
+        return _reply(h, status, headers, data, method, pace=lambda n: self._pace(slow, n))
 
 
-def _reply(h: BaseHTTPRequestHandler, status: int, headers: dict[str, str], data: bytes, method: str) -> None:
+class _QuietServer(ThreadingHTTPServer):
+    """A client that hangs up mid-body (a cancelled download) is normal here, not worth a traceback."""
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+def _reply(
+    h: BaseHTTPRequestHandler,
+    status: int,
+    headers: dict[str, str],
+    data: bytes,
+    method: str,
+    *,
+    pace: Callable[[int], None] | None = None,
+) -> None:
     h.send_response(status)
     has_length = False
     for k, v in headers.items():
@@ -241,5 +280,17 @@ def _reply(h: BaseHTTPRequestHandler, status: int, headers: dict[str, str], data
     if not has_length:
         h.send_header("Content-Length", str(len(data)))
     h.end_headers()
-    if method != "HEAD" and data:
+    if method == "HEAD" or not data:
+        return
+    if pace is None:
         h.wfile.write(data)
+        return
+    step = 16 << 10
+    try:
+        for sent in range(0, len(data), step):
+            piece = data[sent : sent + step]
+            pace(len(piece))
+            h.wfile.write(piece)
+            h.wfile.flush()
+    except ConnectionError:
+        h.close_connection = True

@@ -83,9 +83,9 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
     def _probe_client(self) -> RegistryClient:
         """For yes/no questions to a registry: one attempt, so an unreachable one costs no back-off."""
         if self._probe is None:
-            self._probe = RegistryClient(
-                insecure_registries=self.insecure_registries, platform=self.platform, retries=0, timeout=10
-            )
+            # The same logins, certificates and hosts as the main client: an auth or TLS failure must
+            # not look like "the registry lacks the tag" and send us to the engine's copy.
+            self._probe = self.registry_client.copy_with(retries=0, timeout=10)
         return self._probe
 
     def source_engine(self) -> Engine | None:

@@ -127,7 +127,8 @@ class ImageSources:
             return digest, {"source": ref.scheme, "path": str(ref.repository)}
         if not ref.is_registry or ref.scheme not in ("docker", "oras"):
             raise ContainerNotFoundException(
-                f"{ref.canonical()}: no image source reads {ref.scheme} references"
+                f"no image source of this engine reads {ref.scheme} references; give a registry tag, "
+                "or use --engine singularity for SIF files and URLs"
             )
         if pin is None:
             local = self.engine.local_only(ref)

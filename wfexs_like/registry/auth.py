@@ -15,7 +15,7 @@ import base64
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
@@ -91,12 +91,10 @@ class RegistryAuth:
         registry: str,
         transport: Transport,
         resolver: CredentialResolver,
-        verify_for: Callable[[str], bool | str],
     ) -> None:
         self.registry = registry
         self.transport = transport
         self.resolver = resolver
-        self.verify_for = verify_for
         self._challenge: Challenge | None = None
         self._tokens: dict[str, _Token] = {}
         self._lock = threading.Lock()
@@ -158,13 +156,22 @@ class RegistryAuth:
         looked = "; ".join(tried) if tried else "nothing"
         verb = "refused" if status == 401 else "forbade"
         host = self.registry
+        authfile = self.resolver.auth_file
+        if authfile is not None:
+            how = (
+                f"add an 'auths' entry for {host} to {authfile} (`podman login --authfile {authfile} "
+                f"{host}` writes one), or leave out --authfile to use the usual places"
+            )
+        else:
+            how = (
+                f"run `docker login {host}` (or `podman login {host}`), add an 'auths' entry for {host} "
+                "to ~/.docker/config.json (or to config.json in the directory DOCKER_CONFIG names), "
+                "point REGISTRY_AUTH_FILE at a podman auth.json, or pass --authfile FILE"
+            )
         return AuthenticationError(
             f"{what}: registry {host} {verb} access (HTTP {status}). Credentials used: {used}. "
-            f"Sources looked at: {looked}. To authenticate, run `docker login {host}` (or "
-            f"`podman login {host}`), add an 'auths' entry for {host} to ~/.docker/config.json "
-            "(or the file given by docker_config= / DOCKER_CONFIG), or point REGISTRY_AUTH_FILE at a "
-            "podman auth.json. Some registries also answer this way for a repository that does not "
-            "exist: check the name.",
+            f"Sources looked at: {looked}. To authenticate, {how}. Some registries also answer this "
+            "way for a repository that does not exist: check the name.",
             status=status,
             url=url,
         )
@@ -186,7 +193,7 @@ class RegistryAuth:
             if creds is None or creds.username is None or creds.password is None:
                 if force:
                     raise self.failure(
-                        f"{what}: the registry wants a username and password (Basic auth)",
+                        f"{what} (the registry wants a username and password)",
                         401,
                         None,
                         repository,
@@ -242,7 +249,6 @@ class RegistryAuth:
             params.append(("service", challenge.params["service"]))
         params.extend(("scope", s) for s in scopes)
         self.token_requests += 1
-        verify = self.verify_for(realm)
         if creds is not None and creds.identity_token:
             form = dict(params)
             form.update(
@@ -251,11 +257,11 @@ class RegistryAuth:
                 client_id=CLIENT_ID,
                 scope=" ".join(scopes),
             )
-            resp = self.transport.send("POST", realm, data=form, verify=verify, what=what)
+            resp = self.transport.send("POST", realm, data=form, what=what)
         else:
             basic = (creds.username, creds.password) if creds and creds.username is not None else None
             url = realm + ("&" if "?" in realm else "?") + urlencode(params)
-            resp = self.transport.send("GET", url, verify=verify, what=what, auth=basic)  # type: ignore[arg-type]
+            resp = self.transport.send("GET", url, what=what, auth=basic)  # type: ignore[arg-type]
         self.last_used[repository] = "anonymous" if creds is None else creds.source
         with resp:
             if resp.status_code in (401, 403):

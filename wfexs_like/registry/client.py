@@ -17,15 +17,15 @@ import ipaddress
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 import requests
+from filelock import FileLock, Timeout
 
 from ..digests import is_digest, sha256_bytes
 from ..errors import (
@@ -46,16 +46,21 @@ from ..images.manifest import (
     image_platform,
     parse_manifest_or_index,
 )
+from ..progress import cancel_requested, check_cancelled, request_cancel, reset_cancel
 from .auth import RegistryAuth
+from .certs import HostTls
 from .credentials import DOCKER_HUB_HOSTS, CredentialResolver
+from .pool import DaemonPool
 from .transport import (
+    RETRY_STATUSES,
     STREAM_ERRORS,
     RetryPolicy,
     ShortRead,
     Transport,
     content_range_start,
+    describe,
+    pause,
     safe_url,
-    verify_setting,
 )
 
 if TYPE_CHECKING:
@@ -67,6 +72,10 @@ DOCKER_HUB_API = "registry-1.docker.io"
 #: containerd's limit: a manifest bigger than this is an attack or a mistake, not an image.
 MAX_MANIFEST_BYTES = 4 << 20
 STREAM_CHUNK = 256 << 10
+#: After a Ctrl-C, how long workers get to keep their partial files before the pull returns anyway.
+CANCEL_GRACE = 0.5
+#: How often a wait for another process's lock on a blob looks at the cancellation flag.
+LOCK_POLL = 0.2
 
 
 @dataclass(frozen=True)
@@ -187,8 +196,8 @@ def check_platform(
         return actual
     if explicit is not None and not explicit.matches(actual):
         raise PlatformMismatchError(
-            f"{label} is a single-platform image for {actual}, not the requested "
-            f"{explicit}; pull it without a platform or pick another tag.",
+            f"the image is for {actual} only, not the requested {explicit} ({label} is a "
+            "single-platform image); pull it without --platform or pick another tag.",
             available=[str(actual)],
         )
     if explicit is None and not want.matches(actual):
@@ -228,9 +237,16 @@ class RegistryClient:
     Scheme: HTTPS, except loopback hosts and ``insecure_registries`` which
     start with plain HTTP (as Docker does) and switch to HTTPS when the
     server turns out to speak TLS; a registry written ``https://host`` or
-    ``http://host`` is taken at its word. TLS is verified against the
-    system store or ``ca_bundle`` (which then replaces the system store),
-    except for hosts in ``insecure_registries``.
+    ``http://host`` is taken at its word.
+
+    TLS is verified against the system store (or ``ca_bundle``, which then
+    replaces it) plus the CA certificates of ``cert_dir`` — or, without one,
+    of the host's directory under ``~/.config/containers/certs.d``,
+    ``/etc/containers/certs.d`` or ``/etc/docker/certs.d`` — except for hosts
+    in ``insecure_registries``. Credentials come from ``auth_file`` alone when
+    given, else from where docker and podman keep them (see ``credentials``).
+    ``retries`` is how many times a transient failure is tried again (0: one
+    attempt only).
     """
 
     def __init__(
@@ -245,21 +261,58 @@ class RegistryClient:
         docker_config: Path | None = None,
         progress: ProgressCallback | None = None,
         ca_bundle: str | Path | None = None,
+        auth_file: Path | None = None,
+        cert_dir: Path | None = None,
     ) -> None:
-        self.insecure_registries = tuple(insecure_registries)
+        if auth_file is not None and not Path(auth_file).is_file():
+            raise RegistryError(
+                f"--authfile {auth_file}: no such file; give the auth.json that `podman login` or "
+                "`skopeo login` writes, or a docker config.json"
+            )
+        if retries < 0:
+            raise RegistryError(f"--retry-times {retries}: give 0 or more")
+        self._options: dict[str, Any] = {
+            "insecure_registries": tuple(insecure_registries),
+            "platform": platform,
+            "max_workers": max_workers,
+            "retries": retries,
+            "backoff": backoff,
+            "timeout": timeout,
+            "docker_config": docker_config,
+            "progress": progress,
+            "ca_bundle": ca_bundle,
+            "auth_file": auth_file,
+            "cert_dir": cert_dir,
+        }
+        self.insecure_registries = self._options["insecure_registries"]
         self.platform = platform
         self.max_workers = max(1, max_workers)
         self.policy = RetryPolicy(retries=retries, backoff=backoff)
-        self.transport = Transport(policy=self.policy, timeout=timeout, pool_size=self.max_workers + 4)
-        self.credentials = CredentialResolver(docker_config)
+        self.tls = HostTls(
+            insecure=lambda host: _host_matches(host, self.insecure_registries),
+            cert_dir=cert_dir,
+            ca_bundle=ca_bundle,
+        )
+        self.transport = Transport(
+            policy=self.policy, timeout=timeout, pool_size=self.max_workers + 4, tls_for=self.tls.for_url
+        )
+        self.credentials = CredentialResolver(docker_config, auth_file=auth_file)
         self.progress = progress
-        self.ca_bundle = ca_bundle
         self._endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.Lock()
+
+    def copy_with(self, **changes: Any) -> RegistryClient:
+        """A new client with this one's settings except ``changes`` (``retries=0`` for a quick probe).
+
+        A probe asking a registry one question must reach it the way the pull
+        does: same logins (``auth_file``), same certificates (``cert_dir``).
+        """
+        return RegistryClient(**{**self._options, **changes})
 
     # -- lifecycle --------------------------------------------------------------
     def close(self) -> None:
         self.transport.close()
+        self.tls.close()
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -288,7 +341,7 @@ class RegistryClient:
             actual = sha256_bytes(raw)
             if actual != reference:
                 raise IntegrityError(
-                    f"{label}: the registry sent a manifest whose sha256 is {actual}, not the "
+                    f"the registry sent a manifest for {label} whose sha256 is {actual}, not the "
                     "digest asked for; the registry (or something between us) is serving wrong data.",
                     expected=reference,
                     actual=actual,
@@ -306,8 +359,8 @@ class RegistryClient:
         _check_header_digest(header_digest, actual, label)
         if head_digest is not None and head_digest != actual and header_digest != actual:
             raise IntegrityError(
-                f"{label}: HEAD said the tag is {head_digest} but the manifest fetched hashes to "
-                f"{actual}. Either the tag moved in between (pull again) or the registry lies.",
+                f"the registry said (HEAD) that {label} is {head_digest} but the manifest fetched "
+                f"hashes to {actual}. Either the tag moved in between (pull again) or the registry lies.",
                 expected=head_digest,
                 actual=actual,
             )
@@ -374,7 +427,7 @@ class RegistryClient:
         plans: list[_Plan] = []
         blob_futs: dict[str, Future[_BlobOutcome]] = {}
         owner: dict[str, int] = {}
-        pool = ThreadPoolExecutor(max_workers=self.max_workers, thread_name_prefix="wfexs-pull")
+        pool = DaemonPool(self.max_workers, "wfexs-pull")
         try:
             plan_futs = {
                 pool.submit(self._plan, i, reg, repo, ref, store, want, explicit, chosen): i
@@ -404,11 +457,33 @@ class RegistryClient:
                     results[plan.index] = self._finish(plan, store, blob_futs, owner)
                 except Exception as e:
                     results[plan.index] = e
-        except BaseException:
-            pool.shutdown(wait=False, cancel_futures=True)
+        except BaseException as e:
+            self._stop_workers(pool, interrupted=isinstance(e, KeyboardInterrupt))
             raise
-        pool.shutdown(wait=True)
+        pool.shutdown()
+        pool.join()
         return [r if r is not None else RegistryError("internal error: no result") for r in results]
+
+    def _stop_workers(self, pool: DaemonPool, *, interrupted: bool) -> None:
+        """Stop a pull's workers without waiting for the network.
+
+        On a Ctrl-C every worker is told to stop (the flag they poll per
+        chunk) and the sockets they read are cut, so each keeps its partial
+        file and returns within moments; the pull waits for that at most
+        ``CANCEL_GRACE`` seconds, then leaves the daemon threads behind.
+        A flag this pull raised itself (a library caller's plain Ctrl-C, no
+        command-line handler) is lowered again afterwards, so the next call
+        in the same process (a notebook's next cell) is not cancelled too.
+        """
+        raised_here = interrupted and not cancel_requested()
+        if interrupted:
+            request_cancel()
+            self.transport.abort_streams()
+        pool.shutdown(cancel_futures=True)
+        if interrupted:
+            pool.join(CANCEL_GRACE)
+        if raised_here:
+            reset_cancel()
 
     def _select(
         self,
@@ -427,16 +502,22 @@ class RegistryClient:
         try:
             chosen = doc.select(want)
         except PlatformMismatchError as e:
-            raise PlatformMismatchError(f"{label}: {e}", available=e.available) from None
+            offered = ", ".join(e.available) or "no platform-tagged manifests"
+            raise PlatformMismatchError(
+                f"no image for platform {want} in {label}; it offers: {offered}. "
+                "Choose one with --platform os/arch[/variant].",
+                available=e.available,
+            ) from None
         _d, _m, child_raw = self.resolve(registry, repository, chosen.digest, store=store)
         if len(child_raw) != chosen.size:
             raise IntegrityError(
-                f"{label}: manifest {chosen.digest} is {len(child_raw)} bytes, the index says {chosen.size}",
+                f"manifest {chosen.digest} of {label} is {len(child_raw)} bytes, its index says "
+                f"{chosen.size}; the registry is serving wrong data",
                 expected=chosen.digest,
             )
         child = parse_manifest_or_index(child_raw)
         if not isinstance(child, Manifest):
-            raise ManifestError(f"{label}: index entry {chosen.digest} is not an image manifest")
+            raise ManifestError(f"index entry {chosen.digest} of {label} is not an image manifest")
         return ManifestChoice(child, doc)
 
     def _plan(
@@ -525,12 +606,16 @@ class RegistryClient:
         if store.has(desc.digest):
             self._emit(desc.digest, "reused", desc.size, desc.size, label)
             return _BlobOutcome(False, 0)
-        with store.lock(desc.digest):
+        lock = store.lock(desc.digest)
+        _acquire(lock)
+        try:
             if store.has(desc.digest):
                 self._emit(desc.digest, "reused", desc.size, desc.size, label)
                 return _BlobOutcome(False, 0)
             nbytes = self._download(ep, repository, desc, store, label)
             return _BlobOutcome(True, nbytes)
+        finally:
+            lock.release()
 
     def _download(
         self, ep: _Endpoint, repository: str, desc: Descriptor, store: BlobStore, label: str
@@ -550,7 +635,7 @@ class RegistryClient:
         except (RegistryError, IntegrityError) as e:
             if errors:
                 raise RegistryError(
-                    f"{label}: layer {desc.digest} could be fetched neither from its URLs "
+                    f"layer {desc.digest} of {label} could be fetched neither from its URLs "
                     f"({'; '.join(errors)}) nor from the registry ({e})",
                     status=getattr(e, "status", None),
                 ) from e
@@ -570,6 +655,7 @@ class RegistryClient:
         attempt = 0
         fetched = 0
         while True:
+            check_cancelled()
             writer = store.writer(digest, size, resumable=True)
             try:
                 if writer.offset < size:
@@ -594,6 +680,7 @@ class RegistryClient:
                             writer.write(chunk)
                             fetched += len(chunk)
                             self._emit(digest, "advance", size, writer.written, label)
+                            check_cancelled()
                 if writer.written < size:
                     raise ShortRead(f"body ended at {writer.written} of {size} bytes")
                 writer.commit()
@@ -602,15 +689,17 @@ class RegistryClient:
                 raise
             except (*STREAM_ERRORS, ShortRead) as e:
                 _park(writer)
+                check_cancelled()  # a body cut by Ctrl-C is not a network failure to retry
+                why = e if isinstance(e, ShortRead) else describe(e, url or ep.base)
                 if attempt >= self.policy.retries:
                     raise RegistryError(
-                        f"{what}: the transfer kept breaking off ({e}) after {attempt + 1} attempts. "
+                        f"{what}: the transfer kept breaking off ({why}) after {attempt + 1} attempts. "
                         "What arrived is kept and the next pull resumes from there.",
                     ) from e
                 delay = self.policy.delay(attempt)
-                log.info("%s: %s; resuming in %.2f s", what, e, delay)
+                log.info("%s: %s; resuming in %.2f s", what, why, delay)
                 attempt += 1
-                time.sleep(delay)
+                pause(delay)
                 continue
             except BaseException:
                 _park(writer)
@@ -630,9 +719,7 @@ class RegistryClient:
         """A blob's GET response (any status), from the registry or, for a foreign layer, its ``url``."""
         if url is None:
             return self._blob_response(ep, repository, digest, headers, what)
-        return self.transport.get_following_redirects(
-            url, headers=headers, auth_headers={}, verify_for=self._verify_for, what=what
-        )
+        return self.transport.get_following_redirects(url, headers=headers, auth_headers={}, what=what)
 
     def _open_blob_at(
         self, ep: _Endpoint, repository: str, desc: Descriptor, url: str | None, offset: int, label: str
@@ -652,14 +739,12 @@ class RegistryClient:
         self._ping(ep, what)
         url = f"{ep.base}/v2/{repository}/blobs/{digest}"
         auth_h = ep.auth.headers(repository, what)
-        resp = self.transport.get_following_redirects(
-            url, headers=headers, auth_headers=auth_h, verify_for=self._verify_for, what=what
-        )
+        resp = self.transport.get_following_redirects(url, headers=headers, auth_headers=auth_h, what=what)
         if resp.status_code == 401:
             resp.close()
             auth_h = ep.auth.challenged(resp, repository, what, auth_h.get("Authorization"))
             resp = self.transport.get_following_redirects(
-                url, headers=headers, auth_headers=auth_h, verify_for=self._verify_for, what=what
+                url, headers=headers, auth_headers=auth_h, what=what
             )
         if resp.status_code in (401, 403):
             resp.close()
@@ -678,7 +763,7 @@ class RegistryClient:
     def _get_manifest(
         self, ep: _Endpoint, repository: str, reference: str, label: str
     ) -> tuple[bytes, str | None, str | None]:
-        what = f"fetching manifest of {label}"
+        what = f"fetching the manifest of {label}"
         attempt = 0
         while True:
             resp = self._request(
@@ -690,9 +775,13 @@ class RegistryClient:
                 try:
                     raw = _read_limited(resp, MAX_MANIFEST_BYTES, what)
                 except STREAM_ERRORS as e:
+                    check_cancelled()
                     if attempt >= self.policy.retries:
-                        raise RegistryError(f"{what}: transfer kept breaking off: {e}") from e
-                    time.sleep(self.policy.delay(attempt))
+                        raise RegistryError(
+                            f"{what}: the transfer kept breaking off ({describe(e, resp.url)}) after "
+                            f"{attempt + 1} attempts; try again later"
+                        ) from e
+                    pause(self.policy.delay(attempt))
                     attempt += 1
                     continue
                 return raw, resp.headers.get("Docker-Content-Digest"), resp.headers.get("Content-Type")
@@ -718,7 +807,6 @@ class RegistryClient:
                 url,
                 headers=headers,
                 auth_headers=auth_headers,
-                verify_for=self._verify_for,
                 what=what,
                 method=method,
                 stream=stream,
@@ -755,12 +843,7 @@ class RegistryClient:
                 scheme = "http"
             else:
                 scheme = "https"
-            auth = RegistryAuth(
-                registry=host,
-                transport=self.transport,
-                resolver=self.credentials,
-                verify_for=self._verify_for,
-            )
+            auth = RegistryAuth(registry=host, transport=self.transport, resolver=self.credentials)
             ep = _Endpoint(host, api_host, scheme, explicit is not None, auth)
             self._endpoints[registry] = ep
             return ep
@@ -768,10 +851,6 @@ class RegistryClient:
     def base_url(self, registry: str) -> str:
         """The API base URL used for ``registry`` (``docker.io`` -> ``https://registry-1.docker.io``)."""
         return self._endpoint(registry).base
-
-    def _verify_for(self, url: str) -> bool | str:
-        host = urlsplit(url).netloc
-        return verify_setting(self.ca_bundle, _host_matches(host, self.insecure_registries))
 
     def _ping(self, ep: _Endpoint, purpose: str) -> None:
         """``GET /v2/`` once per registry: learn the auth challenge and whether it really speaks TLS."""
@@ -783,7 +862,7 @@ class RegistryClient:
             for _ in range(2):
                 url = f"{ep.base}/v2/"
                 what = f"contacting {url} ({purpose})"
-                resp = self.transport.send("GET", url, verify=self._verify_for(url), what=what)
+                resp = self.transport.send("GET", url, what=what)
                 with resp:
                     if (
                         resp.status_code == 400
@@ -798,7 +877,8 @@ class RegistryClient:
                         ep.auth.learn(resp.headers.get("WWW-Authenticate"))
                     elif resp.status_code >= 500:
                         raise RegistryError(
-                            f"{what}: the registry is failing (HTTP {resp.status_code}); try later",
+                            f"{what}: the registry is failing (HTTP {resp.status_code}); try again "
+                            "later, or allow more retries with --retry-times N",
                             status=resp.status_code,
                             url=url,
                         )
@@ -807,6 +887,16 @@ class RegistryClient:
 
 
 # -- helpers --------------------------------------------------------------------
+def _acquire(lock: FileLock) -> None:
+    """Wait for another process's download of the same blob, but not past a Ctrl-C."""
+    while True:
+        try:
+            lock.acquire(timeout=LOCK_POLL)
+            return
+        except Timeout:
+            check_cancelled()
+
+
 def _park(writer: BlobWriter) -> None:
     """Keep what arrived for a later resume; an empty partial is just litter."""
     if writer.written:
@@ -829,9 +919,9 @@ def _load_config(store: BlobStore, digest: str, label: str) -> dict:
     try:
         config = json.loads(store.path(digest).read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{label}: image config {digest} is not JSON: {e}") from e
+        raise ManifestError(f"the image config {digest} of {label} is not JSON: {e}") from e
     if not isinstance(config, dict):
-        raise ManifestError(f"{label}: image config {digest} is not a JSON object")
+        raise ManifestError(f"the image config {digest} of {label} is not a JSON object")
     return config
 
 
@@ -849,7 +939,7 @@ def _check_header_digest(header: str | None, actual: str, label: str) -> None:
     header = (header or "").strip()
     if header.startswith("sha256:") and header != actual:
         raise IntegrityError(
-            f"{label}: the registry's Docker-Content-Digest says {header} but the manifest it sent "
+            f"the registry's Docker-Content-Digest for {label} says {header} but the manifest it sent "
             f"hashes to {actual}; refusing it (a broken registry or proxy, or tampering).",
             expected=header,
             actual=actual,
@@ -859,6 +949,7 @@ def _check_header_digest(header: str | None, actual: str, label: str) -> None:
 def _read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
     buf = bytearray()
     for chunk in resp.iter_content(64 << 10):
+        check_cancelled()
         buf += chunk
         if len(buf) > limit:
             raise RegistryError(
@@ -902,6 +993,7 @@ def _raise_for(resp: requests.Response, what: str, *, kind: str, label: str) -> 
             status=status,
             url=safe_url(resp.url),
         )
-    transient = status >= 500 or status == 429
-    hint = " (the registry kept failing after all retries; try later)" if transient else ""
+    transient = status in RETRY_STATUSES
+    hint = " (still failing after every retry; try again later, or allow more with --retry-times N)"
+    hint = hint if transient else ""
     raise RegistryError(f"{what}: HTTP {status}{suffix}{hint}", status=status, url=safe_url(resp.url))

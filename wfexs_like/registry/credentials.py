@@ -13,6 +13,8 @@ secret. So we read the same files those tools write, in the same formats:
   ``~/.config/containers/auth.json``), whose keys may also name a namespace
   (``quay.io/org``) — the most specific key wins.
 
+``--authfile FILE`` (skopeo's flag; either format) replaces all of these.
+
 Every place looked at is remembered, so an authentication failure can say
 exactly which sources were tried and came up empty.
 """
@@ -174,24 +176,39 @@ class CredentialResolver:
     most once per client; ``tried`` keeps a line per source for error messages.
     """
 
-    def __init__(self, docker_config: Path | None = None, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        docker_config: Path | None = None,
+        env: Mapping[str, str] | None = None,
+        *,
+        auth_file: Path | None = None,
+    ) -> None:
         self._env = dict(env) if env is not None else None
         self._docker_config = Path(docker_config) if docker_config is not None else None
+        self._auth_file = Path(auth_file) if auth_file is not None else None
         self._cache: dict[tuple[str, str | None], tuple[Credentials | None, list[str]]] = {}
         self._helper_answers: dict[tuple[str, str], Credentials | LookupError | None] = {}
         self._lock = threading.Lock()
+
+    @property
+    def auth_file(self) -> Path | None:
+        """The one file credentials come from (``--authfile``), or None for the usual places."""
+        return self._auth_file
 
     @property
     def env(self) -> Mapping[str, str]:
         return self._env if self._env is not None else os.environ
 
     def auth_files(self) -> list[_AuthFile]:
-        """Where to look, in order; an explicit ``docker_config`` replaces the default Docker one."""
+        """Where to look, in order: only the ``auth_file`` when one is given; an explicit
+        ``docker_config`` replaces the default Docker one."""
+        if self._auth_file is not None:
+            return [_AuthFile(self._auth_file, "--authfile")]
         env = self.env
         files: list[_AuthFile] = []
         if self._docker_config is not None:
             p = self._docker_config
-            files.append(_AuthFile(p / "config.json" if p.is_dir() else p, "docker config (docker_config=)"))
+            files.append(_AuthFile(p / "config.json" if p.is_dir() else p, "docker config"))
         if env.get("REGISTRY_AUTH_FILE"):
             files.append(_AuthFile(Path(env["REGISTRY_AUTH_FILE"]), "REGISTRY_AUTH_FILE"))
         if self._docker_config is None:

@@ -19,7 +19,6 @@ import base64
 import hashlib
 import logging
 import os
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -29,12 +28,23 @@ import requests
 from ..digests import CHUNK, normalize_fingerprint
 from ..errors import ContainerNotFoundException, IntegrityError, RegistryError
 from ..fsutil import fsync_dir
-from .transport import STREAM_ERRORS, ShortRead, content_range_start, content_range_total, safe_url, scrub
+from ..progress import check_cancelled, current
+from .transport import (
+    STREAM_ERRORS,
+    ShortRead,
+    content_range_start,
+    content_range_total,
+    describe,
+    pause,
+    safe_url,
+)
 
 if TYPE_CHECKING:
     from .client import RegistryClient
 
 log = logging.getLogger(__name__)
+#: Network reads block until this much arrived: small enough to see a Ctrl-C and show progress often.
+NET_CHUNK = 256 << 10
 
 
 def download(client: RegistryClient, url: str, dest: Path, *, expected_digest: str | None = None) -> str:
@@ -44,6 +54,9 @@ def download(client: RegistryClient, url: str, dest: Path, *, expected_digest: s
     bytes don't hash to ``expected_digest`` (nothing is kept then), and
     ``RegistryError`` for other HTTP errors, an unreachable host, or a body that
     kept breaking off (what arrived is kept for the next call when resumable).
+    Bytes are reported to ``progress.current()`` under the URL (without its
+    secrets); a Ctrl-C stops the transfer within a chunk, keeping what arrived
+    when it is resumable.
     """
     dest = Path(dest)
     shown = safe_url(url)
@@ -102,6 +115,8 @@ class _Download:
         self.auth_headers = auth_headers
         self.shown = shown
         self.what = f"downloading {shown}"
+        #: What the progress display calls this file (the tag is the URL).
+        self.key = dest.name
         self.partial = dest.with_name(dest.name + ".partial")
         self.resumable = resumable
         self.hash = hashlib.sha256()
@@ -152,7 +167,8 @@ class _Download:
                 if self._one_response(fh):
                     return
             except (*STREAM_ERRORS, ShortRead) as e:
-                why = scrub(str(e), self.url)
+                check_cancelled()  # a body cut by Ctrl-C is not a network failure to retry
+                why = str(e) if isinstance(e, ShortRead) else describe(e, self.url)
                 if attempt >= policy.retries:
                     kept = (
                         f" What arrived is kept in {self.partial} and the next download with the same "
@@ -168,7 +184,7 @@ class _Download:
                 delay = policy.delay(attempt)
                 log.info("%s: %s; resuming at byte %d in %.2f s", self.what, why, self.offset, delay)
                 attempt += 1
-                time.sleep(delay)
+                pause(delay)
 
     def _one_response(self, fh: BinaryIO) -> bool:
         """One GET from ``offset``; True when the file is complete, ShortRead/stream errors to resume."""
@@ -178,11 +194,7 @@ class _Download:
             if self.validator:
                 headers["If-Range"] = self.validator
         resp = self.client.transport.get_following_redirects(
-            self.url,
-            headers=headers,
-            auth_headers=self.auth_headers,
-            verify_for=self.client._verify_for,
-            what=self.what,
+            self.url, headers=headers, auth_headers=self.auth_headers, what=self.what
         )
         with resp:
             if not self._accept(resp, fh):
@@ -192,10 +204,13 @@ class _Download:
             # A short body is checked below, after keeping every byte that did arrive (urllib3's
             # own check would raise and drop the last read, which the resume then fetches again).
             resp.raw.enforce_content_length = False
-            for chunk in resp.raw.stream(CHUNK, decode_content=False):
+            reporter = current()
+            for chunk in resp.raw.stream(NET_CHUNK, decode_content=False):
                 fh.write(chunk)
                 self.hash.update(chunk)
                 self.offset += len(chunk)
+                reporter.advance(self.shown, self.key, self.offset, self.total)
+                check_cancelled()
         if self.total is not None and self.offset != self.total:
             raise ShortRead(f"got {self.offset} of the {self.total} bytes announced")
         return True

@@ -21,7 +21,6 @@ import io
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
@@ -31,6 +30,7 @@ from ..errors import RegistryError
 from ..images.base import BaseImage, VerifyingReader, buffered
 from ..images.blobstore import BlobStore
 from ..images.manifest import Descriptor, Index, Platform, parse_manifest_or_index
+from ..progress import check_cancelled
 from .client import (
     STREAM_CHUNK,
     ManifestChoice,
@@ -40,7 +40,7 @@ from .client import (
     foreign_urls,
     image_label,
 )
-from .transport import STREAM_ERRORS, RetryPolicy, ShortRead, content_range_start, safe_url
+from .transport import STREAM_ERRORS, RetryPolicy, ShortRead, content_range_start, describe, pause, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ class RemoteImage(BaseImage):
         desc = choice.manifest.config
         if desc.size > MAX_CONFIG_BYTES:
             raise RegistryError(
-                f"{self.label}: the manifest says its config {desc.digest} is {desc.size} bytes, more "
+                f"the manifest of {self.label} says its config {desc.digest} is {desc.size} bytes, more "
                 f"than the {MAX_CONFIG_BYTES >> 20} MiB any image config needs; refusing it (a broken or "
                 "hostile image)"
             )
@@ -157,7 +157,7 @@ class RemoteImage(BaseImage):
                 if url is None:
                     if failed:
                         raise RegistryError(
-                            f"{self.label}: layer {descriptor.digest} could be read neither from its URLs "
+                            f"layer {descriptor.digest} of {self.label} could be read neither from its URLs "
                             f"({'; '.join(failed)}) nor from the registry ({e})",
                             status=e.status,
                         ) from e
@@ -281,22 +281,26 @@ class _ResumingBody(io.RawIOBase):
         self._chunks = resp.iter_content(STREAM_CHUNK)
 
     def _resume(self, why: BaseException) -> None:
+        url = self._resp.url if self._resp is not None else ""
         self._release()
+        check_cancelled()  # a body cut by Ctrl-C is not a network failure to retry
+        reason = why if isinstance(why, ShortRead) else describe(why, url)
         if self._attempt >= self._policy.retries:
             raise RegistryError(
-                f"{self._what}: the transfer kept breaking off ({why}) after {self._attempt + 1} attempts; "
-                "try again later"
+                f"{self._what}: the transfer kept breaking off ({reason}) after {self._attempt + 1} "
+                "attempts; try again later"
             ) from why
         delay = self._policy.delay(self._attempt)
-        log.info("%s: %s; resuming at byte %d in %.2f s", self._what, why, self._offset, delay)
+        log.info("%s: %s; resuming at byte %d in %.2f s", self._what, reason, self._offset, delay)
         self._attempt += 1
-        time.sleep(delay)
+        pause(delay)
         self._connect()
 
     def readinto(self, b: Any) -> int:
         while not self._pending:
             if self._eof or self._chunks is None:
                 return 0
+            check_cancelled()
             try:
                 chunk = next(self._chunks)
             except StopIteration:

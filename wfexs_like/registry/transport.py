@@ -1,22 +1,31 @@
-"""HTTP plumbing shared by every registry call: one session, retries, redirects.
+"""HTTP plumbing shared by every registry call: one session, retries, redirects, TLS per host.
 
 Why it lives apart from the client: which failures are worth another try
 (connection resets, 408, 429, 5xx) and which are final (401/403/404, a TLS
-certificate we do not trust) is one policy, and the blob download loop needs
-the same back-off when a body breaks mid-stream. Redirects are followed by
-hand because registries send blob GETs to object storage on another host,
-and the registry's ``Authorization`` header must never travel there.
+certificate we do not trust, a name that does not resolve, a refused
+connection) is one policy, and the blob download loop needs the same
+back-off when a body breaks mid-stream. Redirects are followed by hand
+because registries send blob GETs to object storage on another host, and
+the registry's ``Authorization`` header must never travel there.
+
+Streaming responses are remembered while open, so that a Ctrl-C can cut
+their sockets from the main thread: a worker blocked reading a slow body
+then returns at once instead of when the next chunk arrives.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import random
+import socket
+import ssl
+import threading
 import time
-from collections.abc import Callable, Mapping
+import weakref
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
@@ -24,6 +33,8 @@ import urllib3
 from requests.adapters import HTTPAdapter
 
 from ..errors import RegistryError
+from ..progress import check_cancelled
+from .certs import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +51,10 @@ STREAM_ERRORS = (
     urllib3.exceptions.ProtocolError,
     urllib3.exceptions.ReadTimeoutError,
 )
+#: A refused connection is tried once more after this long (a registry restarting), never with back-off.
+REFUSED_RETRY_DELAY = 0.1
+#: How often a back-off sleep looks at the cancellation flag.
+PAUSE_SLICE = 0.05
 
 
 class ShortRead(Exception):
@@ -127,25 +142,118 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-class Transport:
-    """A pooled ``requests`` session plus the retry and redirect rules above.
+def pause(seconds: float) -> None:
+    """``time.sleep`` that a Ctrl-C cuts short (raising ``Cancelled``), even in a worker thread."""
+    deadline = time.monotonic() + seconds
+    while True:
+        check_cancelled()
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(PAUSE_SLICE, left))
 
-    ``verify`` is decided per call by the client (a CA bundle for one host,
-    no verification for a host the user declared insecure), so it is an
-    argument here rather than session state.
+
+def _causes(e: BaseException) -> Iterator[BaseException]:
+    """``e`` and everything it wraps: requests -> urllib3 MaxRetryError -> its reason -> the OSError."""
+    stack: list[BaseException] = [e]
+    seen: set[int] = set()
+    while stack:
+        x = stack.pop()
+        if id(x) in seen:
+            continue
+        seen.add(id(x))
+        yield x
+        nxt = [x.__cause__, x.__context__, getattr(x, "reason", None), *x.args]
+        stack.extend(n for n in nxt if isinstance(n, BaseException))
+
+
+def hopeless(e: BaseException) -> str | None:
+    """``"dns"`` or ``"refused"`` for connection failures that waiting a few seconds will not fix."""
+    for x in _causes(e):
+        if isinstance(x, urllib3.exceptions.NameResolutionError | socket.gaierror):
+            return "dns"
+        if isinstance(x, ConnectionRefusedError):
+            return "refused"
+    return None
+
+
+def describe(e: BaseException, url: str) -> str:
+    """A short reason in plain words for a connection-level failure (not urllib3's pool dump)."""
+    parts = urlsplit(url)
+    kind = hopeless(e)
+    if kind == "dns":
+        return f"the name {parts.hostname} does not resolve"
+    if kind == "refused":
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        return f"the connection was refused (nothing listens on port {port})"
+    for x in _causes(e):
+        if isinstance(x, ssl.SSLCertVerificationError):
+            return f"its certificate is not trusted ({x.verify_message or x.reason})"
+        if isinstance(x, ConnectionResetError):
+            return "the connection was reset"
+        if isinstance(x, socket.timeout | urllib3.exceptions.ReadTimeoutError | requests.exceptions.Timeout):
+            return "no answer in time"
+        if isinstance(x, urllib3.exceptions.IncompleteRead | urllib3.exceptions.ProtocolError):
+            return "the connection broke off"
+        if isinstance(x, ssl.SSLError):
+            return f"TLS error: {x.reason or x}"
+        if isinstance(x, OSError) and x.errno and x.strerror:
+            return x.strerror[:1].lower() + x.strerror[1:]  # "network is unreachable"
+    return scrub(str(e), url)
+
+
+def _stream_socket(resp: requests.Response) -> socket.socket | None:
+    conn = getattr(resp.raw, "connection", None) or getattr(resp.raw, "_connection", None)
+    sock = getattr(conn, "sock", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
+class Transport:
+    """A pooled ``requests`` session plus the retry, redirect and TLS rules above.
+
+    ``tls_for(url)`` decides verification and client certificate per URL (a
+    CA bundle for one host, no verification for a host the user declared
+    insecure), because a redirect or a token service may be on another host
+    than the registry.
     """
 
-    def __init__(self, *, policy: RetryPolicy, timeout: float, pool_size: int = 8) -> None:
+    def __init__(
+        self,
+        *,
+        policy: RetryPolicy,
+        timeout: float,
+        pool_size: int = 8,
+        tls_for: Callable[[str], TlsSettings] | None = None,
+    ) -> None:
         self.policy = policy
         self.timeout = timeout
+        self.tls_for = tls_for or (lambda url: TlsSettings())
         self.session = requests.Session()
         adapter = HTTPAdapter(pool_connections=16, pool_maxsize=max(pool_size, 4), max_retries=0)
         self.session.mount("http://", adapter)
         self.session.mount("https://", adapter)
         self.session.headers["User-Agent"] = USER_AGENT
+        self._streams: weakref.WeakSet[requests.Response] = weakref.WeakSet()
+        self._streams_lock = threading.Lock()
 
     def close(self) -> None:
         self.session.close()
+
+    def abort_streams(self) -> None:
+        """Cut the sockets of every streaming body still open, so the threads reading them return now.
+
+        Called from the main thread on Ctrl-C. Shutting a socket down (not
+        closing it) is what wakes a ``recv`` blocked in another thread; the
+        reader then sees a broken body, finds the cancellation flag set and
+        keeps its partial file.
+        """
+        with self._streams_lock:
+            streams = list(self._streams)
+        for resp in streams:
+            sock = _stream_socket(resp)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     def send(
         self,
@@ -154,7 +262,6 @@ class Transport:
         *,
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
-        verify: bool | str = True,
         what: str = "",
         data: bytes | Mapping[str, str] | None = None,
         auth: tuple[str, str] | None = None,
@@ -163,56 +270,64 @@ class Transport:
 
         Returns the final response, whatever its status (callers decide what
         a 404 means); raises RegistryError only when retries ran out on a
-        transient failure or the connection could not be made at all.
+        transient failure or the connection could not be made at all. A name
+        that does not resolve fails at once; a refused connection is tried
+        once more after a moment, never with back-off.
         """
+        retries = self.policy.retries
+        what = what or f"{method} {safe_url(url)}"
+        host = urlsplit(safe_url(url)).netloc
+        tls = self.tls_for(url)
         attempt = 0
         while True:
+            check_cancelled()
             try:
                 resp = self.session.request(
                     method,
                     url,
                     headers=dict(headers or {}),
                     stream=stream,
-                    verify=verify,
+                    verify=tls.verify,
+                    cert=tls.cert,
                     timeout=self.timeout,
                     allow_redirects=False,
                     data=data,
                     auth=auth,
                 )
             except requests.exceptions.SSLError as e:
-                host = urlsplit(safe_url(url)).netloc
-                raise RegistryError(
-                    f"TLS handshake with {host} failed while {what or method + ' ' + safe_url(url)}: "
-                    f"{scrub(str(e), url)}. "
-                    "If the registry uses a private or self-signed certificate pass its CA with "
-                    "ca_bundle=..., or list the host in insecure_registries to skip verification.",
-                    url=safe_url(url),
-                ) from e
+                check_cancelled()
+                raise RegistryError(_tls_failure(host, what, e, url), url=safe_url(url)) from e
             except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
-                if attempt >= self.policy.retries:
+                check_cancelled()
+                kind = hopeless(e)
+                limit = 0 if kind == "dns" else min(1, retries) if kind else retries
+                if attempt >= limit:
                     raise RegistryError(
-                        f"could not reach {urlsplit(safe_url(url)).netloc} while "
-                        f"{what or method + ' ' + safe_url(url)} after {attempt + 1} attempts: "
-                        f"{scrub(str(e), url)}. Check the host is up and reachable "
-                        "(proxy settings, firewall, DNS).",
-                        url=safe_url(url),
+                        _unreachable(host, what, e, url, attempt + 1), url=safe_url(url)
                     ) from e
-                self._sleep(attempt, None, f"{type(e).__name__} on {method} {safe_url(url)}")
+                if kind:
+                    log.info("retrying in %.2f s after %s", REFUSED_RETRY_DELAY, describe(e, url))
+                    pause(REFUSED_RETRY_DELAY)
+                else:
+                    self._sleep(attempt, None, f"{describe(e, url)} on {method} {safe_url(url)}")
                 attempt += 1
                 continue
             if resp.status_code not in RETRY_STATUSES:
+                if stream:
+                    with self._streams_lock:
+                        self._streams.add(resp)
                 return resp
             retry_after = parse_retry_after(resp.headers.get("Retry-After"))
             if retry_after is not None and retry_after > self.policy.max_retry_after:
                 resp.close()
                 raise RegistryError(
-                    f"{urlsplit(safe_url(url)).netloc} answered HTTP {resp.status_code} while "
-                    f"{what or method + ' ' + safe_url(url)} and asks to wait {retry_after:.0f} s "
-                    "(Retry-After); try again later or use authenticated pulls for a higher quota.",
+                    f"{host} answered HTTP {resp.status_code} while {what} and asks to wait "
+                    f"{retry_after:.0f} s (Retry-After); try again later, or log in (`docker login "
+                    f"{host}`) for a higher quota.",
                     status=resp.status_code,
                     url=safe_url(url),
                 )
-            if attempt >= self.policy.retries:
+            if attempt >= retries:
                 return resp  # the caller turns the final status into a proper error
             resp.close()
             self._sleep(attempt, retry_after, f"HTTP {resp.status_code} on {method} {safe_url(url)}")
@@ -221,7 +336,7 @@ class Transport:
     def _sleep(self, attempt: int, retry_after: float | None, why: str) -> None:
         delay = self.policy.delay(attempt, retry_after)
         log.info("retrying in %.2f s after %s (retry %d of %d)", delay, why, attempt + 1, self.policy.retries)
-        time.sleep(delay)
+        pause(delay)
 
     def get_following_redirects(
         self,
@@ -229,7 +344,6 @@ class Transport:
         *,
         headers: Mapping[str, str],
         auth_headers: Mapping[str, str],
-        verify_for: Callable[[str], bool | str],
         what: str,
         method: str = "GET",
         stream: bool = True,
@@ -246,25 +360,48 @@ class Transport:
             hdrs = dict(headers)
             if origin(current) == home:
                 hdrs.update(auth_headers)
-            verify = verify_for(current)
-            resp = self.send(method, current, headers=hdrs, stream=stream, verify=verify, what=what)
+            resp = self.send(method, current, headers=hdrs, stream=stream, what=what)
             if resp.status_code not in REDIRECT_STATUSES:
                 return resp
             location = resp.headers.get("Location")
             resp.close()
             if not location:
                 raise RegistryError(
-                    f"redirect without a Location header while {what}",
+                    f"{what}: the server redirected without a Location header",
                     status=resp.status_code,
                     url=safe_url(current),
                 )
             current = urljoin(current, location)
-        raise RegistryError(f"more than {MAX_REDIRECTS} redirects while {what}", url=safe_url(url))
+        raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects", url=safe_url(url))
 
 
-def verify_setting(ca_bundle: str | Path | None, skip: bool) -> bool | str:
-    if skip:
-        return False
-    if ca_bundle is not None:
-        return str(ca_bundle)
-    return True
+#: TLS alerts a server sends when it wants a client certificate it did not get (or did not like).
+CLIENT_CERT_ALERTS = frozenset({"SSLV3_ALERT_BAD_CERTIFICATE", "TLSV13_ALERT_CERTIFICATE_REQUIRED"})
+
+
+def _tls_failure(host: str, what: str, e: BaseException, url: str) -> str:
+    where = f"--cert-dir DIR, or in /etc/containers/certs.d/{host}/"
+    if any(isinstance(x, ssl.SSLError) and x.reason in CLIENT_CERT_ALERTS for x in _causes(e)):
+        return (
+            f"TLS with {host} failed while {what}: the registry wants a client certificate and did not "
+            f"accept ours ({describe(e, url)}). Put the certificate and its key, as NAME.cert and "
+            f"NAME.key, in the directory given with {where}."
+        )
+    return (
+        f"TLS with {host} failed while {what}: {describe(e, url)}. If the registry uses a private or "
+        "self-signed certificate, put its CA certificate (a .crt file) in a directory and pass "
+        f"{where}; to skip verification, pass --insecure-registry {host}."
+    )
+
+
+def _unreachable(host: str, what: str, e: BaseException, url: str, attempts: int) -> str:
+    kind = hopeless(e)
+    tries = f" after {attempts} attempts" if attempts > 1 else ""
+    reason = describe(e, url)
+    if kind == "dns":
+        advice = "Check the registry name in the tag for a typo, and the DNS or proxy settings."
+    elif kind == "refused":
+        advice = "Check the host and port, and that the registry is running."
+    else:
+        advice = "Check the host is up and reachable (proxy settings, firewall), or raise --retry-times."
+    return f"could not reach {host} while {what}{tries}: {reason}. {advice}"
