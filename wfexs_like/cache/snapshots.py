@@ -8,6 +8,7 @@ Layout under the cache dir (shared by every engine and every workflow)::
     snapshots/sha256-<hex>           one snapshot per fingerprint: an OCI layout dir (blobs
                                      hard-linked from the store) or a file (a link of its blob)
     snapshots/sha256-<hex>_meta.json its metadata sidecar
+    usage/                           last use, stage dirs and in-use holds of each entry (``usage.py``)
 
 **Keys never collide.** ``<key>`` is the sha256 of the canonical reference
 and platform, and every record repeats the reference it answers for; a hit
@@ -22,6 +23,14 @@ and builds the SIF from them: no network, no second copy of the layers.
 
 **Publishing is a rename under a lock**, as everywhere here: two processes
 putting the same entry both succeed and leave one consistent entry.
+
+**A process holds what it touches.** ``resolved``, ``record_resolution``,
+``lookup``, ``put`` and ``stage`` take a shared hold on the entry's
+reference+platform (``usage.Usage.acquire_shared``) *before* reading or
+writing it and keep it until ``release_holds`` or the end of the process, so
+``cache prune``/``rm`` (which need the hold exclusively) skip whatever a live
+materialize looked up, built or staged, including between its lookup and
+its stage. ``stage`` also records the entry's last use and the stage dir.
 """
 
 from __future__ import annotations
@@ -32,7 +41,9 @@ import json
 import logging
 import os
 import shutil
+import threading
 import uuid
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +57,7 @@ from ..images.layout import verify_oci_layout
 from ..images.staging import link_or_copy, link_tree, remove_path
 from ..model import META_JSON_POSTFIX, ImageMetadata
 from .paths import default_cache_dir
+from .usage import IMAGE_KIND, StagedCopy, Usage
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +94,18 @@ def _key(*parts: str | None) -> str:
     return hashlib.sha256("\0".join(p or "" for p in parts).encode("utf-8", "surrogatepass")).hexdigest()
 
 
+def entry_key(reference: str, platform: str | None) -> str:
+    """The file name (without suffix) every record of ``reference`` + ``platform`` is kept under."""
+    return _key(reference, platform)
+
+
+def _close_all(fds: dict[str, int]) -> None:
+    for fd in fds.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    fds.clear()
+
+
 def _metadata(reference: str, fingerprint: str, raw: Mapping[str, Any]) -> ImageMetadata:
     # Sidecars written through the reference's API may hold only some of our keys.
     defaults = {"tagged_name": reference, "manifest_digest": fingerprint, "image_id": fingerprint}
@@ -110,8 +134,31 @@ class ImageCache:
         self.snapshots_dir = self.root / "snapshots"
         self.tags_dir = self.root / "tags"
         self.refs_dir = self.root / "refs"
+        self.usage = Usage(self.root / "usage")
         for d in (self.snapshots_dir, self.tags_dir, self.refs_dir):
             d.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(OSError):  # a cache we may only read still stages
+            self.usage.root.mkdir(exist_ok=True)
+        self._holds: dict[str, int] = {}
+        self._holds_lock = threading.Lock()
+        weakref.finalize(self, _close_all, self._holds)
+
+    # -- in use ----------------------------------------------------------------------------------
+    def hold(self, reference: str, platform: str | None) -> None:
+        """Mark ``reference`` + ``platform`` in use by this process (prune and rm skip it) until
+        ``release_holds`` or exit. Idempotent; blocks only while a prune is removing that entry."""
+        key = _key(reference, platform)
+        with self._holds_lock:
+            if key not in self._holds:
+                try:
+                    self._holds[key] = self.usage.acquire_shared(key)
+                except OSError as e:  # a read-only cache: nobody can prune it from here either
+                    logger.debug("cannot mark %s in use: %s", reference, e)
+
+    def release_holds(self) -> None:
+        """Let prune/rm remove what this process used (a long-lived caller between two runs)."""
+        with self._holds_lock:
+            _close_all(self._holds)
 
     # -- resolution: reference -> manifest digest, for every kind ------------------------
     def _tag_file(self, reference: str, platform: str | None) -> Path:
@@ -122,11 +169,14 @@ class ImageCache:
     ) -> None:
         """Remember what ``reference`` named when it was last fetched (offline runs resolve with it)."""
         split_digest(manifest_digest)
+        self.hold(reference, platform)
+        self.usage.touch(IMAGE_KIND, _key(reference, platform))
         data = {"reference": reference, "platform": platform, "manifest_digest": manifest_digest, **extra}
         write_json_atomic(self._tag_file(reference, platform), data)
 
     def resolved(self, reference: str, platform: str | None) -> str | None:
         """The manifest digest ``reference`` resolved to, if recorded *and* its manifest is stored."""
+        self.hold(reference, platform)
         path = self._tag_file(reference, platform)
         try:
             data = read_json(path)
@@ -137,6 +187,7 @@ class ImageCache:
         digest = data.get("manifest_digest")
         if not isinstance(digest, str) or not is_digest(digest) or not self.store.has(digest):
             return None
+        self.usage.touch(IMAGE_KIND, _key(reference, platform))
         return digest
 
     # -- snapshots ---------------------------------------------------------------------------
@@ -168,6 +219,7 @@ class ImageCache:
         Only a record whose reference (and platform) equals the one asked
         for counts. Verification costs a ``stat`` per blob unless ``full``.
         """
+        self.hold(reference, platform)
         fingerprint = self.entry(reference, kind, platform)
         if fingerprint is None:
             return None
@@ -201,6 +253,7 @@ class ImageCache:
         so the two can never disagree.
         """
         snapshot = Path(snapshot)
+        self.hold(reference, platform)
         fingerprint = self.compute_fingerprint(snapshot)
         meta = dict(metadata.to_json() if isinstance(metadata, ImageMetadata) else metadata)
         if (
@@ -245,7 +298,9 @@ class ImageCache:
         A staged copy already there is kept when it is the same snapshot
         (O(1)); a stale one is replaced atomically. The sidecar is copied,
         never linked, so a workflow that edits it cannot corrupt the cache.
+        Records the entry's last use and this stage dir (one small write).
         """
+        self.hold(hit.reference, hit.platform)
         path.parent.mkdir(parents=True, exist_ok=True)
         with self.store.lock(f"stage-{path}"):
             if force or not self._staged_matches(path, hit.fingerprint):
@@ -260,6 +315,9 @@ class ImageCache:
                 current = None
             if force or current != meta_bytes:
                 atomic_write_bytes(meta_path, meta_bytes, mode=0o644)
+        self.usage.touch(
+            hit.kind, _key(hit.reference, hit.platform), StagedCopy(path.absolute(), meta_path.absolute())
+        )
         return path, meta_path
 
     def _staged_matches(self, path: Path, fingerprint: str) -> bool:

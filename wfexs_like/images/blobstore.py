@@ -12,7 +12,10 @@ Why it is shaped this way:
 - **Trust like git's index.** Re-hashing a multi-GB image on every re-stage is
   what makes the reference slow. When a blob is verified we record its size
   and mtime; later a ``stat`` that matches is enough (``is_trusted``), and
-  ``verify(full=True)`` re-hashes on request.
+  ``verify(full=True)`` re-hashes on request. The record also keeps the
+  inode and ctime, which ``touch -r`` cannot restore: ``unchanged`` checks
+  them too, so ``cache verify`` catches bytes edited with the mtime put back
+  while re-hashing only blobs whose inode changed since they were hashed.
 - **Read-only blobs.** Snapshots hard-link to these files, so they are
   chmod 0444 to keep a careless workflow from editing the cache in place.
 """
@@ -284,10 +287,31 @@ class BlobStore:
     @staticmethod
     def _stat_key(path: Path) -> dict[str, int]:
         st = path.stat()
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino}
+        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "ctime_ns": st.st_ctime_ns}
 
     def _record_trust(self, digest: str, path: Path) -> None:
         atomic_write_bytes(self._trust_file(digest), json.dumps(self._stat_key(path)).encode())
+
+    def mark_verified(self, digest: str) -> None:
+        """Record that the stored blob was just hashed and found right (after an external re-hash)."""
+        self._record_trust(digest, self.path(digest))
+
+    def unchanged(self, digest: str) -> bool:
+        """Stricter than ``is_trusted``: the stored blob has the inode, size, mtime *and* ctime it had
+        when last hashed.
+
+        A write changes the ctime and nothing can set it back, so this
+        catches an edit whose mtime was restored. Linking the blob (a
+        snapshot, a stage) changes the ctime too, which is why re-staging
+        relies on ``is_trusted`` and only ``cache verify`` pays for this
+        check: a blob that fails it is re-hashed once and re-recorded.
+        """
+        try:
+            rec = json.loads(self._trust_file(digest).read_text())
+            key = self._stat_key(self.path(digest))
+        except (OSError, ValueError):
+            return False
+        return isinstance(rec, dict) and all(rec.get(k) == v for k, v in key.items())
 
     def is_trusted(self, digest: str, path: Path | None = None) -> bool:
         """Fast check: does ``path`` (default: the stored blob) still look as when verified?

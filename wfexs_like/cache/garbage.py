@@ -1,0 +1,343 @@
+"""Sweeping what nobody needs: the library side of ``cache gc``.
+
+``prune`` and ``rm`` remove *entries* by policy; gc removes what no entry
+needs and no process is using, and is safe to run at any time, alongside
+materializes: everything it deletes is either unreferenced *and* older than
+a grace period (a download in progress has not recorded its entry yet), or
+guarded by a lock its owner would hold (a partial download, a work dir
+claimed with ``usage.claim_dir``, a lock file), which gc must be able to
+take first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from filelock import Timeout
+
+from ..images.staging import remove_path
+from ..model import META_JSON_POSTFIX
+from .inventory import ENTRY_KINDS, CacheEntry, blob_referrers, scan_entries
+from .lifecycle import delete_blob, extra_bytes, retire, store_inodes
+from .snapshots import SNAPSHOT_KINDS, ImageCache
+from .usage import dir_claimed, remove_unheld_lock
+
+#: What gc spares: unreferenced blobs, temporary and partial files younger than this (seconds).
+DEFAULT_GRACE = 3600.0
+#: A lock file younger than this may be about to be locked by the process that just created it.
+_LOCK_GRACE = 60.0
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class GcItem:
+    path: Path
+    what: str
+    size: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": str(self.path), "what": self.what, "size": self.size}
+
+
+@dataclass(frozen=True)
+class GcReport:
+    dry_run: bool
+    removed: tuple[GcItem, ...]
+    #: Left alone: held by a live process, or too young to be sure it is abandoned.
+    spared: tuple[GcItem, ...] = field(default=())
+
+    @property
+    def freed_bytes(self) -> int:
+        return sum(i.size for i in self.removed)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "removed": [i.to_json() for i in self.removed],
+            "spared": [i.to_json() for i in self.spared],
+            "freed_bytes": self.freed_bytes,
+        }
+
+
+def _tree_size(path: Path) -> int:
+    if path.is_dir() and not path.is_symlink():
+        total = 0
+        for r, _d, fs in os.walk(path):
+            for f in fs:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(r, f)).st_size
+        return total
+    try:
+        return os.lstat(path).st_size
+    except OSError:
+        return 0
+
+
+def _newest(path: Path) -> float:
+    """The latest mtime/ctime in ``path`` (a tree: any file in it), i.e. when someone last worked there."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return 0.0
+    newest = max(st.st_mtime, st.st_ctime)
+    if path.is_dir() and not path.is_symlink():
+        for r, ds, fs in os.walk(path):
+            for n in (*ds, *fs):
+                with contextlib.suppress(OSError):
+                    s = os.lstat(os.path.join(r, n))
+                    newest = max(newest, s.st_mtime, s.st_ctime)
+    return newest
+
+
+class _Gc:
+    def __init__(self, cache: ImageCache, grace: float, dry_run: bool, now: float) -> None:
+        self.cache = cache
+        self.grace = grace
+        self.dry_run = dry_run
+        self.now = now
+        self.removed: list[GcItem] = []
+        self.spared: list[GcItem] = []
+        self._inodes: set[tuple[int, int]] | None = None
+        try:
+            self.lock_names = sorted(os.listdir(cache.store.locks_dir))
+        except OSError:
+            self.lock_names = []
+
+    def store_inodes(self) -> set[tuple[int, int]]:
+        if self._inodes is None:
+            self._inodes = store_inodes(self.cache)
+        return self._inodes
+
+    def old(self, path: Path, grace: float | None = None) -> bool:
+        return self.now - _newest(path) >= (self.grace if grace is None else grace)
+
+    def remove(self, path: Path, what: str, size: int | None = None) -> None:
+        item = GcItem(path, what, _tree_size(path) if size is None else size)
+        if not self.dry_run:
+            remove_path(path)
+        self.removed.append(item)
+
+    def spare(self, path: Path, what: str) -> None:
+        self.spared.append(GcItem(path, what, _tree_size(path)))
+
+    # -- tmp/ ----------------------------------------------------------------------------------------
+    def tmp(self) -> None:
+        tmp = self.cache.store.tmp_dir
+        try:
+            names = sorted(os.listdir(tmp))
+        except OSError:
+            return
+        for name in names:
+            path = tmp / name
+            if name.startswith("retired-"):
+                self.remove(path, "retired snapshot")
+            elif name.endswith(".partial"):
+                self.partial(path)
+            elif path.is_dir() and not path.is_symlink():
+                if dir_claimed(path):
+                    self.spare(path, "work dir of a running process")
+                elif self.old(path):
+                    self.remove(path, "abandoned work dir")
+                else:
+                    self.spare(path, "recent work dir")
+            elif self.old(path):
+                self.remove(path, "stale temporary file")
+            else:
+                self.spare(path, "recent temporary file")
+
+    def partial(self, path: Path) -> None:
+        m = re.fullmatch(r"sha256-([0-9a-f]{64})\.partial", path.name)
+        if not self.old(path):
+            self.spare(path, "recent partial download")
+            return
+        if m is None or self.dry_run:
+            lock_path = None if m is None else self.cache.store.locks_dir / f"sha256-{m.group(1)}.lock"
+            if lock_path is not None and _lock_held(lock_path):
+                self.spare(path, "partial download in progress")
+            else:
+                self.remove(path, "stale partial download")
+            return
+        lock = self.cache.store.lock("sha256:" + m.group(1), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            self.spare(path, "partial download in progress")
+            return
+        try:
+            self.remove(path, "stale partial download")
+        finally:
+            lock.release()
+
+    # -- leftovers of writers killed mid-rename ------------------------------------------------------------
+    def leftovers(self) -> None:
+        cache = self.cache
+        dirs = [
+            cache.tags_dir,
+            cache.snapshots_dir,
+            cache.store.trust_dir,
+            cache.usage.root,
+            cache.store.blobs_dir,
+        ]
+        dirs += [cache.refs_dir / k for k in SNAPSHOT_KINDS] + [cache.usage.root / k for k in ENTRY_KINDS]
+        for d in dirs:
+            try:
+                names = sorted(os.listdir(d))
+            except OSError:
+                continue
+            for name in names:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    path = d / name
+                    if self.old(path):
+                        self.remove(path, "stale temporary file")
+                    else:
+                        self.spare(path, "recent temporary file")
+
+    # -- snapshots no record names -----------------------------------------------------------------------
+    def orphan_snapshots(self, entries: Sequence[CacheEntry]) -> None:
+        named = {e.fingerprint.split(":", 1)[1] for e in entries if e.fingerprint}
+        try:
+            names = sorted(os.listdir(self.cache.snapshots_dir))
+        except OSError:
+            return
+        for name in names:
+            m = re.fullmatch(r"sha256-([0-9a-f]{64})(" + re.escape(META_JSON_POSTFIX) + ")?", name)
+            if m is None or m.group(1) in named:
+                continue
+            path = self.cache.snapshots_dir / name
+            if not self.old(path):
+                self.spare(path, "recent snapshot not recorded yet")
+                continue
+            if self.dry_run:
+                self.remove(path, "snapshot no entry names")
+                continue
+            lock = self.cache.store.lock(f"snapshot-sha256:{m.group(1)}", timeout=0)
+            try:
+                lock.acquire()
+            except Timeout:
+                self.spare(path, "snapshot being published")
+                continue
+            try:
+                size = extra_bytes([path], self.store_inodes())
+                self.removed.append(GcItem(path, "snapshot no entry names", size))
+                retire(self.cache, path)
+            finally:
+                lock.release()
+
+    # -- blobs -------------------------------------------------------------------------------------------
+    def blobs(self, entries: Sequence[CacheEntry]) -> None:
+        referenced = set(blob_referrers(entries))
+        for d in list(self.cache.store.iter_digests()):
+            if d in referenced:
+                continue
+            path = self.cache.store.path(d)
+            if not self.old(path):
+                self.spare(path, "recent unreferenced blob (a download in progress may need it)")
+                continue
+            size = _tree_size(path)
+            if self.dry_run or delete_blob(self.cache, d):
+                self.removed.append(GcItem(path, "unreferenced blob", size))
+
+    def quarantined(self) -> None:
+        corrupt = self.cache.root / "corrupt"
+        try:
+            names = sorted(os.listdir(corrupt))
+        except OSError:
+            return
+        for name in names:
+            self.remove(corrupt / name, "quarantined (corrupt) blob")
+
+    # -- small records -----------------------------------------------------------------------------------
+    def records(self, entries: Sequence[CacheEntry]) -> None:
+        cache = self.cache
+        for e in entries:
+            if not e.reference and e.problems and self.old(e.record):
+                self.remove(e.record, "unreadable record")
+        try:
+            trust = sorted(os.listdir(cache.store.trust_dir))
+        except OSError:
+            trust = []
+        for name in trust:
+            if _HEX64.match(name) and not cache.store.has("sha256:" + name):
+                self.remove(cache.store.trust_dir / name, "trust record of a missing blob")
+        live = {(e.kind, e.key) for e in entries}
+        for kind in ENTRY_KINDS:
+            d = cache.usage.root / kind
+            try:
+                names = sorted(os.listdir(d))
+            except OSError:
+                continue
+            for name in names:
+                if _HEX64.match(name) and (kind, name) not in live and self.old(d / name):
+                    self.remove(d / name, "usage record of a removed entry")
+        keys = {e.key for e in entries}
+        try:
+            names = sorted(os.listdir(cache.usage.root))
+        except OSError:
+            names = []
+        for name in names:
+            path = cache.usage.root / name
+            key = name.removesuffix(".lock")
+            if name.endswith(".lock") and key not in keys and self.old(path, _LOCK_GRACE):
+                self.lock_file(path, "in-use marker of a removed entry")
+        for name in self.lock_names:  # as found at the start: not the ones this run took itself
+            path = cache.store.locks_dir / name
+            if name.endswith(".lock") and self.old(path, _LOCK_GRACE):
+                self.lock_file(path, "stale lock")
+
+    def lock_file(self, path: Path, what: str) -> None:
+        if self.dry_run:
+            if not _lock_held(path):
+                self.removed.append(GcItem(path, what, 0))
+            return
+        if remove_unheld_lock(path):
+            self.removed.append(GcItem(path, what, 0))
+
+
+def _lock_held(path: Path) -> bool:
+    """Is ``path`` flock-ed by someone? Creates nothing (for dry runs)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def collect_garbage(
+    cache: ImageCache, *, grace: float = DEFAULT_GRACE, dry_run: bool = False, now: float | None = None
+) -> GcReport:
+    """``cache gc``: remove what no entry needs and nobody is using.
+
+    - blobs no entry references, older than ``grace`` (a download in
+      progress has not recorded its entry yet);
+    - snapshots no entry names (``forget``/``invalidate`` leave them), older than ``grace``;
+    - in ``tmp/``: partial downloads and temporary files older than ``grace``
+      whose lock nobody holds, work dirs (``sif-*``, ``oci-layout-*``,
+      ``factory-*``...) older than ``grace`` that no live process claims
+      (``usage.claim_dir``), retired snapshots;
+    - temporary files of writers killed mid-publish, quarantined blobs,
+      trust and usage records of what is gone, lock files nobody holds.
+    """
+    now = time.time() if now is None else now
+    run = _Gc(cache, grace, dry_run, now)
+    run.tmp()
+    run.leftovers()
+    entries = scan_entries(cache)
+    run.orphan_snapshots(entries)
+    run.blobs(entries)
+    run.quarantined()
+    run.records(entries)
+    return GcReport(dry_run=dry_run, removed=tuple(run.removed), spared=tuple(run.spared))
