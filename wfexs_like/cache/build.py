@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -31,16 +32,19 @@ from ..images.copy import DockerArchiveSink, LayoutSink, SifSink, copy
 from ..images.sif import read_sif
 from ..model import ImageMetadata
 from .snapshots import CacheHit, ImageCache, SnapshotKind
+from .usage import claim_dir
 
 
 @contextlib.contextmanager
 def work_dir(cache: ImageCache, prefix: str) -> Iterator[Path]:
     """A private directory inside the cache (same filesystem: publishing is a rename)."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir=cache.store.tmp_dir))
+    claim = claim_dir(path)  # `cache gc` sweeps it only once this process is gone
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        os.close(claim)
 
 
 def image_metadata(

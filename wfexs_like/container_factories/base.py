@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ..cache import ContainerCacheHandler, SnapshotKind, default_cache_dir
 from ..cache.handler import ENGINE_KINDS
+from ..cache.usage import claim_dir
 from ..errors import ContainerFactoryException, ContainerNotFoundException
 from ..images.manifest import Platform
 from ..model import Container, ContainerTaggedName
@@ -62,6 +63,8 @@ class ContainerFactory(ReferenceIdentity):
             # Inside the cache, so a killed run leaves its litter where `cache gc` looks.
             tempDir = tempfile.mkdtemp(prefix="factory-", dir=self.cc_handler.store.tmp_dir)
             atexit.register(shutil.rmtree, tempDir, True)
+            # Claimed for the factory's lifetime, so `cache gc` never sweeps a live factory's dir.
+            self._temp_claim = claim_dir(Path(tempDir))
         self.tempDir = Path(tempDir)
         self.stagedContainersDir = (
             Path(stagedContainersDir) if stagedContainersDir else self.containersCacheDir

@@ -134,6 +134,8 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
         cdir = self.containers_dir(containers_dir)
         ref = self.parse_tag(tag)
         pin = self._pin(tag, ref)
+        # In use from before the first blob is looked at: a concurrent prune/rm skips this entry.
+        self.cache.hold(ref.canonical(), self.platform_key)
         injected = injected_image(tag, self.cache) if isinstance(tag, Container) else None
         if injected is not None:
             hit = self._snapshot(ref, *injected, force=force)
