@@ -12,7 +12,6 @@ take first.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import re
 import time
@@ -28,7 +27,7 @@ from ..model import META_JSON_POSTFIX
 from .inventory import ENTRY_KINDS, CacheEntry, blob_referrers, scan_entries
 from .lifecycle import delete_blob, extra_bytes, retire, store_inodes
 from .snapshots import SNAPSHOT_KINDS, ImageCache
-from .usage import dir_claimed, remove_unheld_lock
+from .usage import dir_claimed, flock_held, remove_unheld_lock
 
 #: What gc spares: unreferenced blobs, temporary and partial files younger than this (seconds).
 DEFAULT_GRACE = 3600.0
@@ -160,7 +159,7 @@ class _Gc:
             return
         if m is None or self.dry_run:
             lock_path = None if m is None else self.cache.store.locks_dir / f"sha256-{m.group(1)}.lock"
-            if lock_path is not None and _lock_held(lock_path):
+            if lock_path is not None and flock_held(lock_path):
                 self.spare(path, "partial download in progress")
             else:
                 self.remove(path, "stale partial download")
@@ -294,26 +293,11 @@ class _Gc:
 
     def lock_file(self, path: Path, what: str) -> None:
         if self.dry_run:
-            if not _lock_held(path):
+            if not flock_held(path):
                 self.removed.append(GcItem(path, what, 0))
             return
         if remove_unheld_lock(path):
             self.removed.append(GcItem(path, what, 0))
-
-
-def _lock_held(path: Path) -> bool:
-    """Is ``path`` flock-ed by someone? Creates nothing (for dry runs)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def collect_garbage(

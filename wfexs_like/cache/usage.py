@@ -207,10 +207,11 @@ def remove_unheld_lock(path: Path) -> bool:
     return True
 
 
-def dir_claimed(path: Path) -> bool:
-    """Does a live process hold a ``claim_dir`` on this work dir?"""
+def flock_held(path: Path, *, directory: bool = False) -> bool:
+    """Does a live process hold an flock on ``path`` (a lock file, or a claimed work dir)? Creates nothing."""
+    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (os.O_DIRECTORY if directory else 0)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, flags)
     except OSError:
         return False
     try:
@@ -220,6 +221,11 @@ def dir_claimed(path: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def dir_claimed(path: Path) -> bool:
+    """Does a live process hold a ``claim_dir`` on this work dir?"""
+    return flock_held(path, directory=True)
 
 
 def claim_dir(path: Path) -> int:

@@ -119,21 +119,6 @@ def _split_items(items: list[str]) -> Path | list[str]:
     return path
 
 
-def _progress(args: argparse.Namespace) -> Any:
-    from .render import reporter_for
-
-    return reporter_for(args)
-
-
-def _human(n: int) -> str:
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
-
-
 def _emit(args: argparse.Namespace, data: dict[str, Any], line: str) -> None:
     if args.json:
         import json
@@ -147,25 +132,20 @@ def run_export(args: argparse.Namespace) -> int:
     from ..cache.bundle_export import export_bundle
     from ..errors import ContainerFactoryException
     from ..images.manifest import Platform
-    from ..progress import reporting
+    from .render import human_bytes
 
     containers = _split_items(args.items)
     try:
         platform = Platform.parse(args.platform) if args.platform else None
     except ContainerFactoryException as e:
         raise UsageError(str(e)) from e
-    reporter = _progress(args)
-    try:
-        with reporting(reporter):
-            s = export_bundle(args.cache_dir, containers, args.output, engine=args.engine, platform=platform)
-    finally:
-        reporter.close()
+    s = export_bundle(args.cache_dir, containers, args.output, engine=args.engine, platform=platform)
     extra = f", {s.records} record(s)" if s.records else ""
     _emit(
         args,
         s.to_json(),
         f"exported {len(s.references)} reference(s): {s.images} image(s), {s.snapshots} snapshot(s), "
-        f"{s.blobs} blob(s){extra}, {_human(s.bytes)} to {s.path}\nsha256 of the bundle: {s.digest}",
+        f"{s.blobs} blob(s){extra}, {human_bytes(s.bytes)} to {s.path}\nsha256 of the bundle: {s.digest}",
     )
     return 0
 
@@ -173,25 +153,20 @@ def run_export(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from ..cache.bundle import ImportLimits
     from ..cache.bundle_import import import_bundle
-    from ..progress import reporting
+    from .render import human_bytes
 
     defaults = ImportLimits()
     limits = ImportLimits(
         max_member_bytes=args.max_member_size or defaults.max_member_bytes,
         max_total_bytes=args.max_total_size or defaults.max_total_bytes,
     )
-    reporter = _progress(args)
-    try:
-        with reporting(reporter):
-            s = import_bundle(args.bundle, args.cache_dir, limits=limits, records_out=args.records_out)
-    finally:
-        reporter.close()
+    s = import_bundle(args.bundle, args.cache_dir, limits=limits, records_out=args.records_out)
     records = f"; {s.records} record(s) written to {args.records_out}" if args.records_out else ""
     _emit(
         args,
         s.to_json(),
         f"imported {len(s.references)} reference(s): {s.images} image(s), {s.snapshots} snapshot(s), "
-        f"{s.blobs} blob(s) ({s.new_blobs} new), {_human(s.bytes)} into {s.cache_dir}{records}\n"
+        f"{s.blobs} blob(s) ({s.new_blobs} new), {human_bytes(s.bytes)} into {s.cache_dir}{records}\n"
         f"sha256 of the bundle: {s.digest}",
     )
     return 0

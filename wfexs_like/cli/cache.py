@@ -460,8 +460,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from ..cache import verify_cache
-    from ..progress import reporting
-    from .render import human_bytes, reporter_for
+    from .render import human_bytes
 
     if args.offline and not args.repair:
         raise UsageError("--offline only changes what --repair does; add --repair")
@@ -471,19 +470,14 @@ def run_verify(args: argparse.Namespace) -> int:
     if cache is None:
         _note(args, "no cache yet: nothing to verify")
         return EXIT_OK
-    reporter = reporter_for(args)
-    try:
-        with reporting(reporter):
-            report = verify_cache(
-                cache,
-                full=args.full,
-                repair=args.repair,
-                offline=args.offline,
-                jobs=args.jobs,
-                insecure_registries=args.insecure_registry,
-            )
-    finally:
-        reporter.close()
+    report = verify_cache(
+        cache,
+        full=args.full,
+        repair=args.repair,
+        offline=args.offline,
+        jobs=args.jobs,
+        insecure_registries=args.insecure_registry,
+    )
     if args.json:
         _print_json(report.to_json())
         return EXIT_OK if report.ok else EXIT_FAILURE

@@ -204,26 +204,18 @@ def _run_rocrate(args: argparse.Namespace) -> int:
     import sys
 
     from ..ops.provenance import crate_from_records
-    from .render import reporter_for
 
     if args.output.exists() and not args.output.is_dir():
         raise UsageError(f"-o {args.output}: exists and is not a directory; the crate is a directory")
     if args.stage_dir is not None and not args.stage_dir.is_dir():
         raise UsageError(f"--stage-dir {args.stage_dir}: no such directory")
-    from ..progress import reporting
-
-    reporter = reporter_for(args)
-    try:
-        with reporting(reporter):
-            path, containers = crate_from_records(
-                args.records,
-                args.output,
-                stage_dir=args.stage_dir,
-                date_published=args.date_published,
-                name=args.name,
-            )
-    finally:
-        reporter.close()
+    path, containers = crate_from_records(
+        args.records,
+        args.output,
+        stage_dir=args.stage_dir,
+        date_published=args.date_published,
+        name=args.name,
+    )
     print(path)
     if not args.quiet:
         print(f"described {len(containers)} container record(s) in {path}", file=sys.stderr)

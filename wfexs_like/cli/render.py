@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from ..progress import ImageSummary
+from ..progress import ImageSummary, NullReporter
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -281,23 +281,8 @@ class PlainReporter(_BaseReporter):
                     self._line(line)
 
 
-class SilentReporter:
+class SilentReporter(NullReporter):
     """``--quiet``: not a byte of progress, no warnings, no summary."""
-
-    def begin(self, tag: str) -> None:
-        pass
-
-    def advance(self, tag: str, key: str, done: int, total: int | None) -> None:
-        pass
-
-    def step(self, tag: str, text: str) -> None:
-        pass
-
-    def finish(self, summary: ImageSummary) -> None:
-        pass
-
-    def warn(self, text: str, *, key: str | None = None) -> None:
-        pass
 
     def close(self) -> None:
         _forget(self)
