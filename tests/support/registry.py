@@ -203,9 +203,15 @@ def start_registry(
     tls: bool = False,
     users: dict[str, str] | None = None,
     token_server: TokenServer | None = None,
+    proxy_remote: str | None = None,
     attempts: int = 3,
 ) -> RunningRegistry:
-    """Start ``docker-registry serve`` and wait until ``/v2/`` answers (any status)."""
+    """Start ``docker-registry serve`` and wait until ``/v2/`` answers (any status).
+
+    ``proxy_remote`` (a URL) makes it a pull-through cache of that registry
+    (distribution's ``proxy.remoteurl``): it fetches what it lacks from there
+    once, keeps it, and refuses pushes.
+    """
     root.mkdir(parents=True, exist_ok=True)
     extra = ""
     cert = key = None
@@ -223,6 +229,8 @@ def start_registry(
             f"    issuer: {token_server.issuer}\n"
             f"    rootcertbundle: {token_server.cert}\n"
         )
+    if proxy_remote is not None:  # top level: after the tls block, which belongs under http
+        extra += f"proxy:\n  remoteurl: {proxy_remote}\n"
     last_err = ""
     for _ in range(attempts):
         port = free_port()

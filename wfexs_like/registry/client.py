@@ -17,11 +17,12 @@ import ipaddress
 import json
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import requests
@@ -50,6 +51,7 @@ from ..progress import cancel_requested, check_cancelled, request_cancel, reset_
 from .auth import RegistryAuth
 from .certs import HostTls
 from .credentials import DOCKER_HUB_HOSTS, CredentialResolver
+from .mirrors import MirrorConfig
 from .pool import DaemonPool
 from .transport import (
     RETRY_STATUSES,
@@ -67,6 +69,7 @@ if TYPE_CHECKING:
     from .image import RemoteImage
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DOCKER_HUB_API = "registry-1.docker.io"
 #: containerd's limit: a manifest bigger than this is an attack or a mistake, not an image.
@@ -76,6 +79,8 @@ STREAM_CHUNK = 256 << 10
 CANCEL_GRACE = 0.5
 #: How often a wait for another process's lock on a blob looks at the cancellation flag.
 LOCK_POLL = 0.2
+#: A mirror that could not be reached is not asked again for this long (seconds).
+MIRROR_DOWN_FOR = 60.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +111,9 @@ class PullResult:
     downloaded_bytes: int
     downloaded_blobs: int
     reused_blobs: int
+    #: Which host (``host[:port]``) sent what this pull fetched: ``"index"``, ``"manifest"`` (the host
+    #: that resolved them) and each downloaded blob's digest. A mirror's name here, never in the image's.
+    served_by: dict[str, str] = field(default_factory=dict)
 
 
 def image_label(registry: str, repository: str, reference: str) -> str:
@@ -153,14 +161,37 @@ def _host_matches(host: str, patterns: Iterable[str]) -> bool:
 
 
 class _Endpoint:
-    """One registry as the API sees it: base URL (scheme decided once), auth state."""
+    """One registry as the API sees it: base URL (scheme decided once), auth state.
 
-    def __init__(self, name: str, api_host: str, scheme: str, explicit_scheme: bool, auth: RegistryAuth):
+    A mirror has its own endpoint (and a transport that retries less: the
+    next host is the better retry); one that could not even be pinged is
+    skipped until ``down_until`` (``time.monotonic()``), then asked again.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        api_host: str,
+        scheme: str,
+        explicit_scheme: bool,
+        auth: RegistryAuth,
+        *,
+        registry: str = "",
+        transport: Transport,
+        policy: RetryPolicy,
+        mirror: bool = False,
+    ):
         self.name = name
         self.api_host = api_host
         self.scheme = scheme
         self.explicit_scheme = explicit_scheme
         self.auth = auth
+        #: The registry string this endpoint was made for (the cache key).
+        self.registry = registry or name
+        self.transport = transport
+        self.policy = policy
+        self.mirror = mirror
+        self.down_until = 0.0
         self.pinged = False
         self.lock = threading.Lock()
 
@@ -169,10 +200,24 @@ class _Endpoint:
         return f"{self.scheme}://{self.api_host}"
 
 
+@dataclass(frozen=True)
+class _Source:
+    """One host to ask for an image (a mirror or the primary), with the name the image has there."""
+
+    endpoint: _Endpoint
+    repository: str
+    reference: str
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.name
+
+
 @dataclass
 class _BlobOutcome:
     downloaded: bool
     nbytes: int
+    host: str | None = None
 
 
 @dataclass(frozen=True)
@@ -181,6 +226,8 @@ class ManifestChoice:
 
     manifest: Manifest
     index: Index | None
+    #: ``"index"`` / ``"manifest"`` -> the host that resolved it (absent: it came from the store).
+    served_by: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 def check_platform(
@@ -210,7 +257,7 @@ class _Plan:
     """What one image needs, once its manifests are resolved."""
 
     index: int
-    endpoint: _Endpoint
+    sources: list[_Source]
     registry: str
     repository: str
     reference: str
@@ -221,6 +268,7 @@ class _Plan:
     platform: Platform
     #: Blobs fetched while planning (the config), with what it took.
     prefetched: dict[str, _BlobOutcome]
+    served_by: dict[str, str]
 
     @property
     def blobs(self) -> list[Descriptor]:
@@ -247,6 +295,15 @@ class RegistryClient:
     given, else from where docker and podman keep them (see ``credentials``).
     ``retries`` is how many times a transient failure is tried again (0: one
     attempt only).
+
+    Mirrors: ``mirrors`` (``{"docker.io": ["127.0.0.1:5001"]}``, what
+    ``--mirror`` and the config file's ``[mirrors]`` give) come first, then
+    those of ``registries_conf``: a containers-registries.conf(5) file, or
+    None for where podman looks (when those files exist), or False for none.
+    A pull tries each mirror in order and falls back to the next, and finally
+    to the primary, on any error; every digest is checked whichever host sent
+    the bytes, a wrong blob is discarded before it is published, and results
+    keep the name asked for (``PullResult.served_by`` says who sent what).
     """
 
     def __init__(
@@ -263,6 +320,8 @@ class RegistryClient:
         ca_bundle: str | Path | None = None,
         auth_file: Path | None = None,
         cert_dir: Path | None = None,
+        mirrors: Mapping[str, Sequence[str]] | None = None,
+        registries_conf: Path | Literal[False] | None = None,
     ) -> None:
         if auth_file is not None and not Path(auth_file).is_file():
             raise RegistryError(
@@ -283,23 +342,34 @@ class RegistryClient:
             "ca_bundle": ca_bundle,
             "auth_file": auth_file,
             "cert_dir": cert_dir,
+            "mirrors": mirrors,
+            "registries_conf": registries_conf,
         }
+        self.mirrors = MirrorConfig.load(mirrors, registries_conf)
         self.insecure_registries = self._options["insecure_registries"]
         self.platform = platform
         self.max_workers = max(1, max_workers)
         self.policy = RetryPolicy(retries=retries, backoff=backoff)
-        self.tls = HostTls(
-            insecure=lambda host: _host_matches(host, self.insecure_registries),
-            cert_dir=cert_dir,
-            ca_bundle=ca_bundle,
-        )
+        self.tls = HostTls(insecure=self._insecure, cert_dir=cert_dir, ca_bundle=ca_bundle)
         self.transport = Transport(
             policy=self.policy, timeout=timeout, pool_size=self.max_workers + 4, tls_for=self.tls.for_url
+        )
+        #: A mirror that fails is worth one more try at most: the next host is the better retry.
+        self.mirror_policy = RetryPolicy(retries=min(1, retries), backoff=backoff)
+        self.mirror_transport = Transport(
+            policy=self.mirror_policy,
+            timeout=timeout,
+            pool_size=self.max_workers + 4,
+            tls_for=self.tls.for_url,
         )
         self.credentials = CredentialResolver(docker_config, auth_file=auth_file)
         self.progress = progress
         self._endpoints: dict[str, _Endpoint] = {}
+        self._mirror_endpoints: dict[str, _Endpoint] = {}
         self._lock = threading.Lock()
+
+    def _insecure(self, host: str) -> bool:
+        return _host_matches(host, self.insecure_registries) or self.mirrors.is_insecure(host)
 
     def copy_with(self, **changes: Any) -> RegistryClient:
         """A new client with this one's settings except ``changes`` (``retries=0`` for a quick probe).
@@ -312,6 +382,7 @@ class RegistryClient:
     # -- lifecycle --------------------------------------------------------------
     def close(self) -> None:
         self.transport.close()
+        self.mirror_transport.close()
         self.tls.close()
 
     def __enter__(self) -> RegistryClient:
@@ -329,14 +400,24 @@ class RegistryClient:
         A HEAD comes first because it is cheap and, on Docker Hub, does not count
         against the pull quota: when ``store`` already holds the digest it names,
         no GET follows. A ``Docker-Content-Digest`` that disagrees with the bytes
-        is an IntegrityError, never silently corrected.
+        is an IntegrityError, never silently corrected. Mirrors are asked first.
         """
-        ep = self._endpoint(registry)
         label = image_label(registry, repository, reference)
+        sources = self._sources(registry, repository, reference)
+        digest, media_type, raw, _host = self._first(
+            sources, label, "resolving it", lambda src: self._resolve_at(src, src.reference, label, store)
+        )
+        return digest, media_type, raw
+
+    def _resolve_at(
+        self, src: _Source, reference: str, label: str, store: BlobStore | None
+    ) -> tuple[str, str, bytes, str | None]:
+        """``resolve`` on one host; the last item is that host, or None when the store answered alone."""
+        ep, repository = src.endpoint, src.repository
         if is_digest(reference):
             cached = _from_store(store, reference)
             if cached is not None:
-                return reference, detect_media_type(cached), cached
+                return reference, detect_media_type(cached), cached, None
             raw, header_digest, ctype = self._get_manifest(ep, repository, reference, label)
             actual = sha256_bytes(raw)
             if actual != reference:
@@ -347,13 +428,13 @@ class RegistryClient:
                     actual=actual,
                 )
             _check_header_digest(header_digest, actual, label)
-            return actual, detect_media_type(raw, ctype), raw
+            return actual, detect_media_type(raw, ctype), raw, src.host
 
         head_digest = self._head_manifest(ep, repository, reference, label)
         if head_digest is not None:
             cached = _from_store(store, head_digest)
             if cached is not None:
-                return head_digest, detect_media_type(cached), cached
+                return head_digest, detect_media_type(cached), cached, src.host
         raw, header_digest, ctype = self._get_manifest(ep, repository, reference, label)
         actual = sha256_bytes(raw)
         _check_header_digest(header_digest, actual, label)
@@ -364,7 +445,7 @@ class RegistryClient:
                 expected=head_digest,
                 actual=actual,
             )
-        return actual, detect_media_type(raw, ctype), raw
+        return actual, detect_media_type(raw, ctype), raw, src.host
 
     def pull(
         self,
@@ -450,7 +531,7 @@ class RegistryClient:
                     if desc.digest not in blob_futs:
                         owner[desc.digest] = plan.index
                         blob_futs[desc.digest] = pool.submit(
-                            self._fetch_blob_locked, plan.endpoint, plan.repository, desc, store, plan.label
+                            self._fetch_blob_locked, plan.sources, desc, store, plan.label
                         )
             for plan in plans:
                 try:
@@ -479,6 +560,7 @@ class RegistryClient:
         if interrupted:
             request_cancel()
             self.transport.abort_streams()
+            self.mirror_transport.abort_streams()
         pool.shutdown(cancel_futures=True)
         if interrupted:
             pool.join(CANCEL_GRACE)
@@ -493,12 +575,20 @@ class RegistryClient:
         want: Platform,
         store: BlobStore | None = None,
     ) -> ManifestChoice:
-        """Resolve ``reference`` to one image manifest, choosing ``want`` from an index."""
+        """Resolve ``reference`` to one image manifest, choosing ``want`` from an index.
+
+        The index's entry is fetched by digest from the same hosts, mirrors first.
+        """
         label = image_label(registry, repository, reference)
-        _digest, _mt, raw = self.resolve(registry, repository, reference, store=store)
-        doc = parse_manifest_or_index(raw)
+        sources = self._sources(registry, repository, reference)
+
+        def top(src: _Source) -> tuple[Manifest | Index, str | None]:
+            _digest, _mt, raw, host = self._resolve_at(src, src.reference, label, store)
+            return parse_manifest_or_index(raw), host
+
+        doc, host = self._first(sources, label, "resolving it", top)
         if isinstance(doc, Manifest):
-            return ManifestChoice(doc, None)
+            return ManifestChoice(doc, None, {"manifest": host} if host else {})
         try:
             chosen = doc.select(want)
         except PlatformMismatchError as e:
@@ -508,7 +598,12 @@ class RegistryClient:
                 "Choose one with --platform os/arch[/variant].",
                 available=e.available,
             ) from None
-        _d, _m, child_raw = self.resolve(registry, repository, chosen.digest, store=store)
+        _d, _m, child_raw, child_host = self._first(
+            sources,
+            label,
+            f"fetching manifest {chosen.digest}",
+            lambda src: self._resolve_at(src, chosen.digest, label, store),
+        )
         if len(child_raw) != chosen.size:
             raise IntegrityError(
                 f"manifest {chosen.digest} of {label} is {len(child_raw)} bytes, its index says "
@@ -518,7 +613,8 @@ class RegistryClient:
         child = parse_manifest_or_index(child_raw)
         if not isinstance(child, Manifest):
             raise ManifestError(f"index entry {chosen.digest} of {label} is not an image manifest")
-        return ManifestChoice(child, doc)
+        served = {"index": host, "manifest": child_host}
+        return ManifestChoice(child, doc, {k: v for k, v in served.items() if v})
 
     def _plan(
         self,
@@ -531,19 +627,19 @@ class RegistryClient:
         explicit: Platform | None,
         chosen: ManifestChoice | None = None,
     ) -> _Plan:
-        ep = self._endpoint(registry)
+        sources = self._sources(registry, repository, reference)
         label = image_label(registry, repository, reference)
         if chosen is None:
             chosen = self._select(registry, repository, reference, want, store)
         # The config is tiny and says which platform the image is really for: get it
         # before any layer, so a wrong platform costs one small blob, not the image.
         cfg = chosen.manifest.config
-        outcome = self._fetch_blob_locked(ep, repository, cfg, store, label)
+        outcome = self._fetch_blob_locked(sources, cfg, store, label)
         config = _load_config(store, cfg.digest, label)
         actual = check_platform(label, config, chosen.index is not None, want, explicit)
         return _Plan(
             index=i,
-            endpoint=ep,
+            sources=sources,
             registry=registry,
             repository=repository,
             reference=reference,
@@ -553,6 +649,7 @@ class RegistryClient:
             config=config,
             platform=actual,
             prefetched={cfg.digest: outcome},
+            served_by=dict(chosen.served_by),
         )
 
     def _finish(
@@ -564,12 +661,15 @@ class RegistryClient:
     ) -> PullResult:
         dl_bytes = dl_blobs = reused = 0
         first_error: BaseException | None = None
+        served_by = dict(plan.served_by)
         for desc in plan.blobs:
             try:
                 outcome = blob_futs[desc.digest].result()
             except Exception as e:
                 first_error = first_error or e
                 continue
+            if outcome.host is not None:
+                served_by[desc.digest] = outcome.host
             if outcome.downloaded and owner[desc.digest] == plan.index:
                 dl_blobs += 1
                 dl_bytes += outcome.nbytes
@@ -592,6 +692,7 @@ class RegistryClient:
             downloaded_bytes=dl_bytes,
             downloaded_blobs=dl_blobs,
             reused_blobs=reused,
+            served_by=served_by,
         )
 
     # -- blobs ------------------------------------------------------------------
@@ -600,7 +701,7 @@ class RegistryClient:
             self.progress(ProgressEvent(digest, kind, total, done, image))  # type: ignore[arg-type]
 
     def _fetch_blob_locked(
-        self, ep: _Endpoint, repository: str, desc: Descriptor, store: BlobStore, label: str
+        self, sources: Sequence[_Source], desc: Descriptor, store: BlobStore, label: str
     ) -> _BlobOutcome:
         """Download unless present; the per-digest file lock makes other processes wait, not repeat."""
         if store.has(desc.digest):
@@ -612,26 +713,42 @@ class RegistryClient:
             if store.has(desc.digest):
                 self._emit(desc.digest, "reused", desc.size, desc.size, label)
                 return _BlobOutcome(False, 0)
-            nbytes = self._download(ep, repository, desc, store, label)
-            return _BlobOutcome(True, nbytes)
+            nbytes, host = self._download(sources, desc, store, label)
+            return _BlobOutcome(True, nbytes, host)
         finally:
             lock.release()
 
     def _download(
-        self, ep: _Endpoint, repository: str, desc: Descriptor, store: BlobStore, label: str
-    ) -> int:
-        """Foreign (non-distributable) layers come from their ``urls`` first, the registry last."""
+        self, sources: Sequence[_Source], desc: Descriptor, store: BlobStore, label: str
+    ) -> tuple[int, str]:
+        """(bytes, host that sent them): a foreign layer's ``urls`` first, then mirrors, then the registry.
+
+        A mirror's failure leaves nothing behind: a wrong blob is discarded by
+        the writer, a broken-off one's partial file is dropped too, so the next
+        host's bytes are never appended to a failed host's.
+        """
+        primary = sources[-1]
         errors: list[str] = []
         for url in foreign_urls(desc):
             try:
-                return self._download_from(ep, repository, desc, store, label, url)
+                nbytes = self._download_from(primary.endpoint, primary.repository, desc, store, label, url)
+                return nbytes, urlsplit(url).netloc.rpartition("@")[2]
             except (RegistryError, IntegrityError) as e:
                 errors.append(f"{safe_url(url)}: {e}")
                 log.warning(
                     "%s: foreign layer %s not fetched from %s: %s", label, desc.digest, safe_url(url), e
                 )
+
+        def attempt(src: _Source) -> tuple[int, str]:
+            try:
+                return self._download_from(src.endpoint, src.repository, desc, store, label, None), src.host
+            except Exception:
+                if src.endpoint.mirror and src.endpoint.pinged:  # unreached, it sent nothing to drop
+                    store.writer(desc.digest, desc.size, resumable=True).discard()
+                raise
+
         try:
-            return self._download_from(ep, repository, desc, store, label, None)
+            return self._first(sources, label, f"downloading blob {desc.digest}", attempt)
         except (RegistryError, IntegrityError) as e:
             if errors:
                 raise RegistryError(
@@ -651,7 +768,10 @@ class RegistryClient:
         url: str | None,
     ) -> int:
         digest, size = desc.digest, desc.size
-        what = f"downloading blob {digest} of {label}" + (f" from {safe_url(url)}" if url else "")
+        what = f"downloading blob {digest} of {label}" + (
+            f" from {safe_url(url)}" if url else f" from mirror {ep.name}" if ep.mirror else ""
+        )
+        policy = self.policy if url else ep.policy
         attempt = 0
         fetched = 0
         while True:
@@ -691,12 +811,12 @@ class RegistryClient:
                 _park(writer)
                 check_cancelled()  # a body cut by Ctrl-C is not a network failure to retry
                 why = e if isinstance(e, ShortRead) else describe(e, url or ep.base)
-                if attempt >= self.policy.retries:
+                if attempt >= policy.retries:
                     raise RegistryError(
                         f"{what}: the transfer kept breaking off ({why}) after {attempt + 1} attempts. "
                         "What arrived is kept and the next pull resumes from there.",
                     ) from e
-                delay = self.policy.delay(attempt)
+                delay = policy.delay(attempt)
                 log.info("%s: %s; resuming in %.2f s", what, why, delay)
                 attempt += 1
                 pause(delay)
@@ -724,14 +844,25 @@ class RegistryClient:
     def _open_blob_at(
         self, ep: _Endpoint, repository: str, desc: Descriptor, url: str | None, offset: int, label: str
     ) -> requests.Response:
-        """A streaming 200/206 answer for ``desc`` from byte ``offset``; any other answer raises."""
+        """A streaming 200/206 answer for ``desc`` from byte ``offset``; any other answer raises.
+
+        ``ep`` names the image's registry: its mirrors are asked first. Only
+        opening falls back to the next host; the bytes are checked by the
+        reader's digest, and a wrong blob is an IntegrityError there.
+        """
         what = f"reading blob {desc.digest} of {label}" + (f" from {safe_url(url)}" if url else "")
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        resp = self._blob_get(ep, repository, desc.digest, url, headers, what)
-        if resp.status_code not in (200, 206):
-            with resp:
-                _raise_for(resp, what, kind="blob", label=label)
-        return resp
+
+        def attempt(src: _Source) -> requests.Response:
+            resp = self._blob_get(src.endpoint, src.repository, desc.digest, url, headers, what)
+            if resp.status_code not in (200, 206):
+                with resp:
+                    _raise_for(resp, what, kind="blob", label=label)
+            return resp
+
+        if url is not None or ep.mirror:
+            return attempt(_Source(ep, repository, desc.digest))
+        return self._first(self._sources(ep.registry, repository, desc.digest), label, what, attempt)
 
     def _blob_response(
         self, ep: _Endpoint, repository: str, digest: str, headers: dict[str, str], what: str
@@ -739,13 +870,11 @@ class RegistryClient:
         self._ping(ep, what)
         url = f"{ep.base}/v2/{repository}/blobs/{digest}"
         auth_h = ep.auth.headers(repository, what)
-        resp = self.transport.get_following_redirects(url, headers=headers, auth_headers=auth_h, what=what)
+        resp = ep.transport.get_following_redirects(url, headers=headers, auth_headers=auth_h, what=what)
         if resp.status_code == 401:
             resp.close()
             auth_h = ep.auth.challenged(resp, repository, what, auth_h.get("Authorization"))
-            resp = self.transport.get_following_redirects(
-                url, headers=headers, auth_headers=auth_h, what=what
-            )
+            resp = ep.transport.get_following_redirects(url, headers=headers, auth_headers=auth_h, what=what)
         if resp.status_code in (401, 403):
             resp.close()
             raise ep.auth.failure(what, resp.status_code, url, repository)
@@ -776,12 +905,12 @@ class RegistryClient:
                     raw = _read_limited(resp, MAX_MANIFEST_BYTES, what)
                 except STREAM_ERRORS as e:
                     check_cancelled()
-                    if attempt >= self.policy.retries:
+                    if attempt >= ep.policy.retries:
                         raise RegistryError(
                             f"{what}: the transfer kept breaking off ({describe(e, resp.url)}) after "
                             f"{attempt + 1} attempts; try again later"
                         ) from e
-                    pause(self.policy.delay(attempt))
+                    pause(ep.policy.delay(attempt))
                     attempt += 1
                     continue
                 return raw, resp.headers.get("Docker-Content-Digest"), resp.headers.get("Content-Type")
@@ -803,7 +932,7 @@ class RegistryClient:
         headers = {"Accept": ACCEPT_MANIFESTS}
 
         def send(auth_headers: dict[str, str]) -> requests.Response:
-            return self.transport.get_following_redirects(
+            return ep.transport.get_following_redirects(
                 url,
                 headers=headers,
                 auth_headers=auth_headers,
@@ -823,9 +952,48 @@ class RegistryClient:
         return resp
 
     # -- endpoints --------------------------------------------------------------
-    def _endpoint(self, registry: str) -> _Endpoint:
+    def _sources(self, registry: str, repository: str, reference: str) -> list[_Source]:
+        """The hosts to ask for an image, in order: its mirrors, then its (maybe relocated) registry."""
+        if not self.mirrors:
+            return [_Source(self._endpoint(registry), repository, reference)]
+        return [
+            _Source(self._endpoint(s.registry, mirror=s.mirror), s.repository, s.reference)
+            for s in self.mirrors.sources(registry, repository, reference)
+        ]
+
+    def _first(self, sources: Sequence[_Source], label: str, what: str, attempt: Callable[[_Source], T]) -> T:
+        """``attempt`` on each host in turn until one succeeds; the last one's error is the one raised.
+
+        Any error from a mirror sends us on (unreachable, 5xx, 404, refused
+        credentials, wrong bytes): the primary registry is the authority and
+        the digests decide what is right. A mirror that could not be reached
+        at all is skipped from then on.
+        """
+        last = len(sources) - 1
+        for i, src in enumerate(sources):
+            if i < last and src.endpoint.down_until > time.monotonic():
+                continue
+            try:
+                return attempt(src)
+            except Exception as e:
+                if i == last:
+                    raise
+                if not src.endpoint.pinged:
+                    src.endpoint.down_until = time.monotonic() + MIRROR_DOWN_FOR
+                log.warning(
+                    "%s: mirror %s failed while %s (%s); trying %s",
+                    label,
+                    src.host,
+                    what,
+                    e,
+                    sources[i + 1].host,
+                )
+        raise AssertionError("unreachable: the primary registry is always the last source")
+
+    def _endpoint(self, registry: str, *, mirror: bool = False) -> _Endpoint:
+        endpoints = self._mirror_endpoints if mirror else self._endpoints
         with self._lock:
-            ep = self._endpoints.get(registry)
+            ep = endpoints.get(registry)
             if ep is not None:
                 return ep
             name = registry.strip().rstrip("/")
@@ -839,13 +1007,25 @@ class RegistryClient:
             api_host = DOCKER_HUB_API if host in DOCKER_HUB_HOSTS else host
             if explicit:
                 scheme = explicit
-            elif is_loopback(api_host) or _host_matches(api_host, self.insecure_registries):
+            elif is_loopback(api_host) or self._insecure(api_host):
                 scheme = "http"
             else:
                 scheme = "https"
-            auth = RegistryAuth(registry=host, transport=self.transport, resolver=self.credentials)
-            ep = _Endpoint(host, api_host, scheme, explicit is not None, auth)
-            self._endpoints[registry] = ep
+            transport = self.mirror_transport if mirror else self.transport
+            # A mirror's logins are looked up under the mirror's own name.
+            auth = RegistryAuth(registry=host, transport=transport, resolver=self.credentials)
+            ep = _Endpoint(
+                host,
+                api_host,
+                scheme,
+                explicit is not None,
+                auth,
+                registry=registry,
+                transport=transport,
+                policy=self.mirror_policy if mirror else self.policy,
+                mirror=mirror,
+            )
+            endpoints[registry] = ep
             return ep
 
     def base_url(self, registry: str) -> str:
@@ -862,7 +1042,7 @@ class RegistryClient:
             for _ in range(2):
                 url = f"{ep.base}/v2/"
                 what = f"contacting {url} ({purpose})"
-                resp = self.transport.send("GET", url, what=what)
+                resp = ep.transport.send("GET", url, what=what)
                 with resp:
                     if (
                         resp.status_code == 400
