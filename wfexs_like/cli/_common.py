@@ -167,11 +167,19 @@ def global_options() -> argparse.ArgumentParser:
         help="progress display: bars on a terminal (auto), plain lines, or none",
     )
     g.add_argument("--debug", action="store_true", default=S, help="show tracebacks of unexpected errors")
+    g.add_argument(
+        "--config",
+        type=Path,
+        default=S,
+        metavar="FILE",
+        help="settings file (default: $WFEXS_LIKE_CONFIG, else <XDG config home>/wfexs-like/config.toml)",
+    )
     return g
 
 
 def _defaults(args: argparse.Namespace) -> None:
-    for name, value in (("verbose", 0), ("quiet", False), ("progress", "auto"), ("debug", False)):
+    defaults = (("verbose", 0), ("quiet", False), ("progress", "auto"), ("debug", False), ("config", None))
+    for name, value in defaults:
         if not hasattr(args, name):
             setattr(args, name, value)
 
@@ -262,6 +270,9 @@ def main_with(modules: Sequence[str], argv: Sequence[str] | None = None) -> int:
         args = build_parser(modules).parse_args(argv)
         _defaults(args)
         setup_logging(args)
+        from .settings import apply
+
+        apply(args)
         # Imported after parsing: ``--help`` and usage errors never pay for the renderer.
         from ..progress import reporting
         from .render import reporter_for

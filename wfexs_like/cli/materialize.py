@@ -114,9 +114,9 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "-j",
         "--jobs",
         type=positive_int,
-        default=4,
+        default=None,
         metavar="N",
-        help="download N blobs at once, across all images (default: 4)",
+        help="download N blobs at once, across all images (default: 4, or the config's 'jobs')",
     )
     m.add_argument(
         "--keep-going",
@@ -168,6 +168,23 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "/etc/containers/certs.d or /etc/docker/certs.d",
     )
     registry.add_argument(
+        "--mirror",
+        action="append",
+        default=[],
+        metavar="REGISTRY=HOST[:PORT]",
+        help="try this mirror or pull-through cache first for images of REGISTRY (or a namespace, "
+        "quay.io/org); the next mirror, then REGISTRY itself, on any error; digests always checked "
+        "(repeatable; before the config's [mirrors] and registries.conf)",
+    )
+    registry.add_argument(
+        "--registries-conf",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="read mirrors from this containers-registries.conf(5) file instead of the ones podman "
+        "reads ($CONTAINERS_REGISTRIES_CONF, ~/.config/containers/registries.conf, /etc/containers/...)",
+    )
+    registry.add_argument(
         "--retry-times",
         type=non_negative_int,
         default=None,
@@ -196,6 +213,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--snapshot-format applies to --engine docker or podman, not {args.engine}")
     if args.authfile is not None and not args.authfile.is_file():
         raise UsageError(f"--authfile {args.authfile}: no such file")
+    if args.registries_conf is not None and not args.registries_conf.is_file():
+        raise UsageError(f"--registries-conf {args.registries_conf}: no such file")
     if args.cert_dir is not None and not args.cert_dir.is_dir():
         raise UsageError(f"--cert-dir {args.cert_dir}: no such directory")
 
@@ -237,6 +256,8 @@ def run(args: argparse.Namespace) -> int:
         cert_dir=args.cert_dir,
         retries=args.retry_times,
         snapshot_format=args.snapshot_format,
+        mirrors=args.mirrors,
+        registries_conf=args.registries_conf,
     )
     if not result.containers:
         # --keep-going with nothing to keep: a failure, and no empty records file.

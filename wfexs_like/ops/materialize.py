@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -343,6 +343,8 @@ def materialize(
     cert_dir: Path | None = None,
     retries: int | None = None,
     snapshot_format: str | None = None,
+    mirrors: Mapping[str, Sequence[str]] | None = None,
+    registries_conf: Path | Literal[False] | None = None,
 ) -> MaterializeResult:
     """Fetch, cache and stage every tag into ``stage_dir``; one record and one summary row per tag.
 
@@ -350,7 +352,8 @@ def materialize(
     re-materialized at exactly the digest it pins. Every tag is attempted.
     Without ``keep_going`` any failure raises one ``ContainerNotFoundException``
     naming each failed tag with its reason; with it, the failures are
-    returned beside the records of what worked.
+    returned beside the records of what worked. ``mirrors`` (``{"docker.io": ["host:port"]}``)
+    come before those of ``registries_conf`` (None: the files podman reads; False: none).
     """
     stage_dir = Path(stage_dir).absolute()
     plat = parse_platform(platform) if platform is not None else None
@@ -366,6 +369,8 @@ def materialize(
             progress=bridge,
             auth_file=auth_file,
             cert_dir=cert_dir,
+            mirrors=mirrors,
+            registries_conf=registries_conf,
             **options,
         )
     try:
