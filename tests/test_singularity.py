@@ -262,7 +262,7 @@ def test_engine_only_schemes_need_an_engine(tmp_path: Path) -> None:
     assert "native SIF builder" in f.engine_version()
     with pytest.raises(ContainerEngineException):
         f.materializeSingleContainer(
-            ContainerTaggedName("oras://127.0.0.1:1/x/y:1", ContainerType.Singularity)
+            ContainerTaggedName("shub://127.0.0.1:1/x/y:1", ContainerType.Singularity)
         )
 
 

@@ -168,13 +168,16 @@ def test_tiers_skip_a_wrong_copy_and_publish_only_verified_bytes(s3_env: Running
     corrupt = bytearray(good)
     corrupt[100] ^= 0x01
     s3_env.client().put_object(Bucket=s3_env.bucket, Key=f"{prefix}/{key}", Body=bytes(corrupt))
+
+    alone = TieredBlobStore(tmp_path / "cache-a", Tiers([s3]))
+    assert not alone.has(digest), "only a corrupted copy exists: nothing may be published"
+    assert not alone.path(digest).exists()
+    assert [p.name for p in alone.tmp_dir.iterdir()] == [], "no partial file is left behind"
+    assert "does not match its digest" in " ".join(alone.tiers.problems[digest])
+
     library = DirBackend(tmp_path / "library", writable=True)
-
-    store = TieredBlobStore(tmp_path / "cache", Tiers([s3, library]))
-    assert not store.has(digest), "only a corrupted copy exists: nothing may be published"
-    assert not store.path(digest).exists()
-
     library.put(key, io.BytesIO(good), digest=digest)
+    store = TieredBlobStore(tmp_path / "cache-b", Tiers([s3, library]))
     assert store.has(digest), "the next tier holds a good copy"
     assert store.path(digest).read_bytes() == good
     assert store.tiers.served == {library.name: [1, len(good)]}
@@ -191,5 +194,44 @@ def test_tiers_write_back_blobs_and_records(s3_env: RunningS3, tmp_path: Path) -
     tiers.publish_record("tags/abc.json", b'{"x": 1}')
     node_b = TieredBlobStore(tmp_path / "b", tiers)
     assert node_b.has(digest) and node_b.path(digest).read_bytes() == data
-    assert tiers.fetch_record("tags/abc.json") == b'{"x": 1}'
+    assert tiers.fetch_record("tags/abc.json") == (b'{"x": 1}', tiers.readers[0].name)
     assert tiers.fetch_record("tags/missing.json") is None
+
+
+def test_two_nodes_publishing_the_same_blob_at_once_both_succeed(
+    s3_env: RunningS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import wfexs_like.storage.s3 as s3mod
+
+    monkeypatch.setattr(s3mod, "PART_SIZE", 5 << 20)  # multipart: both uploads are in flight together
+    prefix = s3_env.new_prefix()
+    data = _blob(13 << 20, 9)
+    nodes = []
+    for name in ("a", "b"):
+        store = BlobStore(tmp_path / name)
+        store.put_bytes(data)
+        nodes.append((store, Tiers([], S3Backend(s3_env.url(prefix)))))
+    digest = sha256_bytes(data)
+    start = threading.Barrier(2)
+    errors: list[BaseException] = []
+
+    def publish(store: BlobStore, tiers: Tiers) -> None:
+        assert tiers.writer is not None
+        with open(store.path(digest), "rb") as fh:
+            start.wait()
+            try:
+                tiers.writer.put(blob_key(digest), fh, digest=digest, size=len(data))
+            except BaseException as e:  # collected: the assertion below names it
+                errors.append(e)
+
+    threads = [threading.Thread(target=publish, args=node) for node in nodes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with S3Backend(s3_env.url(prefix)).open(blob_key(digest)) as fh:
+        assert sha256_bytes(fh.read()) == digest
+    assert s3_env.keys(prefix) == [f"{prefix}/{blob_key(digest)}"]

@@ -106,14 +106,12 @@ def build_snapshot(
             snapshot = work / "image.sif"
             copy(image, SifSink(snapshot, tmp_dir=work, source=name))
             size = snapshot.stat().st_size
+        extra = {**(source or {}), **({"builder": "wfexs-like native"} if kind == "sif" else {})}
+        served = cache.served_by([image.digest(), image.config_name(), *(x.digest() for x in image.layers())])
+        if served:  # which tiers (library dirs, the remote cache) gave this process the image's bytes
+            extra["served_by"] = served
         meta = image_metadata(
-            image,
-            reference,
-            kind,
-            registry=registry,
-            repository=repository,
-            source={**(source or {}), **({"builder": "wfexs-like native"} if kind == "sif" else {})},
-            size=size,
+            image, reference, kind, registry=registry, repository=repository, source=extra, size=size
         ).to_json()
         if kind == "docker-archive":
             meta.update(_wfexs_sidecar(image, snapshot, name))
@@ -158,7 +156,7 @@ def put_sif_file(
     except Exception as e:  # any parse failure means "not a SIF we can trust"
         raise IntegrityError(f"{reference}: {path} is not a valid SIF file ({e})") from e
     part = info.primary_partition()
-    digest = sha256_file(path)
+    digest = cache.stored_digest(path) or sha256_file(path)
     meta = ImageMetadata(
         tagged_name=reference,
         manifest_digest=digest,

@@ -21,7 +21,9 @@ from ..errors import CacheError
 from ..images.blobstore import BlobStore
 from ..model import META_JSON_POSTFIX, ContainerTaggedName, ImageMetadata
 from ..references import nextflow_file_name, parse_reference
+from ..storage import Tiers
 from .snapshots import CacheHit, ImageCache, SnapshotKind, read_json
+from .tiered import TieredImageCache
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +49,12 @@ class ContainerCacheHandler:
         *,
         kind: SnapshotKind | None = None,
         platform: str | None = None,
+        tiers: Tiers | None = None,
     ) -> None:
-        self.cache = ImageCache(containers_cache_dir)
+        """``tiers``: library dirs and a remote cache to read through and publish to (``open_tiers``)."""
+        self.cache = (
+            TieredImageCache(containers_cache_dir, tiers) if tiers else ImageCache(containers_cache_dir)
+        )
         self.containersCacheDir = self.cache.root
         self.store: BlobStore = self.cache.store
         self.snapshotsDir = self.cache.snapshots_dir

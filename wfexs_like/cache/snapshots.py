@@ -31,6 +31,11 @@ writing it and keep it until ``release_holds`` or the end of the process, so
 ``cache prune``/``rm`` (which need the hold exclusively) skip whatever a live
 materialize looked up, built or staged, including between its lookup and
 its stage. ``stage`` also records the entry's last use and the stage dir.
+
+**Beyond this machine** (``tiered.TieredImageCache``): ``find``,
+``resolved``, ``fetch_image`` and ``share`` are where library dirs and the
+remote cache come in; here they answer from the local cache alone, so code
+written against them works with or without tiers.
 """
 
 from __future__ import annotations
@@ -44,7 +49,8 @@ import shutil
 import threading
 import uuid
 import weakref
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -54,6 +60,7 @@ from ..errors import CacheError, IntegrityError
 from ..fsutil import atomic_write_bytes, fsync_dir
 from ..images.blobstore import BlobStore
 from ..images.layout import verify_oci_layout
+from ..images.manifest import Manifest, ManifestError, parse_manifest_or_index
 from ..images.staging import link_or_copy, link_tree, remove_path
 from ..model import META_JSON_POSTFIX, ImageMetadata
 from .paths import default_cache_dir
@@ -128,9 +135,11 @@ class CacheHit:
 class ImageCache:
     """Tag resolutions, snapshots and their sidecars over one ``BlobStore``; see the module docstring."""
 
-    def __init__(self, root: Path | None = None) -> None:
+    def __init__(self, root: Path | None = None, *, store: BlobStore | None = None) -> None:
+        """``store``: the blob store to use (a ``TieredBlobStore`` reading through the tiers);
+        a plain one under ``root`` by default."""
         self.root = Path(root or default_cache_dir()).absolute()
-        self.store = BlobStore(self.root)
+        self.store = store if store is not None else BlobStore(self.root)
         self.snapshots_dir = self.root / "snapshots"
         self.tags_dir = self.root / "tags"
         self.refs_dir = self.root / "refs"
@@ -174,8 +183,17 @@ class ImageCache:
         data = {"reference": reference, "platform": platform, "manifest_digest": manifest_digest, **extra}
         write_json_atomic(self._tag_file(reference, platform), data)
 
-    def resolved(self, reference: str, platform: str | None) -> str | None:
-        """The manifest digest ``reference`` resolved to, if recorded *and* its manifest is stored."""
+    def resolved(
+        self, reference: str, platform: str | None, *, authoritative_only: bool = False
+    ) -> str | None:
+        """The manifest digest ``reference`` resolved to, if recorded *and* its manifest is stored.
+
+        ``authoritative_only``: only a source that says what a tag *means*
+        may answer (a site library); the local cache only remembers what a
+        registry said once, so it does not.
+        """
+        if authoritative_only:
+            return None
         self.hold(reference, platform)
         path = self._tag_file(reference, platform)
         try:
@@ -237,6 +255,60 @@ class ImageCache:
             return None
         return CacheHit(reference, kind, platform, fingerprint, snapshot, meta_path, meta)
 
+    def find(
+        self,
+        reference: str,
+        kind: SnapshotKind,
+        platform: str | None = None,
+        *,
+        tag: str | None = None,
+        manifest: str | None = None,
+        authoritative_only: bool = False,
+    ) -> CacheHit | None:
+        """``lookup``, where the tiers may answer too (see ``tiered``); ``manifest``: only a
+        snapshot of that image; ``tag``: the tag as the workflow wrote it (library file names)."""
+        if authoritative_only:
+            return None
+        hit = self.lookup(reference, kind, platform)
+        if hit is None or (manifest is not None and hit.metadata.manifest_digest != manifest):
+            return None
+        return hit
+
+    def fetch_image(self, manifest_digest: str) -> None:
+        """Make sure the image's manifest, config and layers are all in the store (reading through the
+        tiers when there are any); ``CacheError`` naming the first blob that is not."""
+        missing = self._missing_blob(manifest_digest, manifest_digest, "manifest")
+        if missing:
+            raise CacheError(missing)
+        try:
+            manifest = parse_manifest_or_index(self.store.path(manifest_digest).read_bytes())
+        except ManifestError as e:
+            raise CacheError(f"manifest blob {manifest_digest} is unreadable: {e}") from e
+        if not isinstance(manifest, Manifest):
+            raise CacheError(f"{manifest_digest} is an image index, not one image; choose a --platform")
+        wanted = [(manifest.config.digest, "config"), *((d.digest, "layer") for d in manifest.layers)]
+        with ThreadPoolExecutor(max_workers=min(8, len(wanted)), thread_name_prefix="wfexs-tier") as pool:
+            problems = list(pool.map(lambda w: self._missing_blob(w[0], manifest_digest, w[1]), wanted))
+        first = next((p for p in problems if p), None)
+        if first:
+            raise CacheError(first)
+
+    def _missing_blob(self, digest: str, manifest_digest: str, what: str) -> str | None:
+        if self.store.has(digest):
+            return None
+        return f"{what} blob {digest} of image {manifest_digest} is not in the cache at {self.root}"
+
+    def share(self, hit: CacheHit) -> None:
+        """Publish a materialized entry where other machines look (no-op without a write tier)."""
+
+    def elsewhere(self) -> str:
+        """Where else this cache looks (library dirs, the remote cache), for messages; empty: nowhere."""
+        return ""
+
+    def served_by(self, digests: Sequence[str]) -> dict[str, Any]:
+        """Which tiers served ``digests`` to this process (``{}`` without tiers): for sidecars."""
+        return {}
+
     def put(
         self,
         reference: str,
@@ -254,7 +326,9 @@ class ImageCache:
         """
         snapshot = Path(snapshot)
         self.hold(reference, platform)
-        fingerprint = self.compute_fingerprint(snapshot)
+        fingerprint = self.stored_digest(snapshot) or self.compute_fingerprint(snapshot)
+        stored = self.store.path(fingerprint) == snapshot
+        move = move and not stored
         meta = dict(metadata.to_json() if isinstance(metadata, ImageMetadata) else metadata)
         if (
             kind == "docker-archive"
@@ -356,14 +430,33 @@ class ImageCache:
             return problems
         if not snapshot.is_file():
             return [f"{snapshot}: missing"]
-        if not full and self.store.has(fingerprint) and self.store.is_trusted(fingerprint, snapshot):
+        # path().is_file(), not has(): a trust shortcut must not fetch the blob from a tier.
+        if (
+            not full
+            and self.store.path(fingerprint).is_file()
+            and self.store.is_trusted(fingerprint, snapshot)
+        ):
             return []
         actual = sha256_file(snapshot)
         if actual != fingerprint:
             return [f"{snapshot}: content is {actual}, recorded fingerprint is {fingerprint}"]
         return []
 
+    def stored_digest(self, path: Path) -> str | None:
+        """The digest of ``path`` when it is one of the store's own blobs and still as verified:
+        a SIF brought in from a tier is not hashed a second time to be cached."""
+        path = Path(path)
+        if path.parent != self.store.blobs_dir or len(path.name) != 64:
+            return None
+        digest = "sha256:" + path.name
+        return digest if self.store.is_trusted(digest) else None
+
     def _publish_snapshot(self, src: Path, canonical: Path, fingerprint: str, move: bool) -> None:
+        if src == self.store.path(fingerprint):
+            # A blob the store verified (``stored_digest``): linking it is all there is to do.
+            link_or_copy(src, canonical)
+            fsync_dir(self.snapshots_dir)
+            return
         if src.is_dir():
             same_fs = src.stat().st_dev == self.snapshots_dir.stat().st_dev
             if move and same_fs:

@@ -49,6 +49,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "cache",
     "bundle",
     "provenance",
+    "push",
     "config",
 )
 

@@ -25,6 +25,7 @@ from ..errors import ContainerFactoryException, ContainerNotFoundException
 from ..images.manifest import Platform
 from ..model import Container, ContainerTaggedName
 from ..references import Reference, nextflow_file_name, parse_reference
+from ..storage import Tiers
 from .identity import ReferenceIdentity
 from .injected import plan
 
@@ -45,7 +46,10 @@ class ContainerFactory(ReferenceIdentity):
         *,
         platform: Platform | str | None = None,
         insecure_registries: Sequence[str] = (),
+        tiers: Tiers | None = None,
     ) -> None:
+        """``tiers`` (``storage.open_tiers``): read-only library dirs and a remote cache, read through
+        after the local cache and before any registry, and published to after each materialize."""
         self.logger = logging.getLogger(f"{type(self).__module__}::{type(self).__name__}")
         self.simpleFileNameMethod: ContainerFileNamingMethod = simpleFileNameMethod or nextflow_file_name
         self.progs_mapping: Mapping[str, str] = dict(progs_mapping or {})
@@ -58,6 +62,7 @@ class ContainerFactory(ReferenceIdentity):
             simple_file_name_method=self.simpleFileNameMethod,
             kind=self.kind,
             platform=self.platform_key,
+            tiers=tiers,
         )
         if tempDir is None:
             # Inside the cache, so a killed run leaves its litter where `cache gc` looks.

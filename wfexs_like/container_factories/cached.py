@@ -1,20 +1,27 @@
 """The materialize policy every image-backed factory shares.
 
 For each tag, in this order: an injected record's staged snapshot (verified)
-is adopted; offline, the cache answers alone (a cached snapshot of this
+is adopted; offline, the caches answer alone (a cached snapshot of this
 kind, or one built from blobs another kind already cached); online, the
 source is fetched into the blob store (a pinned digest that is cached costs
 no request at all) and the snapshot of this factory's kind is built from it
 unless the cache already holds one of that exact image. The result is
 staged and described by a record. Engine modules say only which kind they
 stage, which engine deploys, and what their records call a signature.
+
+"The caches" are the local one and, when the factory has ``tiers``, the
+library dirs and the remote cache behind it (``cache.tiered``): the policy
+here does not change per tier. What changes with the mode is who may say
+what a tag means: offline or for a pinned digest, any cache; online, for a
+tag, only a site library (it pins the site's images) and otherwise the
+registry.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 from ..cache import CacheHit, ImageCache
 from ..cache.build import build_snapshot
@@ -116,7 +123,7 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
             except ContainerFactoryException:
                 continue
             pin = self._pin(tag, ref)
-            if self._fetches(tag, ref) and not (pin and self._cached(ref, pin, force)):
+            if self._fetches(tag, ref) and not self._available(tag, ref, pin, force):
                 wanted.append((ref, pin))
         self.sources.prefetch(wanted)
 
@@ -140,14 +147,24 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
         if injected is not None:
             hit = self._snapshot(ref, *injected, force=force)
         elif offline and not ref.is_local:
-            hit = self._offline(tag, ref, pin)
+            hit = self._known(tag, ref, pin, offline=True) or self._not_cached(tag, ref)
         else:
-            hit = self._cached(ref, pin, force) or self._fetch(tag, ref, pin, force)
+            hit = self._available(tag, ref, pin, force) or self._fetch(tag, ref, pin, force)
         return self._stage(tag, ref, hit, cdir, force)
 
-    def _cached(self, ref: Reference, pin: str | None, force: bool) -> CacheHit | None:
-        """A cached snapshot of exactly ``pin`` (no pin: none, the registry must be asked)."""
-        if force or pin is None:
+    def _available(
+        self, tag: ContainerTaggedName, ref: Reference, pin: str | None, force: bool
+    ) -> CacheHit | None:
+        """Online: what the caches may give without the registry (None: fetch it)."""
+        if force:
+            return None
+        if ref.is_local:
+            return self._cached(ref, pin)
+        return self._known(tag, ref, pin, offline=False)
+
+    def _cached(self, ref: Reference, pin: str | None) -> CacheHit | None:
+        """A cached snapshot of a local file's image of exactly ``pin`` (no pin: none, read the file)."""
+        if pin is None:
             return None
         hit = self.cache.lookup(ref.canonical(), self.kind, self.platform_key)
         return hit if hit is not None and hit.metadata.manifest_digest == pin else None
@@ -157,23 +174,51 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
         self.cache.record_resolution(ref.canonical(), self.platform_key, manifest_digest)
         return self._snapshot(ref, manifest_digest, source, force=force)
 
-    def _offline(self, tag: ContainerTaggedName, ref: Reference, pin: str | None) -> CacheHit:
+    def _known(
+        self, tag: ContainerTaggedName, ref: Reference, pin: str | None, *, offline: bool
+    ) -> CacheHit | None:
+        """What the caches hold for ``ref`` without asking a registry (None: nothing usable).
+
+        Offline, or for a pinned digest, every cache may answer; online, a
+        tag is what the registry says now unless a site library pins it. An
+        online pin whose blobs are cached is left to ``_fetch``, which reads
+        them through the store at no request.
+        """
         reference = ref.canonical()
-        hit = self.cache.lookup(reference, self.kind, self.platform_key)
-        if hit is not None and (pin is None or hit.metadata.manifest_digest == pin):
+        libraries_only = pin is None and not offline
+        hit = self.cache.find(
+            reference,
+            self.kind,
+            self.platform_key,
+            tag=tag.origTaggedName,
+            manifest=pin,
+            authoritative_only=libraries_only,
+        )
+        if hit is not None or (pin is not None and not offline):
             return hit
-        manifest_digest = pin or self.cache.resolved(reference, self.platform_key)
-        if manifest_digest is not None and self.store.has(manifest_digest):
-            try:
-                return self._snapshot(ref, manifest_digest, {"source": "cache"}, force=False)
-            except CacheError as e:
-                raise ContainerNotFoundException(
-                    f"{tag.origTaggedName} ({reference}) is only partly in the cache at "
-                    f"{self.containersCacheDir} ({e}); materialize it once with network access"
-                ) from e
+        manifest_digest = pin or self.cache.resolved(
+            reference, self.platform_key, authoritative_only=libraries_only
+        )
+        if manifest_digest is None or not self.store.has(manifest_digest):
+            return None
+        try:
+            self.cache.fetch_image(manifest_digest)
+            return self._snapshot(ref, manifest_digest, {"source": "cache"}, force=False)
+        except CacheError as e:
+            if not offline:
+                self.logger.warning("%s: %s; asking the registry", reference, e)
+                return None
+            raise ContainerNotFoundException(
+                f"{tag.origTaggedName} ({reference}) is only partly in the cache at "
+                f"{self.containersCacheDir} ({e}); materialize it once with network access"
+            ) from e
+
+    def _not_cached(self, tag: ContainerTaggedName, ref: Reference) -> NoReturn:
+        tiers = self.cache.elsewhere()
         raise ContainerNotFoundException(
-            f"{tag.origTaggedName} ({reference}) is not in the cache at {self.containersCacheDir} "
-            "and offline mode forbids fetching it; materialize it once with network access"
+            f"{tag.origTaggedName} ({ref.canonical()}) is not in the cache at {self.containersCacheDir}"
+            + (f" nor in {tiers}" if tiers else "")
+            + " and offline mode forbids fetching it; materialize it once with network access"
         )
 
     def _snapshot(
@@ -182,8 +227,8 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
         """The cached snapshot of this kind of that exact image, built from the store if needed."""
         reference = ref.canonical()
         if not force:
-            hit = self.cache.lookup(reference, self.kind, self.platform_key)
-            if hit is not None and hit.metadata.manifest_digest == manifest_digest:
+            hit = self.cache.find(reference, self.kind, self.platform_key, manifest=manifest_digest)
+            if hit is not None:
                 return hit
         return build_snapshot(
             self.cache,

@@ -7,7 +7,9 @@ intact". Which SIF a tag becomes is the policy here:
   ``docker-archive:``, ``docker-daemon:``...) is fetched into the blob store
   like for Docker and built into a SIF natively; with an Apptainer binary and
   ``use_engine_for_docker``, Apptainer pulls it instead (DESIGN.md);
-- ``library://``, ``oras://``, ``shub://``: only Apptainer speaks those;
+- ``oras://``: the SIF an ORAS artifact holds, pulled natively (``registry.oras``)
+  with the same client, logins and certificates as images;
+- ``library://``, ``shub://``: only Apptainer speaks those;
 - ``http(s)://`` SIF URLs download through the registry transport (retries,
   CA bundle, resume, digest check); local ``.sif`` files are adopted as is.
 
@@ -33,8 +35,9 @@ from .cached import CachedImageFactory
 from .injected import snapshot_kind_of, usable_snapshot
 from .sif_files import adopt_sif, convert_to_sif, sif_file, sif_record
 
-ENGINE_ONLY_SCHEMES = ("library", "oras", "shub")
-FILE_SCHEMES = ("http", "https", "file")
+ENGINE_ONLY_SCHEMES = ("library", "shub")
+#: SIFs from places that are not OCI images: files, URLs and ORAS artifacts.
+FILE_SCHEMES = ("http", "https", "file", "oras")
 
 
 class SingularityContainerFactory(CachedImageFactory):

@@ -43,6 +43,7 @@ class StagedSnapshots(abc.ABC):
             path = path.with_name(path.name + suffix)
             meta_path = path.with_name(path.name + META_JSON_POSTFIX)
         self.cache.stage(hit, path, meta_path, force=force)
+        self.cache.share(hit)  # to the remote cache, if any; a failure there is only a warning
         return self._record(tag, ref, hit, path, meta_path)
 
     @abc.abstractmethod

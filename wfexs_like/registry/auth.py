@@ -7,6 +7,10 @@ service, anonymous or with credentials — Docker Hub, quay, ghcr, harbor) or
 registry so later requests (other repositories, other blobs) authenticate
 up front instead of paying a 401 round trip each, and cache bearer tokens
 per scope until shortly before they expire.
+
+Pulls ask for ``repository:<name>:pull``; a push asks for ``pull,push`` on
+the repository it writes, plus ``pull`` on the repository a blob is mounted
+from (``extra_scopes``), all in one token, as token services expect.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import base64
 import re
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
@@ -116,15 +120,35 @@ class RegistryAuth:
         if chosen is not None:
             self._challenge = chosen
 
-    def headers(self, repository: str, what: str = "") -> dict[str, str]:
-        """Authorization for a request to ``repository``, if this registry is known to want one."""
+    def headers(
+        self,
+        repository: str,
+        what: str = "",
+        *,
+        actions: str = "pull",
+        extra_scopes: Sequence[str] = (),
+    ) -> dict[str, str]:
+        """Authorization for a request to ``repository``, if this registry is known to want one.
+
+        ``actions`` is what the request does to ``repository`` (``pull``, or
+        ``pull,push`` for an upload); ``extra_scopes`` are further scopes the
+        same token must carry (``repository:<other>:pull`` for a mount).
+        """
         challenge = self._challenge
         if challenge is None:
             return {}
-        return self._headers_for(challenge, repository, force=False, what=what)
+        scopes = (repository_scope(repository, actions), *extra_scopes)
+        return self._headers_for(challenge, repository, force=False, what=what, scopes=scopes)
 
     def challenged(
-        self, resp: requests.Response, repository: str, what: str, sent: str | None = None
+        self,
+        resp: requests.Response,
+        repository: str,
+        what: str,
+        sent: str | None = None,
+        *,
+        actions: str = "pull",
+        extra_scopes: Sequence[str] = (),
     ) -> dict[str, str]:
         """Learn from a 401 and return the headers for one more try (fresh token, credentials).
 
@@ -146,7 +170,13 @@ class RegistryAuth:
             )
         self._challenge = chosen
         return self._headers_for(
-            chosen, repository, force=True, hinted_scope=chosen.params.get("scope"), sent=sent, what=what
+            chosen,
+            repository,
+            force=True,
+            hinted_scope=chosen.params.get("scope"),
+            sent=sent,
+            what=what,
+            scopes=(repository_scope(repository, actions), *extra_scopes),
         )
 
     def failure(self, what: str, status: int, url: str | None, repository: str) -> AuthenticationError:
@@ -186,6 +216,7 @@ class RegistryAuth:
         hinted_scope: str | None = None,
         sent: str | None = None,
         what: str = "",
+        scopes: Sequence[str] = (),
     ) -> dict[str, str]:
         what = what or f"accessing {self.registry}/{repository}"
         if challenge.scheme == "basic":
@@ -203,7 +234,13 @@ class RegistryAuth:
             raw = f"{creds.username}:{creds.password}".encode()
             return {"Authorization": "Basic " + base64.b64encode(raw).decode()}
         token = self._token(
-            challenge, repository, force=force, hinted_scope=hinted_scope, sent=sent, what=what
+            challenge,
+            repository,
+            force=force,
+            hinted_scope=hinted_scope,
+            sent=sent,
+            what=what,
+            scopes=tuple(scopes) or (repository_scope(repository),),
         )
         return {"Authorization": f"Bearer {token}"}
 
@@ -220,18 +257,19 @@ class RegistryAuth:
         hinted_scope: str | None,
         sent: str | None,
         what: str,
+        scopes: tuple[str, ...],
     ) -> str:
-        scope = repository_scope(repository)
-        with self._scope_lock(scope):
-            cached = self._tokens.get(scope)
+        key = " ".join(scopes)
+        with self._scope_lock(key):
+            cached = self._tokens.get(key)
             fresh = cached is not None and cached.expires_at > time.monotonic()
             if cached is not None and fresh and (not force or f"Bearer {cached.value}" != sent):
                 return cached.value
-            scopes = [scope]
-            if hinted_scope and hinted_scope != scope:
-                scopes.append(hinted_scope)
-            value, lifetime = self._fetch_token(challenge, repository, scopes, what)
-            self._tokens[scope] = _Token(value, time.monotonic() + max(1.0, lifetime - TOKEN_MARGIN))
+            wanted = list(scopes)
+            if hinted_scope and hinted_scope not in wanted:
+                wanted.append(hinted_scope)
+            value, lifetime = self._fetch_token(challenge, repository, wanted, what)
+            self._tokens[key] = _Token(value, time.monotonic() + max(1.0, lifetime - TOKEN_MARGIN))
             return value
 
     def _fetch_token(

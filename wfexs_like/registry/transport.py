@@ -26,6 +26,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 import requests
@@ -55,6 +56,12 @@ STREAM_ERRORS = (
 REFUSED_RETRY_DELAY = 0.1
 #: How often a back-off sleep looks at the cancellation flag.
 PAUSE_SLICE = 0.05
+
+
+class Readable(Protocol):
+    """A request body streamed from a file (an upload): ``requests`` reads it in blocks."""
+
+    def read(self, size: int = -1) -> bytes: ...
 
 
 class ShortRead(Exception):
@@ -263,8 +270,9 @@ class Transport:
         headers: Mapping[str, str] | None = None,
         stream: bool = False,
         what: str = "",
-        data: bytes | Mapping[str, str] | None = None,
+        data: bytes | Mapping[str, str] | Readable | None = None,
         auth: tuple[str, str] | None = None,
+        retries: int | None = None,
     ) -> requests.Response:
         """One request, retried on transient failures; never follows redirects itself.
 
@@ -273,8 +281,12 @@ class Transport:
         transient failure or the connection could not be made at all. A name
         that does not resolve fails at once; a refused connection is tried
         once more after a moment, never with back-off.
+
+        ``retries`` overrides the policy's count: a body read from a stream
+        (an upload) can be sent only once, so its caller passes 0 and starts
+        the upload over itself.
         """
-        retries = self.policy.retries
+        retries = self.policy.retries if retries is None else retries
         what = what or f"{method} {safe_url(url)}"
         host = urlsplit(safe_url(url)).netloc
         tls = self.tls_for(url)

@@ -27,6 +27,19 @@ class StorageError(CacheError):
     """A backend could not be read or written (unreachable, refused, misconfigured)."""
 
 
+class StorageAccessError(StorageError):
+    """The backend refuses us as configured (credentials, bucket): fixing the setup is the only cure.
+
+    Unlike a missing object or a network hiccup, this is not worth falling
+    through to the next tier for: every later request would fail the same
+    way, and a remote cache that silently never works is worse than an error.
+    """
+
+
+class StorageUnreachableError(StorageError):
+    """The backend cannot be reached at all: asking it again for the next blob would only wait again."""
+
+
 def blob_key(digest: str) -> str:
     algo, hexd = split_digest(digest)
     if algo != "sha256":
@@ -43,10 +56,16 @@ def check_key(key: str) -> str:
 
 
 class Backend(Protocol):
-    """A place bytes live. ``name`` is what messages show (``s3://bucket/prefix``, a directory)."""
+    """A place bytes live. ``name`` is what messages show (``s3://bucket/prefix``, a directory).
+
+    ``authoritative``: its tag records and entries say what a tag *means* (a
+    site library the site curates), so they answer even online; a tier that
+    only caches what a registry said (S3) answers tags only offline.
+    """
 
     name: str
     writable: bool
+    authoritative: bool
 
     def exists(self, key: str) -> bool: ...
 

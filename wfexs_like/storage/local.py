@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -22,10 +23,11 @@ class DirBackend:
     read-only filesystem and never disturbs its owner.
     """
 
-    def __init__(self, root: Path, *, writable: bool = False) -> None:
+    def __init__(self, root: Path, *, writable: bool = False, authoritative: bool = False) -> None:
         self.root = Path(root).absolute()
         self.name = str(self.root)
         self.writable = writable
+        self.authoritative = authoritative
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -50,6 +52,25 @@ class DirBackend:
         """The file itself, for callers that can hard-link instead of copying."""
         path = self._path(key)
         return path if path.is_file() else None
+
+    def is_trusted(self, key: str) -> bool:
+        """Whether the directory's own trust record vouches for blob ``key`` (a tree in our cache
+        layout records the size and mtime of every blob it hashed, ``trust/sha256/<hex>``).
+
+        A match is what the local cache itself relies on to skip re-hashing;
+        a library with no record, or a blob changed since, is hashed in full.
+        """
+        if not key.startswith("blobs/sha256/"):
+            return False
+        record = self.root / "trust" / "sha256" / key.rsplit("/", 1)[1]
+        try:
+            rec = json.loads(record.read_bytes()[:4096])
+            st = self._path(key).stat()
+        except (OSError, ValueError):
+            return False
+        return (
+            isinstance(rec, dict) and rec.get("size") == st.st_size and rec.get("mtime_ns") == st.st_mtime_ns
+        )
 
     def put(self, key: str, source: BinaryIO, *, digest: str | None = None, size: int | None = None) -> None:
         if not self.writable:

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 from ..digests import CHUNK
-from .base import HashingReader, StorageError, check_key
+from .base import HashingReader, StorageAccessError, StorageError, StorageUnreachableError, check_key
 
 _UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError")
 #: Multipart part size; also the threshold below which one PUT is used.
@@ -60,13 +60,21 @@ def parse_s3_url(url: str) -> S3Location:
 
 
 class _Body:
-    """A GET body as a closeable binary stream (botocore's StreamingBody, made a context manager)."""
+    """A GET body as a closeable binary stream (botocore's StreamingBody, made a context manager).
 
-    def __init__(self, body: Any) -> None:
+    A connection that breaks mid-body surfaces as ``StorageError``, so a
+    reader can resume from where it got to (``open(key, offset)``).
+    """
+
+    def __init__(self, body: Any, where: str) -> None:
         self._body = body
+        self._where = where
 
     def read(self, n: int = -1) -> bytes:
-        return self._body.read(n if n and n > 0 else None)
+        try:
+            return self._body.read(n if n and n > 0 else None)
+        except Exception as e:
+            raise StorageError(f"{self._where}: the connection broke while reading: {e}") from e
 
     def close(self) -> None:
         self._body.close()
@@ -82,6 +90,8 @@ class S3Backend:
     """``s3://bucket/prefix`` through boto3 (imported only when a remote cache is configured)."""
 
     writable = True
+    #: It caches what registries said; its tag records answer only offline.
+    authoritative = False
 
     def __init__(self, url: str, *, client: Any = None) -> None:
         self.location = parse_s3_url(url)
@@ -125,27 +135,24 @@ class S3Backend:
         bucket = self.location.bucket
         name = type(e).__name__
         if name in ("NoCredentialsError", "PartialCredentialsError"):
-            return StorageError(
+            return StorageAccessError(
                 f"no credentials for the S3 bucket {bucket!r} while {doing}; set AWS_ACCESS_KEY_ID and "
                 "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE)"
             )
         if status == 403 or code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403"):
-            return StorageError(
+            return StorageAccessError(
                 f"the S3 bucket {bucket!r} at {self.location.endpoint or 'the default endpoint'} refused our "
                 f"credentials while {doing} ({code or status}); check AWS_ACCESS_KEY_ID / "
-                "AWS_SECRET_ACCESS_KEY / AWS_PROFILE and the bucket's policy"
+                "AWS_SECRET_ACCESS_KEY / AWS_PROFILE and the bucket's policy (reading needs s3:GetObject and "
+                "s3:ListBucket, publishing s3:PutObject)"
             )
         if code == "NoSuchBucket":
-            return StorageError(
-                f"the S3 bucket {bucket!r} does not exist ({doing}); create it or fix the URL"
+            return StorageAccessError(
+                f"the S3 bucket {bucket!r} does not exist ({doing}); create it, or fix --remote-cache "
+                "(or WFEXS_LIKE_REMOTE_CACHE)"
             )
-        if name in (
-            "EndpointConnectionError",
-            "ConnectTimeoutError",
-            "ReadTimeoutError",
-            "ConnectionClosedError",
-        ):
-            return StorageError(
+        if name in _UNREACHABLE:
+            return StorageUnreachableError(
                 f"the S3 endpoint of bucket {bucket!r} ({self.location.endpoint or 'default'}) cannot be "
                 f"reached while {doing}: {e}"
             )
@@ -179,7 +186,7 @@ class S3Backend:
         k = self._key(key)
         extra = {"Range": f"bytes={offset}-"} if offset else {}
         resp = self._call(f"reading {k}", self.client.get_object, Bucket=self.location.bucket, Key=k, **extra)
-        return _Body(resp["Body"])  # type: ignore[return-value]
+        return _Body(resp["Body"], f"{self.name}/{key}")  # type: ignore[return-value]
 
     def put(self, key: str, source: BinaryIO, *, digest: str | None = None, size: int | None = None) -> None:
         k = self._key(key)
