@@ -511,4 +511,5 @@ def test_factory_records_name_the_upstream(
     assert meta["manifest_digest"] == img.digest
     assert meta["registry"] == registry.host and meta["repository"] == "mirrors/records"
     assert registry_proxy.host not in json.dumps({k: v for k, v in meta.items() if k != "extra"})
+    assert meta["extra"]["fetched_from"][img.manifest.layers[1].digest] == registry_proxy.host
     assert registry_proxy.host not in str(got.localPath)

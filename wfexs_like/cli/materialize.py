@@ -141,6 +141,30 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="docker/podman only: stage OCI layouts (default) or gzipped docker-archive .img "
         "files named the way WfExS-backend stages them, so its own deploy can load them",
     )
+    tiers = m.add_argument_group("shared tiers (read before any registry)")
+    tiers.add_argument(
+        "--library-dir",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="a read-only image library: a wfexs-like cache dir, or a directory of SIFs named the way "
+        "Nextflow's singularity cache names them; used before the cache, never written to (repeatable; "
+        "also $WFEXS_LIKE_LIBRARY_DIRS and the config's library-dirs)",
+    )
+    tiers.add_argument(
+        "--remote-cache",
+        default=None,
+        metavar="s3://BUCKET/PREFIX?endpoint=URL",
+        help="an S3-compatible object store shared by many machines: read before the registry (also "
+        "--offline), written after every materialize (also $WFEXS_LIKE_REMOTE_CACHE; credentials from "
+        "the usual AWS variables and files)",
+    )
+    tiers.add_argument(
+        "--no-remote",
+        action="store_true",
+        help="leave the remote cache out entirely, even if the configuration names one",
+    )
     registry = m.add_argument_group("registry access")
     registry.add_argument(
         "--insecure-registry",
@@ -213,6 +237,9 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--snapshot-format applies to --engine docker or podman, not {args.engine}")
     if args.authfile is not None and not args.authfile.is_file():
         raise UsageError(f"--authfile {args.authfile}: no such file")
+    for lib in args.library_dir:
+        if not lib.is_dir():
+            raise UsageError(f"--library-dir {lib}: no such directory")
     if args.registries_conf is not None and not args.registries_conf.is_file():
         raise UsageError(f"--registries-conf {args.registries_conf}: no such file")
     if args.cert_dir is not None and not args.cert_dir.is_dir():
@@ -258,6 +285,9 @@ def run(args: argparse.Namespace) -> int:
         snapshot_format=args.snapshot_format,
         mirrors=args.mirrors,
         registries_conf=args.registries_conf,
+        remote_cache=args.remote_cache,
+        library_dirs=args.library_dir,
+        no_remote=args.no_remote,
     )
     if not result.containers:
         # --keep-going with nothing to keep: a failure, and no empty records file.

@@ -61,6 +61,9 @@ def pull_source(result: PullResult) -> dict[str, Any]:
         "downloaded_bytes": result.downloaded_bytes,
         "downloaded_blobs": result.downloaded_blobs,
         "reused_blobs": result.reused_blobs,
+        # which host (a mirror, a pull-through cache, the registry itself) sent the index, the
+        # manifest and each downloaded blob; the record keeps the upstream name
+        "fetched_from": dict(result.served_by),
     }
 
 

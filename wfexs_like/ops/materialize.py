@@ -44,6 +44,7 @@ from ..progress import ImageSummary, Outcome
 from ..provenance import FORMAT_KEY, FORMAT_VERSION, container_to_dict, dump_containers
 from ..registry.client import ProgressEvent, RegistryClient, image_label
 from ..safeyaml import read_bounded
+from ..storage import Tiers, open_tiers
 from .taglist import TagSource
 
 __all__ = [
@@ -222,6 +223,7 @@ def _factory(
     insecure_registries: Sequence[str],
     client: RegistryClient | None,
     snapshot_format: str | None,
+    tiers: Tiers | None = None,
 ) -> ContainerFactory:
     kwargs: dict[str, Any] = {
         "containersCacheDir": cache_dir,
@@ -238,6 +240,8 @@ def _factory(
         kwargs["snapshot_format"] = snapshot_format
     if client is not None:
         kwargs["registry_client"] = client
+    if tiers is not None:
+        kwargs["tiers"] = tiers
     return make_factory(engine, **kwargs)
 
 
@@ -345,6 +349,9 @@ def materialize(
     snapshot_format: str | None = None,
     mirrors: Mapping[str, Sequence[str]] | None = None,
     registries_conf: Path | Literal[False] | None = None,
+    remote_cache: str | None = None,
+    library_dirs: Sequence[Path] = (),
+    no_remote: bool = False,
 ) -> MaterializeResult:
     """Fetch, cache and stage every tag into ``stage_dir``; one record and one summary row per tag.
 
@@ -354,9 +361,12 @@ def materialize(
     naming each failed tag with its reason; with it, the failures are
     returned beside the records of what worked. ``mirrors`` (``{"docker.io": ["host:port"]}``)
     come before those of ``registries_conf`` (None: the files podman reads; False: none).
+    ``library_dirs`` (read-only) and ``remote_cache`` (``s3://BUCKET/PREFIX?endpoint=URL``) are
+    read before any registry, also ``offline``; ``no_remote`` leaves the remote cache out.
     """
     stage_dir = Path(stage_dir).absolute()
     plat = parse_platform(platform) if platform is not None else None
+    tiers = open_tiers(remote_cache, library_dirs, no_remote=no_remote)
     reporter = progress.current()
     bridge = _Bridge(reporter)
     client: RegistryClient | None = None
@@ -382,6 +392,7 @@ def materialize(
             insecure_registries=insecure_registries,
             client=client,
             snapshot_format=snapshot_format,
+            tiers=tiers,
         )
         return _run(
             factory, tags, engine, stage_dir, bridge, offline=offline, force=force, keep_going=keep_going
