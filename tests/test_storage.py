@@ -235,3 +235,18 @@ def test_two_nodes_publishing_the_same_blob_at_once_both_succeed(
     with S3Backend(s3_env.url(prefix)).open(blob_key(digest)) as fh:
         assert sha256_bytes(fh.read()) == digest
     assert s3_env.keys(prefix) == [f"{prefix}/{blob_key(digest)}"]
+
+
+def test_the_local_blob_store_is_a_directory_backend(tmp_path: Path) -> None:
+    """One interface for every place: the local cache's store is readable and writable as a DirBackend."""
+    store = BlobStore(tmp_path / "cache")
+    as_backend = DirBackend(tmp_path / "cache", writable=True)
+    data = _blob(3000, 9)
+    digest = store.put_bytes(data)
+    assert as_backend.size(blob_key(digest)) == len(data)
+    with as_backend.open(blob_key(digest), offset=10) as fh:
+        assert fh.read() == data[10:]
+    other = _blob(2000, 8)
+    as_backend.put(blob_key(sha256_bytes(other)), io.BytesIO(other), digest=sha256_bytes(other))
+    assert store.has(sha256_bytes(other)) and store.verify(sha256_bytes(other), full=True)
+    assert set(as_backend.list("blobs/")) == {blob_key(digest), blob_key(sha256_bytes(other))}
