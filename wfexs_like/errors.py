@@ -10,6 +10,7 @@ all of it, and each message says what failed and what to do next.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import PurePath
 
 
 class AbstractWfExSException(Exception):
@@ -82,6 +83,15 @@ class UnsafeInputError(ContainerFactoryException, ValueError):
     entity bomb, an include cycle. The message names the file and the limit it broke."""
 
 
+class UnsafeRecordsError(ProvenanceError, UnsafeInputError):
+    """A containers record refused as unsafe to read (too large, an alias bomb, nested too deeply).
+
+    Both a ``ProvenanceError`` (what every records reader promises) and an
+    ``UnsafeInputError`` (what every bounded reader raises), so either
+    ``except`` catches it.
+    """
+
+
 class CacheError(ContainerFactoryException):
     """The local cache is unusable (corrupted entry, unwritable dir...)."""
 
@@ -127,6 +137,75 @@ class PlatformMismatchError(ContainerNotFoundException):
 
 class UnsafeArchiveError(ContainerFactoryException):
     """An archive or layer member would land outside its destination."""
+
+
+class DiskFullError(CacheError):
+    """No room left where we were writing: the filesystem is full (ENOSPC) or a quota is reached (EDQUOT).
+
+    Carries the directory, the bytes the step needed and the bytes free, so
+    the one-line message tells a user how much to free and where. Whatever
+    was half-written has been removed by the time this is raised.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        what: str | None = None,
+        needed: int | None = None,
+        at_least: bool = False,
+        free: int | None = None,
+        errno: int | None = None,
+    ) -> None:
+        self.path = path
+        self.what = what
+        self.needed = needed
+        self.at_least = at_least
+        self.free = free
+        self.errno = errno
+        super().__init__(message)
+
+
+#: How much of a user's text (a tag, a path, a value read from a file) a message quotes.
+QUOTE_LIMIT = 200
+
+
+def quote(text: object, limit: int = QUOTE_LIMIT) -> str:
+    """``text`` as a message quotes it: ``repr``-escaped, so a newline or an escape sequence in it
+    can neither split the message's line nor drive the terminal, and cut to ``limit`` characters
+    with its full length said, so a 50 MB tag is not echoed whole. Anything not text is named by
+    its type alone: its ``repr`` may be unbounded.
+    """
+    if isinstance(text, PurePath):
+        text = str(text)
+    if isinstance(text, bytes | bytearray):
+        kept, unit = bytes(_cut(bytes(text), limit)), "bytes"
+    elif isinstance(text, str):
+        kept, unit = _cut(text, limit), "characters"
+    else:
+        return f"<{type(text).__name__}>"
+    shown = repr(kept)
+    if len(kept) < len(text):
+        shown += f"\u2026 ({len(text)} {unit})"
+    return shown
+
+
+def _cut(text: str | bytes, limit: int) -> str | bytes:
+    """The longest start of ``text`` whose escaped form fits in ``limit`` characters."""
+    width = 0
+    for i in range(min(len(text), limit)):
+        width += len(repr(text[i : i + 1])) - (3 if isinstance(text, bytes) else 2)
+        if width > limit:
+            return text[:i]
+    return text[:limit]
+
+
+def quote_list(values: Sequence[object], limit: int = 10) -> str:
+    """The first ``limit`` of ``values``, each quoted (``quote``), and how many more there are."""
+    shown = ", ".join("None" if v is None else quote(v, 80) for v in values[:limit])
+    more = len(values) - limit
+    return f"[{shown}]" + (f" and {more} more" if more > 0 else "")
 
 
 def _tail(text: str, lines: int = 20) -> str:

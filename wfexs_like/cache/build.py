@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from ..digests import sha256_bytes, sha256_file, wfexs_fingerprint
-from ..errors import IntegrityError
+from ..errors import DiskFullError, IntegrityError
+from ..fsutil import reword_disk_full
 from ..images.base import Image
+from ..images.blobstore import FULL_CACHE_HINT
 from ..images.copy import DockerArchiveSink, LayoutSink, SifSink, copy
 from ..images.sif import read_sif
 from ..model import ImageMetadata
@@ -42,6 +44,9 @@ def work_dir(cache: ImageCache, prefix: str) -> Iterator[Path]:
     claim = claim_dir(path)  # `cache gc` sweeps it only once this process is gone
     try:
         yield path
+    except DiskFullError as e:
+        shutil.rmtree(path, ignore_errors=True)  # first: the message then reports the space really free
+        raise reword_disk_full(e, cache.store.tmp_dir, hint=FULL_CACHE_HINT) from e
     finally:
         shutil.rmtree(path, ignore_errors=True)
         os.close(claim)

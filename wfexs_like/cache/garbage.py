@@ -33,6 +33,9 @@ from .usage import dir_claimed, flock_held, remove_unheld_lock
 DEFAULT_GRACE = 3600.0
 #: A lock file younger than this may be about to be locked by the process that just created it.
 _LOCK_GRACE = 60.0
+#: A record's temporary file younger than this may be a live writer's (they live for milliseconds,
+#: and nothing guards them): spared whatever ``--min-age`` says, or the writer's rename fails.
+_TEMP_GRACE = 60.0
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -194,7 +197,7 @@ class _Gc:
             for name in names:
                 if name.startswith(".") and name.endswith(".tmp"):
                     path = d / name
-                    if self.old(path):
+                    if self.old(path, max(self.grace, _TEMP_GRACE)):
                         self.remove(path, "stale temporary file")
                     else:
                         self.spare(path, "recent temporary file")
@@ -298,6 +301,25 @@ class _Gc:
             return
         if remove_unheld_lock(path):
             self.removed.append(GcItem(path, what, 0))
+
+
+#: A work dir is claimed (``usage.claim_dir``) by its owner for as long as it lives, whatever its age;
+#: the grace only covers the instant between ``mkdtemp`` and the claim.
+WORK_DIR_GRACE = 10.0
+
+
+def sweep_dead_work(cache: ImageCache, *, grace: float = WORK_DIR_GRACE) -> GcReport:
+    """What every run does first, cheaply: remove the work dirs in ``tmp/`` (``sif-*``, ``factory-*``...)
+    that killed runs left, so they never pile up between two ``cache gc``. Files (partial downloads a run
+    may resume, a writer's temp) are left to ``cache gc`` and its longer grace."""
+    run = _Gc(cache, grace, False, time.time())
+    tmp = cache.store.tmp_dir
+    with contextlib.suppress(OSError):
+        for name in sorted(os.listdir(tmp)):
+            path = tmp / name
+            if path.is_dir() and not path.is_symlink() and not dir_claimed(path) and run.old(path):
+                run.remove(path, "abandoned work dir")
+    return GcReport(dry_run=False, removed=tuple(run.removed), spared=tuple(run.spared))
 
 
 def collect_garbage(

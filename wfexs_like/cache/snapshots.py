@@ -56,15 +56,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ..digests import is_digest, normalize_fingerprint, sha256_file, split_digest
-from ..errors import CacheError, IntegrityError
-from ..fsutil import atomic_write_bytes, fsync_dir
+from ..errors import CacheError, DiskFullError, IntegrityError
+from ..fsutil import atomic_write_bytes, fsync_dir, reword_disk_full
 from ..images.blobstore import BlobStore
 from ..images.layout import verify_oci_layout
 from ..images.manifest import Manifest, ManifestError, parse_manifest_or_index
-from ..images.staging import link_or_copy, link_tree, remove_path
+from ..images.staging import link_or_copy, link_tree, remove_path, sweep_temps
 from ..model import META_JSON_POSTFIX, ImageMetadata
 from .paths import default_cache_dir
 from .usage import IMAGE_KIND, StagedCopy, Usage
+
+#: What to do when the stage dir is full (the default advice names no option).
+STAGE_FULL_HINT = "free space there or choose another --stage-dir"
 
 logger = logging.getLogger(__name__)
 
@@ -377,18 +380,23 @@ class ImageCache:
         self.hold(hit.reference, hit.platform)
         path.parent.mkdir(parents=True, exist_ok=True)
         with self.store.lock(f"stage-{path}"):
-            if force or not self._staged_matches(path, hit.fingerprint):
-                if hit.snapshot.is_dir():
-                    link_tree(hit.snapshot, path, force=True)
-                else:
-                    link_or_copy(hit.snapshot, path)
-            meta_bytes = hit.metadata_path.read_bytes()
+            sweep_temps(path)  # what a run killed while staging here left (a copy can be big)
+            sweep_temps(meta_path)
             try:
-                current = meta_path.read_bytes()
-            except OSError:
-                current = None
-            if force or current != meta_bytes:
-                atomic_write_bytes(meta_path, meta_bytes, mode=0o644)
+                if force or not self._staged_matches(path, hit.fingerprint):
+                    if hit.snapshot.is_dir():
+                        link_tree(hit.snapshot, path, force=True)
+                    else:
+                        link_or_copy(hit.snapshot, path)
+                meta_bytes = hit.metadata_path.read_bytes()
+                try:
+                    current = meta_path.read_bytes()
+                except OSError:
+                    current = None
+                if force or current != meta_bytes:
+                    atomic_write_bytes(meta_path, meta_bytes, mode=0o644)
+            except DiskFullError as e:
+                raise reword_disk_full(e, hint=STAGE_FULL_HINT) from e
         self.usage.touch(
             hit.kind, _key(hit.reference, hit.platform), StagedCopy(path.absolute(), meta_path.absolute())
         )

@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..cache import ContainerCacheHandler, SnapshotKind, default_cache_dir
+from ..cache.garbage import sweep_dead_work
 from ..cache.handler import ENGINE_KINDS
 from ..cache.usage import claim_dir
 from ..errors import ContainerFactoryException, ContainerNotFoundException
@@ -70,6 +71,10 @@ class ContainerFactory(ReferenceIdentity):
             atexit.register(shutil.rmtree, tempDir, True)
             # Claimed for the factory's lifetime, so `cache gc` never sweeps a live factory's dir.
             self._temp_claim = claim_dir(Path(tempDir))
+            try:  # what killed runs left behind; never a reason to fail this one
+                sweep_dead_work(self.cc_handler.cache)
+            except OSError as e:
+                self.logger.debug("could not sweep %s: %s", self.cc_handler.store.tmp_dir, e)
         self.tempDir = Path(tempDir)
         self.stagedContainersDir = (
             Path(stagedContainersDir) if stagedContainersDir else self.containersCacheDir

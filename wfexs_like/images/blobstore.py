@@ -18,6 +18,14 @@ Why it is shaped this way:
   while re-hashing only blobs whose inode changed since they were hashed.
 - **Read-only blobs.** Snapshots hard-link to these files, so they are
   chmod 0444 to keep a careless workflow from editing the cache in place.
+- **A full disk stops cleanly.** A writer that knows its size checks the
+  free space first (counting what this process's other writers are still
+  going to write), and one that runs out anyway removes its temp or partial
+  file before raising ``DiskFullError``: a partial download that can never
+  finish on this disk would only keep it full and the cache stuck. When
+  room is short, partial downloads nobody is resuming (their digest lock is
+  free) are dropped first; resuming them later is worth less than a cache
+  that works.
 """
 
 from __future__ import annotations
@@ -26,19 +34,44 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
+import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from ..digests import CHUNK, sha256_file, split_digest
-from ..errors import CacheError, IntegrityError
-from ..fsutil import atomic_write_bytes, fsync_dir
+from ..errors import CacheError, DiskFullError, IntegrityError
+from ..fsutil import atomic_write_bytes, disk_full_error, free_bytes, fsync_dir, human_bytes, is_disk_full
 
 BLOB_MODE = 0o444
+#: What a user can do about a full cache, appended to every ``DiskFullError`` the store raises.
+FULL_CACHE_HINT = (
+    "free space there ('wfexs-like cache gc' removes leftovers, 'wfexs-like cache prune' old images) "
+    "or use another --cache-dir"
+)
+_PARTIAL = re.compile(r"sha256-([0-9a-f]{64})\.partial")
+
+# Writers in progress in this process, so a new one counts the space the others are about to take.
+_active: weakref.WeakSet[BlobWriter] = weakref.WeakSet()
+_active_lock = threading.Lock()
+
+
+def _still_to_write(writer: BlobWriter) -> tuple[int, int]:
+    """(bytes, count): what this process's other open writers on the same filesystem have yet to write."""
+    with _active_lock:
+        writers = list(_active)
+    others = [
+        w
+        for w in writers
+        if w is not writer and not w._closed and w.device == writer.device and w.expected_size is not None
+    ]
+    return sum(max(w.expected_size - w.written, 0) for w in others), len(others)  # type: ignore[operator]
 
 
 class BlobWriter:
@@ -62,33 +95,83 @@ class BlobWriter:
         self.expected_size = expected_size
         self.resumable = resumable and expected_digest is not None
         self._hash = hashlib.sha256()
-        self.offset = 0
-        self._closed = False
+        self.offset = self.written = 0
+        self._closed = True  # until a file is open: discard() must not touch one
         if expected_digest is not None:
             algo, _ = split_digest(expected_digest)
             if algo != "sha256":
                 raise CacheError(f"only sha256 blobs can be stored, got {expected_digest}")
+        self.device = store.tmp_dir.stat().st_dev
         if self.resumable:
             assert expected_digest is not None
             self.tmp_path = store.tmp_dir / f"sha256-{split_digest(expected_digest)[1]}.partial"
-            self._fh: BinaryIO = open(self.tmp_path, "a+b")  # noqa: SIM115 - closed in commit/discard
-            self._fh.seek(0)
-            while chunk := self._fh.read(CHUNK):
-                self._hash.update(chunk)
-                self.offset += len(chunk)
-            if expected_size is not None and self.offset > expected_size:
-                self._fh.truncate(0)
-                self._hash = hashlib.sha256()
-                self.offset = 0
-            self._fh.seek(0, os.SEEK_END)
-        else:
-            fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="blob-", suffix=".tmp")
+            with self._on_disk_full():
+                self._fh: BinaryIO = open(self.tmp_path, "a+b")  # noqa: SIM115 - closed in commit/discard
+                self._closed = False
+                self._fh.seek(0)
+                while chunk := self._fh.read(CHUNK):
+                    self._hash.update(chunk)
+                    self.offset += len(chunk)
+                if expected_size is not None and self.offset > expected_size:
+                    self._fh.truncate(0)
+                    self._hash = hashlib.sha256()
+                    self.offset = 0
+                self._fh.seek(0, os.SEEK_END)
+        self.written = self.offset
+        self._room_checked = expected_size is None
+        if not self.resumable:
+            with self._on_disk_full():
+                fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="blob-", suffix=".tmp")
             self.tmp_path = Path(name)
             self._fh = os.fdopen(fd, "wb")
-        self.written = self.offset
+            self._closed = False
+        with _active_lock:
+            _active.add(self)
+
+    def _what(self) -> str:
+        if self.expected_digest is None:
+            return "writing a blob"
+        size = f" ({human_bytes(self.expected_size)})" if self.expected_size is not None else ""
+        return f"writing blob {self.expected_digest}{size}"
+
+    @contextlib.contextmanager
+    def _on_disk_full(self) -> Iterator[None]:
+        """Out of room: remove what this writer wrote (partial or not), then raise ``DiskFullError``."""
+        try:
+            yield
+        except OSError as e:
+            if not is_disk_full(e):
+                raise
+            self.discard()
+            self.store.drop_partials()
+            if self.expected_size is not None:
+                needed, at_least = self.expected_size, False
+            else:
+                needed, at_least = self.written, True
+            raise disk_full_error(
+                self.store.tmp_dir,
+                what=self._what(),
+                needed=needed,
+                at_least=at_least,
+                code=e.errno,
+                hint=FULL_CACHE_HINT,
+            ) from e
+
+    def _check_room(self) -> None:
+        """Before the first byte (not at construction, which callers also use just to find the offset)."""
+        self._room_checked = True
+        assert self.expected_size is not None
+        try:
+            self.store.make_room(self.expected_size - self.written, what=self._what(), writer=self)
+        except DiskFullError:
+            self.discard()  # a partial that cannot be finished here only keeps the disk full
+            raise
 
     def write(self, chunk: bytes) -> None:
-        self._fh.write(chunk)
+        if not self._room_checked:
+            self._check_room()
+        with self._on_disk_full():
+            self._fh.write(chunk)
         self._hash.update(chunk)
         self.written += len(chunk)
         if self.expected_size is not None and self.written > self.expected_size:
@@ -99,8 +182,9 @@ class BlobWriter:
 
     def restart(self) -> None:
         """Throw away what was written (a server that ignored our Range request)."""
-        self._fh.seek(0)
-        self._fh.truncate(0)
+        with self._on_disk_full():
+            self._fh.seek(0)
+            self._fh.truncate(0)
         self._hash = hashlib.sha256()
         self.offset = self.written = 0
 
@@ -126,10 +210,11 @@ class BlobWriter:
                     expected=self.expected_digest,
                     actual=digest,
                 )
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._closed = True
+            with self._on_disk_full():
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+                self._closed = True
+                self._fh.close()
             self.store._publish(self.tmp_path, digest)
         except BaseException:
             self.discard()
@@ -137,19 +222,30 @@ class BlobWriter:
         return digest
 
     def discard(self) -> None:
-        if not self._closed:
+        """Close and remove the temp or partial file; safe to call at any point, any number of times."""
+        self._close_quietly()
+        if hasattr(self, "tmp_path"):
+            with contextlib.suppress(FileNotFoundError):
+                self.tmp_path.unlink()
+
+    def _close_quietly(self) -> bool:
+        """Close the file; False if buffered bytes could not be written (they are lost with it)."""
+        if self._closed:
+            return True
+        self._closed = True  # first: a close() that raises has still closed the file
+        try:
             self._fh.close()
-            self._closed = True
-        with contextlib.suppress(FileNotFoundError):
-            self.tmp_path.unlink()
+        except OSError:
+            return False
+        return True
 
     def close_keep_partial(self) -> None:
-        """Leave the partial file for a later resume (only meaningful when resumable)."""
-        if not self._closed:
-            self._fh.flush()
-            self._fh.close()
-            self._closed = True
-        if not self.resumable:
+        """Leave the partial file for a later resume (only meaningful when resumable).
+
+        Called while another error is being handled, so it never raises: a
+        partial whose last bytes could not be flushed (no room) is removed.
+        """
+        if not self.resumable or not self._close_quietly():
             self.discard()
 
     def __enter__(self) -> BlobWriter:
@@ -222,6 +318,56 @@ class BlobStore:
     ) -> BlobWriter:
         return BlobWriter(self, expected_digest, expected_size, resumable)
 
+    def make_room(self, needed: int, *, what: str, writer: BlobWriter | None = None) -> None:
+        """Make sure ``needed`` more bytes fit in ``tmp/`` (same filesystem as the blobs), or raise.
+
+        Counts what this process's other writers have still to write, and
+        when that does not fit drops abandoned partial downloads first.
+        Other processes' writes cannot be counted: for them the write
+        itself decides (and cleans up).
+        """
+        for attempt in range(2):
+            free = free_bytes(self.tmp_dir)
+            reserved, writers = _still_to_write(writer) if writer is not None else (0, 0)
+            if free is None or free - reserved >= needed:
+                return
+            if attempt == 0 and self.drop_partials(keep=writer.tmp_path if writer is not None else None):
+                continue
+            if writers:
+                what = f"{what} and {writers} other blob(s) being written"
+            raise disk_full_error(self.tmp_dir, what=what, needed=needed + reserved, hint=FULL_CACHE_HINT)
+
+    def drop_partials(self, keep: Path | None = None) -> int:
+        """Remove partial downloads nobody is resuming (their digest lock is free); return bytes freed.
+
+        Used when space runs out: a partial is only worth keeping while
+        there is room to finish it.
+        """
+        freed = 0
+        try:
+            names = os.listdir(self.tmp_dir)
+        except OSError:
+            return 0
+        for name in names:
+            m = _PARTIAL.fullmatch(name)
+            path = self.tmp_dir / name
+            if m is None or path == keep:
+                continue
+            lock = self.lock("sha256:" + m.group(1), timeout=0)
+            try:
+                lock.acquire()
+            except (Timeout, OSError):
+                continue  # being written or resumed right now (or no room even for its lock file)
+            try:
+                size = path.stat().st_size
+                path.unlink()
+                freed += size
+            except OSError:
+                pass
+            finally:
+                lock.release()
+        return freed
+
     def put_bytes(self, data: bytes, expected_digest: str | None = None) -> str:
         with self.writer(expected_digest, len(data)) as w:
             w.write(data)
@@ -278,7 +424,13 @@ class BlobStore:
         else:
             os.replace(tmp, final)
             fsync_dir(self.blobs_dir)
-        self._record_trust(digest, final)
+        try:
+            self._record_trust(digest, final)
+        except DiskFullError:
+            # The blob is complete and published; without a record it is simply re-hashed when next
+            # trusted. A stale record must not vouch for it meanwhile.
+            with contextlib.suppress(OSError):
+                self._trust_file(digest).unlink()
 
     # -- trust ------------------------------------------------------------
     def _trust_file(self, digest: str) -> Path:

@@ -13,6 +13,12 @@ directory and are renamed into place, so a final name never holds a
 half-written file: a copy killed halfway leaves a ``.*.tmp`` file and nothing
 else. Copies keep the source's mtime (nanoseconds) and mode, so the blob
 store's size+mtime trust check still recognises them.
+
+A copy that does not fit is refused before it starts when the free space
+says so, and otherwise stopped by the kernel's "no room"; either way the
+temporary file or tree is removed and ``DiskFullError`` names the
+destination directory and what the whole stage needs, so a full stage dir
+never holds a half-written snapshot and is not left full by one.
 """
 
 from __future__ import annotations
@@ -23,13 +29,15 @@ import errno
 import fcntl
 import functools
 import os
+import re
 import shutil
 import stat
 import tempfile
 from pathlib import Path
 from typing import Literal
 
-from ..errors import CacheError
+from ..errors import CacheError, DiskFullError
+from ..fsutil import disk_full_error, is_disk_full, no_room_errno, require_space
 
 Method = Literal["hardlink", "reflink", "copy"]
 METHODS: tuple[Method, ...] = ("hardlink", "reflink", "copy")
@@ -122,10 +130,11 @@ def _copy_bytes(src_fd: int, dst_fd: int, size: int) -> None:
         offset += n
 
 
-def _copy(src: Path, tmp: Path) -> None:
+def _copy(src: Path, tmp: Path, name: str) -> None:
     src_fd = os.open(src, os.O_RDONLY)
     try:
         size = os.fstat(src_fd).st_size
+        require_space(tmp.parent, size, what=f"copying {name}")
         dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             _copy_bytes(src_fd, dst_fd, size)
@@ -142,6 +151,8 @@ def link_or_copy(src: Path, dst: Path) -> Method:
 
     ``dst`` is replaced if it exists (atomically: readers see the old file or
     the new one). A ``dst`` that already is ``src`` (same inode) is left alone.
+    A copy that does not fit raises ``DiskFullError`` (``fsutil.reword_disk_full``
+    lets a caller add the option that picks another directory).
     """
     src, dst = Path(src), Path(dst)
     try:
@@ -162,12 +173,15 @@ def link_or_copy(src: Path, dst: Path) -> Method:
         elif _try_reflink(src, tmp):
             method = "reflink"
         else:
-            _copy(src, tmp)
+            _copy(src, tmp, dst.name)
             method = "copy"
         os.replace(tmp, dst)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(e, OSError) and is_disk_full(e):
+            what = f"copying {dst.name}"
+            raise disk_full_error(dst.parent, what=what, needed=sst.st_size, code=e.errno) from e
         raise
     return method
 
@@ -229,6 +243,44 @@ def publish_dir(tmp_dir: Path, dst_dir: Path, *, replace: bool) -> bool:
     return True
 
 
+def _tree_full(src_dir: Path, dst_dir: Path, e: BaseException) -> DiskFullError:
+    copied = _device(src_dir) != _device(dst_dir.parent)
+    what = f"staging {dst_dir.name}" + (" (a copy: its source is on another filesystem)" if copied else "")
+    code = no_room_errno(e)  # a full disk or a quota, whichever file or directory hit it
+    needed = tree_size(src_dir) if copied else None
+    return disk_full_error(dst_dir.parent, what=what, needed=needed, code=code)
+
+
+def _device(path: Path) -> int | None:
+    try:
+        return os.stat(path).st_dev
+    except OSError:
+        return None
+
+
+def sweep_temps(dst: Path) -> int:
+    """Remove what writers of ``dst`` killed mid-write left beside it; return how many entries went.
+
+    Those are the ``.<name>.<random>.tmp`` files and trees of ``link_or_copy``,
+    ``link_tree`` and ``fsutil.atomic_write``: in a stage dir (the user's
+    workflow dir) nothing else would ever remove them, and a copied snapshot
+    killed halfway is as big as what it was copying. A live writer's temp
+    has the same name, so call this only while holding the lock that every
+    writer of ``dst`` takes (``ImageCache.stage`` holds one per staged path).
+    """
+    dst = Path(dst)
+    names = {re.escape(dst.name), re.escape(dst.name[:200])}  # atomic_write cuts long names to 200
+    pattern = re.compile(rf"\.(?:{'|'.join(names)})\.[A-Za-z0-9_]+\.tmp")
+    try:
+        entries = os.listdir(dst.parent)
+    except OSError:
+        return 0
+    swept = [name for name in entries if pattern.fullmatch(name)]
+    for name in swept:
+        remove_path(dst.parent / name)
+    return len(swept)
+
+
 def remove_path(path: Path) -> None:
     """Remove a file, symlink or directory tree; already gone is fine."""
     if path.is_dir() and not path.is_symlink():
@@ -241,10 +293,28 @@ def remove_path(path: Path) -> None:
 def make_temp_dir(dst: Path) -> Path:
     """An empty directory beside ``dst`` to build into before ``publish_dir``."""
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+    except OSError as e:
+        if is_disk_full(e):
+            what = f"creating a directory for {dst.name}"
+            raise disk_full_error(dst.parent, what=what, code=e.errno) from e
+        raise
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the snapshot from other users
     return tmp
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (symlinks not followed): what copying it takes."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for f in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(root, f))
+                if stat.S_ISREG(st.st_mode):
+                    total += st.st_size
+    return total
 
 
 def link_tree(src_dir: Path, dst_dir: Path, *, force: bool = False) -> dict[str, int]:
@@ -254,7 +324,8 @@ def link_tree(src_dir: Path, dst_dir: Path, *, force: bool = False) -> dict[str,
     ``dst_dir`` is either absent, the old tree, or the complete new one. An
     existing ``dst_dir`` is kept as it is unless ``force`` (then it is
     swapped out atomically); in that case the counts are all zero. Symlinks
-    are recreated as symlinks, never followed.
+    are recreated as symlinks, never followed. A tree that does not fit
+    raises ``DiskFullError`` naming what the whole tree needs.
     """
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     counts = dict.fromkeys(METHODS, 0)
@@ -281,8 +352,11 @@ def link_tree(src_dir: Path, dst_dir: Path, *, force: bool = False) -> dict[str,
                     counts[link_or_copy(sp, out / f)] += 1
             # directories that are symlinks were recreated above; do not descend into them
             dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if no_room_errno(e) is not None:
+            # Name what the whole stage takes, measured now that the half-built tree is gone.
+            raise _tree_full(src_dir, dst_dir, e) from e
         raise
     if not publish_dir(tmp, dst_dir, replace=force):
         return dict.fromkeys(METHODS, 0)
