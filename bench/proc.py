@@ -1,4 +1,4 @@
-"""Run and time external commands.
+"""Run and time external commands, with the peak memory of what they ran.
 
 Every measured step is a subprocess — the reference path, skopeo and
 wfexs-like's own CLI alike — timed with ``time.perf_counter()`` around the
@@ -6,17 +6,35 @@ whole process, so interpreter and client start-up count for every tool the
 same way. A failing command raises ``CommandError`` (command, exit code,
 stderr tail): a benchmark that quietly times a command that failed reports
 nonsense.
+
+Peak RSS comes from the kernel, not from sampling: ``wait4``'s ``ru_maxrss``,
+which on Linux is the largest RSS of the child *or any descendant it waited
+for* (``tree``). It is read by GNU ``time`` (``/usr/bin/time -f %M``) rather
+than by our own ``wait4``, because a child's peak also counts the memory
+image it had *before* ``exec`` — a fork of this Python process, tens of MB —
+and ``time`` is a small C program, so what it forks adds about 2 MB. That is the honest figure for a tool
+that is one process (skopeo, sha256sum); for one that hands work to a child
+(wfexs-like's SIF build runs the squashfs compressor, its Podman deploy runs
+``podman load``) the issue asks for the process alone, so wfexs-like runs
+under ``selfrss.py``, which writes its own ``RUSAGE_SELF`` peak at exit
+(``own``). Daemons (dockerd, podman's storage) are never counted: they are
+not children of anything we start.
 """
 
 from __future__ import annotations
 
 import os
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 STDERR_TAIL = 2000
+SELFRSS = Path(__file__).resolve().parent / "selfrss.py"
+GNU_TIME = "/usr/bin/time"
 
 
 class CommandError(RuntimeError):
@@ -29,66 +47,144 @@ class CommandError(RuntimeError):
         super().__init__(f"`{' '.join(self.cmd)}` exited {returncode}: {self.stderr.strip()}")
 
 
-def child_env() -> dict[str, str]:
-    """Our environment minus ``AWS_CA_BUNDLE``, which breaks plain-HTTP loopback services."""
+@dataclass(frozen=True)
+class Measured:
+    """One finished command: wall seconds, peak RSS in kB (tree; own when known), its stdout."""
+
+    seconds: float
+    rss_kb: int
+    own_rss_kb: int | None = None
+    out: bytes = b""
+
+    def rss(self) -> dict[str, int]:
+        """The RSS fields a sample records (``own`` only when the process reported it)."""
+        d = {"rss_kb": self.rss_kb}
+        if self.own_rss_kb is not None:
+            d["own_rss_kb"] = self.own_rss_kb
+        return d
+
+
+class _PeakRss:
+    """``/usr/bin/time -f %M -o FILE`` around a command, and the figure it wrote (kB)."""
+
+    def __enter__(self) -> _PeakRss:
+        if not Path(GNU_TIME).is_file():
+            raise RuntimeError(f"{GNU_TIME} (GNU time) is missing: apt-get install time")
+        fd, name = tempfile.mkstemp(prefix="wfexs-bench-time-")
+        os.close(fd)
+        self.path = Path(name)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def wrap(self, cmd: Sequence[str]) -> list[str]:
+        return [GNU_TIME, "-f", "%M", "-o", str(self.path), *cmd]
+
+    def read(self) -> int:
+        # On a failure time writes "Command exited with non-zero status N" before the figure.
+        lines = self.path.read_text().split()
+        return int(lines[-1]) if lines and lines[-1].isdigit() else 0
+
+
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Our environment minus ``AWS_CA_BUNDLE`` (it breaks plain-HTTP loopback services), plus ``extra``."""
     env = dict(os.environ)
     env.pop("AWS_CA_BUNDLE", None)
+    env.update(extra or {})
     return env
 
 
-def run(cmd: Sequence[str], *, check: bool = True, stdout: Path | None = None) -> bytes:
-    """Run ``cmd`` to completion; return its stdout (or write it to ``stdout``)."""
-    if stdout is None:
-        proc = subprocess.run(list(cmd), capture_output=True, env=child_env(), check=False)
-        out = proc.stdout
-    else:
-        with open(stdout, "wb") as fh:
-            proc = subprocess.run(list(cmd), stdout=fh, stderr=subprocess.PIPE, env=child_env(), check=False)
-        out = b""
+def measure(
+    cmd: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    stdout: Path | None = None,
+    stdin: Path | None = None,
+    check: bool = True,
+) -> Measured:
+    """Run ``cmd`` to completion: wall time, ``ru_maxrss`` from ``wait4``, stdout (unless sent to a file).
+
+    stdout and stderr go to temp files rather than pipes, so a chatty
+    command can never block on a full pipe while we sit in ``wait4``.
+    """
+    with (
+        open(stdout, "wb") if stdout is not None else tempfile.TemporaryFile() as out,
+        tempfile.TemporaryFile() as err,
+        open(stdin, "rb") if stdin is not None else open(os.devnull, "rb") as inp,
+        _PeakRss() as peak,
+    ):
+        t0 = time.perf_counter()
+        proc = subprocess.run(peak.wrap(cmd), stdin=inp, stdout=out, stderr=err, env=child_env(env))
+        seconds = time.perf_counter() - t0
+        err.seek(0)
+        stderr = err.read()
+        text = b""
+        if stdout is None:
+            out.seek(0)
+            text = out.read()
+        rss = peak.read()
     if check and proc.returncode != 0:
         # Some tools (debootstrap) say why on stdout; show whichever stream has something.
-        raise CommandError(cmd, proc.returncode, proc.stderr.strip() or (proc.stdout or b""))
-    return out
+        raise CommandError(cmd, proc.returncode, stderr.strip() or text)
+    return Measured(seconds, rss, None, text)
+
+
+def measure_wl(
+    wl_cmd: Sequence[str], *, env: Mapping[str, str] | None = None, stdout: Path | None = None
+) -> Measured:
+    """``measure`` a wfexs-like command line (``[wfexs-like, ARGS...]``) under ``selfrss.py``.
+
+    Adds the process's own peak RSS (children excluded) to the tree figure.
+    """
+    with tempfile.NamedTemporaryFile(prefix="wfexs-bench-rss-", delete=False) as fh:
+        rss_file = Path(fh.name)
+    try:
+        m = measure([sys.executable, str(SELFRSS), str(rss_file), *wl_cmd[1:]], env=env, stdout=stdout)
+        text = rss_file.read_text().strip()
+    finally:
+        rss_file.unlink(missing_ok=True)
+    return Measured(m.seconds, m.rss_kb, int(text) if text else None, m.out)
+
+
+def run(cmd: Sequence[str], *, check: bool = True, stdout: Path | None = None) -> bytes:
+    """Run ``cmd`` (untimed setup or clean-up); return its stdout (or write it to ``stdout``)."""
+    return measure(cmd, stdout=stdout, check=check).out
 
 
 def timed(cmd: Sequence[str]) -> float:
     """Wall seconds ``cmd`` took, start-up included."""
-    return timed_output(cmd)[0]
+    return measure(cmd).seconds
 
 
-def timed_output(cmd: Sequence[str]) -> tuple[float, bytes]:
-    """Wall seconds ``cmd`` took, and its stdout (to check it did what we think we timed)."""
-    t0 = time.perf_counter()
-    out = run(cmd)
-    return time.perf_counter() - t0, out
-
-
-def timed_pipe(producer: Sequence[str], consumer: Sequence[str], out: Path) -> float:
-    """Wall seconds of ``producer | consumer > out``, both checked (like ``set -o pipefail``)."""
-    t0 = time.perf_counter()
-    with open(out, "wb") as fh:
-        p1 = subprocess.Popen(list(producer), stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=child_env())
-        p2 = subprocess.Popen(
-            list(consumer), stdin=p1.stdout, stdout=fh, stderr=subprocess.PIPE, env=child_env()
-        )
+def timed_pipe(producer: Sequence[str], consumer: Sequence[str], out: Path) -> Measured:
+    """``producer | consumer > out``, both checked (like ``set -o pipefail``); RSS is the larger one's."""
+    with (
+        open(out, "wb") as fh,
+        tempfile.TemporaryFile() as e1,
+        tempfile.TemporaryFile() as e2,
+        _PeakRss() as r1,
+        _PeakRss() as r2,
+    ):
+        t0 = time.perf_counter()
+        p1 = subprocess.Popen(r1.wrap(producer), stdout=subprocess.PIPE, stderr=e1, env=child_env())
+        p2 = subprocess.Popen(r2.wrap(consumer), stdin=p1.stdout, stdout=fh, stderr=e2, env=child_env())
         assert p1.stdout is not None
         p1.stdout.close()  # p2 owns the read end now; p1 sees SIGPIPE if p2 dies
-        _, err2 = p2.communicate()
-        err1 = p1.stderr.read() if p1.stderr else b""
+        p2.wait()
         p1.wait()
-    elapsed = time.perf_counter() - t0
-    if p1.returncode != 0:
-        raise CommandError(producer, p1.returncode, err1)
-    if p2.returncode != 0:
-        raise CommandError(consumer, p2.returncode, err2)
-    return elapsed
+        elapsed = time.perf_counter() - t0
+        for proc, err, cmd in ((p1, e1, producer), (p2, e2, consumer)):
+            if proc.returncode != 0:
+                err.seek(0)
+                raise CommandError(cmd, proc.returncode, err.read())
+        return Measured(elapsed, max(r1.read(), r2.read()))
 
 
-def sha256sum(path: Path) -> tuple[float, str]:
-    """Time ``sha256sum`` of ``path`` (what the reference fingerprints with); return (seconds, hex)."""
-    t0 = time.perf_counter()
-    out = run(["sha256sum", str(path)])
-    return time.perf_counter() - t0, out.split()[0].decode()
+def sha256sum(path: Path) -> tuple[Measured, str]:
+    """``sha256sum`` of ``path`` (what the reference fingerprints with): the measurement and the hex."""
+    m = measure(["sha256sum", str(path)])
+    return m, m.out.split()[0].decode()
 
 
 def du_bytes(*paths: Path) -> int:

@@ -1,9 +1,12 @@
-"""Turn samples into the Markdown table, ``results.md`` and ``results.json``.
+"""Turn samples into the Markdown tables, ``results.md`` and ``results.json``.
 
-Medians, not means: with three runs on a shared 2-core machine one hiccup
+Medians, not means: with a few runs on a shared 2-core machine one hiccup
 (another process, the daemon's garbage collector) would drag a mean; the
-min–max range is printed beside it so the noise stays visible. Ratios are
-tool / reference within the same scenario, so below 1 is faster.
+min–max range is printed beside it so the noise stays visible. Each
+scenario has one peer row (marked "peer"); a row's ratio is its median
+over the peer's, so below 1 is faster. Peak RSS is the largest over the
+runs: the process's own for wfexs-like (children such as the squashfs
+compressor excluded, as the issue asks), the whole process tree otherwise.
 """
 
 from __future__ import annotations
@@ -14,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from .scenarios import Sample, Scenario, Tool
+from .context import Sample, Scenario, Tool
+from .targets import Outcome
 
 MB = 1_000_000
 
@@ -23,11 +27,16 @@ MB = 1_000_000
 class Row:
     scenario: str
     tool: str
-    reference: bool = False
+    peer: bool = False
     note: str = ""
 
 
 ROWS = (
+    Row(Scenario.STARTUP, Tool.SKOPEO_HELP, True, "a Go binary"),
+    Row(Scenario.STARTUP, Tool.WL_HELP),
+    Row(Scenario.STARTUP, Tool.PY_BARE, note="this machine's interpreter start-up, no package"),
+    Row(Scenario.STARTUP, Tool.PY_IMPORT),
+    Row(Scenario.STARTUP, Tool.IMPORT_ONLY, note="timed inside a fresh interpreter"),
     Row(Scenario.COLD, Tool.REF_FETCH, True, "one .tar.gz per image"),
     Row(Scenario.COLD, Tool.SKOPEO_OCI, note="no fingerprint, no cache"),
     Row(Scenario.COLD, Tool.SKOPEO_ARCHIVE, note="uncompressed; no fingerprint, no cache"),
@@ -38,13 +47,31 @@ ROWS = (
     Row(Scenario.RESTAGE, Tool.REF_RESTAGE, True, "re-hashes the whole archive"),
     Row(Scenario.RESTAGE, Tool.WL, note="registry reachable"),
     Row(Scenario.RESTAGE, Tool.WL_OFFLINE),
+    Row(Scenario.BIG, Tool.SKOPEO_OCI, True),
+    Row(Scenario.BIG, Tool.WL, note="empty cache"),
+    Row(Scenario.RESTAGE10, Tool.WL_OFFLINE_SMALL, True, "one process, 10 tags, new stage dir"),
+    Row(Scenario.RESTAGE10, Tool.WL_OFFLINE_LARGE, note="ratio = large / small"),
+    Row(Scenario.RESTAGE_API, Tool.API_SMALL, True, "median call / 10 images, after a first call"),
+    Row(Scenario.RESTAGE_API, Tool.API_LARGE, note="ratio = large / small"),
+    Row(Scenario.WFEXS, Tool.WFEXS_WARM, True, "10 small images, offline, whole process"),
+    Row(Scenario.SIF, Tool.MKSQUASHFS_FLOOR, True, "rootfs already merged on disk"),
+    Row(Scenario.SIF, Tool.WL_SIF_BUILD, note="from the cached layers, no download"),
+    Row(Scenario.SIF, Tool.WL_SIF_COLD, note="empty cache: download included"),
+    Row(Scenario.PARALLEL, Tool.WL_JOBS1, True, "empty cache; registry behind a proxy adding latency"),
+    Row(Scenario.PARALLEL, Tool.WL_JOBS8),
+    Row(Scenario.BIG_CACHE, Tool.WL_CACHE_LS, note="table output"),
+    Row(Scenario.BIG_CACHE, Tool.WL_CACHE_PRUNE),
+    Row(Scenario.BIG_CACHE, Tool.WL_CACHE_VERIFY),
+    Row(Scenario.VERIFY, Tool.SHA256SUM, True, "one process, one core"),
+    Row(Scenario.VERIFY, Tool.WL_VERIFY_FULL),
     Row(Scenario.DEPLOY, Tool.REF_LOAD, True, "image absent (docker rmi, not timed)"),
     Row(Scenario.DEPLOY, Tool.WL_DEPLOY, note="verifies the snapshot, then loads"),
     Row(Scenario.DEPLOY, Tool.WL_DEPLOY_PRESENT, note="no-op: Docker already has the image id"),
     Row(Scenario.DEPLOY_PODMAN, Tool.REF_PODMAN_LOAD, True, "image absent; Podman 4.3 reads no .tar.gz"),
     Row(Scenario.DEPLOY_PODMAN, Tool.WL_DEPLOY, note="Podman reads the OCI layout as it is"),
     Row(Scenario.DEPLOY_PODMAN, Tool.WL_DEPLOY_PRESENT),
-    Row(Scenario.SIF, Tool.WL_SIF, note="no peer: Debian 12 has no apptainer"),
+    Row(Scenario.S3, Tool.WL_NODE_A, True),
+    Row(Scenario.S3, Tool.WL_NODE_B),
 )
 
 
@@ -57,7 +84,20 @@ class Summary:
     min_s: float
     max_s: float
     ratio: float | None
+    #: the largest peak RSS over the runs, kB: the process's own where known, else the tree's
+    peak_rss_kb: int | None
+    tree_rss_kb: int | None
     notes: str
+    extra: dict[str, Any]
+
+
+def seconds(s: float) -> str:
+    """Adaptive units: a 1.2 ms API call and a 21 s SIF build in one column."""
+    if s >= 10:
+        return f"{s:.1f} s"
+    if s >= 0.1:
+        return f"{s:.2f} s"
+    return f"{s * 1000:.1f} ms"
 
 
 def _mb(n: float) -> str:
@@ -74,7 +114,7 @@ def _steps(extras: list[dict[str, Any]]) -> str:
 
 
 def _describe(extras: list[dict[str, Any]], ref_extras: list[dict[str, Any]] | None) -> list[str]:
-    """Human notes from a row's extras (medians across runs); bytes vs the reference where both have them."""
+    """Human notes from a row's extras (medians across runs); bytes vs the peer where both have them."""
     keys = extras[0].keys()
     parts = [_steps(extras)] if "steps" in keys else []
     if "artifact" in keys:
@@ -92,9 +132,28 @@ def _describe(extras: list[dict[str, Any]], ref_extras: list[dict[str, Any]] | N
     if "staged_extra" in keys:
         parts.append(f"staged copies add {_mb(_median(extras, 'staged_extra'))} (hard links)")
     if "blob_gets" in keys:
+        parts.append(f"registry blob GETs {max(e['blob_gets'] for e in extras)}")
+    if "requests" in keys:
+        parts.append(f"requests {max(e['requests'] for e in extras)}")
+    if "latency_ms" in keys:
+        parts.append(f"{extras[0]['latency_ms']} ms added per request")
+    if "first_call_s" in keys:
+        parts.append(f"first call {seconds(_median(extras, 'first_call_s'))} (imports, first cache look)")
+    if "call_s" in keys:
+        parts.append(f"its call alone {seconds(_median(extras, 'call_s'))}")
+    if "throughput" in keys:
+        parts.append(f"{_median(extras, 'throughput') / MB:.0f} MB/s over {_mb(extras[0]['bytes'])}")
+    if "blobs" in keys and "entries" in keys:
         parts.append(
-            f"blob GETs {max(e['blob_gets'] for e in extras)}, requests {max(e['requests'] for e in extras)}"
+            f"{extras[0]['images']} images, {extras[0]['blobs']} blobs, {extras[0]['entries']} entries"
         )
+    if extras[0].get("selected") is not None:
+        parts.append(f"selects {extras[0]['selected']} entries")
+    if "heavy_loaded" in keys:
+        loaded = extras[0]["heavy_loaded"]
+        parts.append("heavy modules loaded: " + (", ".join(loaded) if loaded else "none"))
+    if extras[0].get("served_by"):
+        parts.append(f"served by {extras[0]['served_by']}")
     if "fingerprint" in keys and len(extras) > 1:
         distinct = len({e["fingerprint"] for e in extras})
         parts.append(
@@ -105,93 +164,165 @@ def _describe(extras: list[dict[str, Any]], ref_extras: list[dict[str, Any]] | N
     return parts
 
 
+def _rss(extras: list[dict[str, Any]]) -> tuple[int | None, int | None]:
+    own = [e["own_rss_kb"] for e in extras if "own_rss_kb" in e]
+    tree = [e["rss_kb"] for e in extras if "rss_kb" in e]
+    peak_tree = max(tree) if tree else None
+    return (max(own) if own else peak_tree), peak_tree
+
+
 def summarize(samples: list[Sample]) -> list[Summary]:
     """One summary per row that has samples, in table order."""
     by_key: dict[tuple[str, str], list[Sample]] = {}
     for s in samples:
         by_key.setdefault((s.scenario, s.tool), []).append(s)
-    refs = {r.scenario: by_key.get((r.scenario, r.tool)) for r in ROWS if r.reference}
+    peers = {r.scenario: by_key.get((r.scenario, r.tool)) for r in ROWS if r.peer}
     out = []
     for row in ROWS:
         got = by_key.get((row.scenario, row.tool))
         if not got:
             continue
-        seconds = [s.seconds for s in got]
-        ref = refs.get(row.scenario)
-        median = statistics.median(seconds)
-        ratio = median / statistics.median(s.seconds for s in ref) if ref else None
-        notes = _describe(
-            [s.extra for s in got], [s.extra for s in ref] if ref and not row.reference else None
-        )
-        if len(seconds) > 1:
-            notes.insert(0, f"range {min(seconds):.2f}–{max(seconds):.2f}")
+        secs = [s.seconds for s in got]
+        peer = peers.get(row.scenario)
+        median = statistics.median(secs)
+        ratio = median / statistics.median(s.seconds for s in peer) if peer else None
+        extras = [s.extra for s in got]
+        notes = _describe(extras, [s.extra for s in peer] if peer and not row.peer else None)
+        if len(secs) > 1:
+            notes.insert(0, f"range {seconds(min(secs))}–{seconds(max(secs))}")
         if row.note:
             notes.insert(0, row.note)
+        own, tree = _rss(extras)
+        if own is not None and tree is not None and tree > own * 1.1:
+            notes.append(f"with children {tree / 1000:.0f} MB")
         out.append(
             Summary(
-                row.scenario, row.tool, len(got), median, min(seconds), max(seconds), ratio, "; ".join(notes)
+                row.scenario,
+                row.tool,
+                len(got),
+                median,
+                min(secs),
+                max(secs),
+                ratio,
+                own,
+                tree,
+                "; ".join(notes),
+                extras[0],
             )
         )
     return out
 
 
-def _ratio(summary: Summary, reference: bool) -> str:
+def _ratio(summary: Summary, peer: bool) -> str:
     if summary.ratio is None:
         return "—"
-    return "1.00 (ref)" if reference else f"{summary.ratio:.2f}×"
+    return "peer" if peer else f"{summary.ratio:.2f}×"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
 
 
 def table(summaries: list[Summary]) -> str:
-    """The Markdown table: scenario | tool | median s | ratio vs reference | notes / bytes."""
-    reference = {(r.scenario, r.tool) for r in ROWS if r.reference}
+    """scenario | tool | median | vs peer | peak RSS | notes."""
+    peers = {(r.scenario, r.tool) for r in ROWS if r.peer}
     lines = [
-        "| scenario | tool | median s | ratio vs reference | notes / bytes |",
-        "|---|---|---:|---:|---|",
+        "| scenario | tool | median | vs peer | peak RSS | notes |",
+        "|---|---|---:|---:|---:|---|",
     ]
     previous = None
     for s in summaries:
         scenario = s.scenario if s.scenario != previous else ""
         previous = s.scenario
-        is_ref = (s.scenario, s.tool) in reference
-        cells = [scenario, s.tool, f"{s.median_s:.2f}", _ratio(s, is_ref), s.notes]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+        rss = f"{s.peak_rss_kb / 1000:.0f} MB" if s.peak_rss_kb is not None else "—"
+        cells = [
+            scenario,
+            s.tool,
+            seconds(s.median_s),
+            _ratio(s, (s.scenario, s.tool) in peers),
+            rss,
+            s.notes,
+        ]
+        lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def targets_table(outcomes: list[Outcome]) -> str:
+    """area | target | measured | status."""
+    lines = ["| area | target | measured | status |", "|---|---|---|---|"]
+    for o in outcomes:
+        lines.append("| " + " | ".join(_cell(c) for c in (o.area, o.target, o.figure, o.status_text)) + " |")
     return "\n".join(lines) + "\n"
 
 
 def header(meta: dict[str, Any]) -> str:
-    """What a reader needs to judge the numbers: machine, versions, image, date, caveats."""
+    """What a reader needs to judge the numbers: machine, versions, images, date, caveats."""
     img = meta["image"]
+    m = meta["machine"]
     lines = [
         "# wfexs-like benchmark results",
         "",
-        f"- **Date**: {meta['date']}; command `{meta['command']}`; total wall time {meta['total_s']:.0f} s "
-        f"(of which setup {meta['setup_s']:.0f} s; it is cached in `bench/.work/` after the first run)",
-        f"- **Machine**: {meta['nproc']} CPUs (nproc), {meta['kernel']}, Python {meta['python']}, "
-        f"Docker {meta['docker']}, Podman {meta['podman'] or 'not used'}, {meta['skopeo']}, {meta['gzip']}",
-        f"- **Image** ({img['kind']}): {img['description']}; "
-        f"base {_mb(img['base_uncompressed'])} uncompressed, {_mb(img['base_compressed'])} compressed, "
+        f"- **Date**: {meta['date']}; command `{meta['command']}`; wall time {meta['total_s']:.0f} s "
+        f"(setup {meta['setup_s']:.0f} s of it; the images are cached in `bench/.work/` after the first run)",
+        f"- **Machine**: {m['cpu']}, {m['cores']} cores, {m['ram_gb']:.0f} GB RAM, {m['kernel']}; "
+        f"1-minute load average {m['load_start']:.1f} at the start, {m['load_end']:.1f} at the end "
+        "(other work on the machine slows every tool; compare ratios within the run)",
+        "- **Versions**: " + ", ".join(f"{k} {v}" for k, v in meta["versions"].items()),
+        f"- **Core image** ({img['kind']}): {img['description']}; "
+        f"{_mb(img['base_uncompressed'])} uncompressed, {_mb(img['base_compressed'])} compressed, "
         f"{img['base_layers']} layer(s); the second image is the base plus one small layer",
-        f"- **Runs**: {meta['runs']} per scenario; median shown, range in the notes (seconds). "
-        "Times are wall time of whole commands (client start-up included).",
-        "- **Caveats**: warm page cache (caches are not dropped between runs: that needs root-level "
-        "`drop_caches` and would disturb other users of this machine); the registry is on loopback, so "
-        "network time is ~0 and what differs is client work; the Docker daemon is shared with other users.",
+        f"- **Other images**: a big image of random layers ({meta['plan']['big_mb']} MB) and 10 images "
+        "of its layers plus one unique small layer each (the large re-stage); "
+        f"{meta['plan']['small_images']} small images (busybox + a unique 64 kB layer); a generated cache "
+        f"of {meta['plan']['cache_images']} images × {meta['plan']['blobs_per_image']} blobs, and one of "
+        f"{meta['plan']['verify_mb']} MB in bigger blobs for `verify --full`",
+        f"- **Runs**: {meta['plan']['runs']} per core scenario (start-up {meta['plan']['startup_runs']}, "
+        f"big image {meta['plan']['big_runs']}, re-stage {meta['plan']['restage_runs']}); median shown, "
+        "range in the notes. Times are wall time of whole commands (start-up included) unless the row says.",
+        "- **Caveats**: warm page cache (nothing is dropped between runs: that needs root-level "
+        "`drop_caches` and would disturb other users of the machine); the registry is on loopback, so "
+        "network time is ~0 and what differs is client work, except in the parallel scenario, where a "
+        f"proxy adds {meta['plan']['latency_ms']} ms to every request to model a real registry; "
+        "the Docker daemon is shared.",
     ]
     if meta.get("fallback"):
         lines.append(f"- **Fallback**: {meta['fallback']}")
     return "\n".join(lines) + "\n"
 
 
+def markdown(meta: dict[str, Any], summaries: list[Summary], outcomes: list[Outcome], plot: str) -> str:
+    parts = [
+        header(meta),
+        "## Targets (issue 12)\n",
+        targets_table(outcomes),
+        "## Every measurement\n",
+        table(summaries),
+    ]
+    if meta.get("skipped"):
+        parts.append(
+            "Not measured in this run:\n\n" + "".join(f"- **{k}**: {v}\n" for k, v in meta["skipped"].items())
+        )
+    parts.append(plot + "\n")
+    return "\n".join(parts)
+
+
 def write(
-    out_dir: Path, stem: str, meta: dict[str, Any], samples: list[Sample], summaries: list[Summary]
+    out_dir: Path,
+    stem: str,
+    meta: dict[str, Any],
+    samples: list[Sample],
+    summaries: list[Summary],
+    outcomes: list[Outcome],
+    plot: str,
 ) -> str:
     """Write ``<stem>.md`` and ``<stem>.json``; return the Markdown."""
-    markdown = header(meta) + "\n" + table(summaries)
-    (out_dir / f"{stem}.md").write_text(markdown)
+    text = markdown(meta, summaries, outcomes, plot)
+    (out_dir / f"{stem}.md").write_text(text)
     raw = {
         "meta": meta,
+        "targets": [asdict(o) for o in outcomes],
         "summary": [asdict(s) for s in summaries],
         "samples": [asdict(s) for s in samples],
     }
     (out_dir / f"{stem}.json").write_text(json.dumps(raw, indent=2) + "\n")
-    return markdown
+    return text
