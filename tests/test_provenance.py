@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from wfexs_like import provenance
-from wfexs_like.errors import ContainerFactoryException, ProvenanceError
+from wfexs_like.errors import ContainerFactoryException, DiskFullError, ProvenanceError
 from wfexs_like.model import Container, ContainerType
 from wfexs_like.provenance import (
     FORMAT_KEY,
@@ -657,7 +657,14 @@ def test_whitelisted_container_tag_on_a_scalar_is_refused() -> None:
         ("just text\n", r"not a containers record"),
         ("- {[a]: 1}\n", r"line 1: a list cannot be a mapping key"),
         ("- {origTaggedName: !!int abc, type: docker}\n", r"malformed YAML"),
-        ("[" * 3000, r"nested too deeply|malformed YAML"),
+        ("[" * 3000, r"nested (too deeply|more than 200 levels)|malformed YAML"),
+        # found by tests/reliability/test_fuzz.py: standard tags whose constructors raise other errors
+        ("!!int\n", r"malformed YAML: IndexError"),
+        ("- !!bool x\n", r"malformed YAML: KeyError"),
+        ("a: !!timestamp x\n", r"malformed YAML: AttributeError"),
+        ("_type: []\n", r"a \[\] record is not a container record"),
+        # a value read from the file is quoted escaped: it cannot split the message or drive a terminal
+        ('containers: "a\\n\\x1b[2K"\n', r"'containers' is str 'a\\n\\x1b\[2K'"),
     ],
 )
 def test_malformed_records(text: str, expected: str) -> None:
@@ -795,7 +802,8 @@ def test_failure_mid_write_leaves_no_temp_and_no_partial_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, failing, boom)
-    with pytest.raises(ProvenanceError, match=r"could not write containers record .*containers\.yaml"):
+    # A full disk is said as such (the directory and the space it needed), not as a generic failure.
+    with pytest.raises(DiskFullError, match=r"no space left in .*writing containers\.yaml"):
         write_containers_file(GOOD, path)
     monkeypatch.undo()
 

@@ -75,6 +75,16 @@ Anything else is checked whole. WfExS records get the reference's
 fields newer reference versions add are ignored with a warning. Records in our
 format are returned as written.
 
+Bounds
+------
+A records file comes from elsewhere, so it is read within bounds
+(``safeyaml``): a file larger than ``RECORDS_MAX_BYTES`` is refused from its
+size, unread; composing stops past ``RECORDS_MAX_NODES`` nodes or 200 levels
+of nesting; and a document whose aliases would expand past that many nodes
+(a 560-byte "billion laughs") is refused before anything is built. No
+message takes the ``repr`` of a value read from a file: values are quoted a
+few items and characters deep, escaped.
+
 ``style="wfexs"`` writes the reference's marshalled shape instead: a
 ``containers`` mapping of ``_type: Container`` records, sorted keys, enums as
 ``{_enum: ContainerType, value: ...}``, ``registries`` keys as the
@@ -90,6 +100,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import reprlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, Literal, get_args
@@ -97,14 +108,17 @@ from typing import IO, Any, Literal, get_args
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import ProvenanceError
+from .errors import ProvenanceError, UnsafeInputError, UnsafeRecordsError, quote
 from .fsutil import atomic_write_bytes
 from .model import Container, ContainerType
+from .safeyaml import compose_bounded
 
 __all__ = [
     "FORMAT_KEY",
     "FORMAT_VERSION",
     "KNOWN_TAGS",
+    "RECORDS_MAX_BYTES",
+    "RECORDS_MAX_NODES",
     "RecordStyle",
     "container_from_dict",
     "container_to_dict",
@@ -118,6 +132,14 @@ logger = logging.getLogger(__name__)
 
 FORMAT_KEY = "wfexs_like_containers"
 FORMAT_VERSION = 1
+
+#: The largest containers record read: 16 MiB is tens of thousands of records; a larger file is
+#: not one, and is refused from its size before a byte of it is read.
+RECORDS_MAX_BYTES = 16 << 20
+#: The most YAML nodes a record may hold, and expand to with aliases counted at every use: three
+#: hundred times a WfExS-backend stage state of a few containers (a record of ours is ~30 nodes per
+#: container), far below what a 560-byte alias bomb expands to. Composing stops at this count.
+RECORDS_MAX_NODES = 100_000
 
 RecordStyle = Literal["wfexs-like", "wfexs"]
 """What the writers emit: our plain format, or the reference's marshalled stage-state shape."""
@@ -194,8 +216,8 @@ def container_to_dict(c: Container, *, containers_dir: Path | None = None) -> di
     """
     base = None if containers_dir is None else Path(containers_dir).absolute()
     if not isinstance(c, Container):
-        raise ProvenanceError(f"cannot record {c!r}: expected a Container, got {type(c).__name__}")
-    where = f"Container {getattr(c, 'origTaggedName', '?')!r}"
+        raise ProvenanceError(f"cannot record {_shown(c)}: expected a Container, got {type(c).__name__}")
+    where = f"Container {_shown(getattr(c, 'origTaggedName', '?'))}"
     out: dict[str, Any] = {}
     for name in _FIELDS:
         value = getattr(c, name)
@@ -211,7 +233,7 @@ def container_to_dict(c: Container, *, containers_dir: Path | None = None) -> di
                 for key, registry in value.items():
                     if not isinstance(registry, str):
                         raise ProvenanceError(
-                            f"cannot record {where}: registries[{key!r}] is "
+                            f"cannot record {where}: registries[{_shown(key)}] is "
                             f"{type(registry).__name__}, expected text"
                         )
                     regs[_type_for_dump(key, where, "registries key")] = registry
@@ -269,7 +291,7 @@ def container_from_dict(d: Mapping[str, Any]) -> Container:
 def _type_for_dump(value: Any, where: str, what: str) -> str:
     if isinstance(value, ContainerType):
         return value.value
-    raise ProvenanceError(f"cannot record {where}: {what} is {value!r}, expected a ContainerType")
+    raise ProvenanceError(f"cannot record {where}: {what} is {_shown(value)}, expected a ContainerType")
 
 
 def _container_type(value: Any, where: str, what: str) -> ContainerType:
@@ -279,7 +301,7 @@ def _container_type(value: Any, where: str, what: str) -> ContainerType:
     if isinstance(value, Mapping) and "_enum" in value:
         if value.get("_enum") != "ContainerType":
             raise ProvenanceError(
-                f"{where}: {what} is a marshalled {value.get('_enum')!r}, expected a ContainerType"
+                f"{where}: {what} is a marshalled {_shown(value.get('_enum'))}, expected a ContainerType"
             )
         value = value.get("value")
     if isinstance(value, str):
@@ -289,7 +311,9 @@ def _container_type(value: Any, where: str, what: str) -> ContainerType:
             with contextlib.suppress(KeyError):
                 return ContainerType[value]
     choices = ", ".join(sorted({t.value for t in ContainerType}))
-    raise ProvenanceError(f"{where}: unknown container type {value!r} in {what}; expected one of: {choices}")
+    raise ProvenanceError(
+        f"{where}: unknown container type {_shown(value)} in {what}; expected one of: {choices}"
+    )
 
 
 def _record_to_container(record: Mapping[Any, Any], where: str) -> Container:
@@ -297,15 +321,18 @@ def _record_to_container(record: Mapping[Any, Any], where: str) -> Container:
         raise ProvenanceError(f"{where}: expected a mapping of Container fields, got {type(record).__name__}")
     fields = dict(record)
     record_type = fields.pop("_type", None)
-    if record_type is not None and record_type not in _WFEXS_RECORD_TYPES:
-        raise ProvenanceError(f"{where}: a {record_type!r} record is not a container record")
+    if record_type is not None and (
+        not isinstance(record_type, str) or record_type not in _WFEXS_RECORD_TYPES
+    ):
+        raise ProvenanceError(f"{where}: a {_shown(record_type)} record is not a container record")
 
     unknown = [k for k in fields if k not in _FIELDS]
     if unknown:
         logger.warning(
             "%s: ignoring field(s) unknown to this version: %s",
             where,
-            ", ".join(repr(k) for k in unknown),
+            ", ".join(_shown(k) for k in unknown[:_MAX_LISTED])
+            + (" ..." if len(unknown) > _MAX_LISTED else ""),
         )
     for name in ("origTaggedName", "type"):
         if name not in fields:
@@ -348,16 +375,47 @@ def _registries(value: Any, where: str) -> dict[ContainerType, str] | None:
     for key, registry in value.items():
         ctype = _container_type(key, where, "registries")
         if not isinstance(registry, str):
-            raise ProvenanceError(f"{where}: registries[{key!r}] is {_describe(registry)}, expected text")
+            raise ProvenanceError(
+                f"{where}: registries[{_shown(key)}] is {_describe(registry)}, expected text"
+            )
         regs[ctype] = registry
     return regs
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{type(value).__name__} {text}"
+    return f"{type(value).__name__} {_shown(value)}"
+
+
+class _ShortRepr(reprlib.Repr):
+    """A few items of a few levels, short strings: what a message needs to show a value read from a
+    file. The whole ``repr`` is never taken: a value holding aliases repeats them on every path, and
+    a 560-byte alias bomb once made a ``repr`` of billions of items."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 2
+        self.maxtuple = self.maxlist = self.maxdict = self.maxset = self.maxfrozenset = 3
+        self.maxstring = self.maxother = 40
+        self.maxlong = 40
+
+    def repr__TaggedRecord(self, value: _TaggedRecord, level: int) -> str:
+        return f"<Container record at line {value.line}>"
+
+    def repr_bytes(self, value: bytes, level: int) -> str:
+        return quote(value, self.maxstring)
+
+
+_REPR = _ShortRepr()
+# How many unknown field names a warning lists.
+_MAX_LISTED = 10
+
+
+def _shown(value: Any) -> str:
+    """``value`` as a message quotes it: bounded in size and in the work it takes, escaped."""
+    if isinstance(value, str):
+        return quote(value, 60)
+    text = _REPR.repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --------------------------------------------------------------------------
@@ -480,7 +538,7 @@ class _TaggedRecord:
 class _RecordLoader(yaml.SafeLoader):
     """Safe loader plus constructors for exactly the reference's record tags."""
 
-    def __init__(self, stream: Any, where: str) -> None:
+    def __init__(self, stream: Any, where: str = "<string>") -> None:
         super().__init__(stream)
         self.where = where
 
@@ -527,14 +585,16 @@ class _RecordLoader(yaml.SafeLoader):
         args = self._apply_args(node)
         if len(args) != 1:
             raise ProvenanceError(
-                f"{self.where}: line {_line(node)}: a ContainerType takes one value, got {args!r}"
+                f"{self.where}: line {_line(node)}: a ContainerType takes one value, got {_shown(args)}"
             )
         return _container_type(args[0], f"{self.where}: line {_line(node)}", "ContainerType")
 
     def construct_path(self, node: Node) -> Path:
         args = self._apply_args(node)
         if not all(isinstance(a, str) for a in args):
-            raise ProvenanceError(f"{self.where}: line {_line(node)}: a path takes text parts, got {args!r}")
+            raise ProvenanceError(
+                f"{self.where}: line {_line(node)}: a path takes text parts, got {_shown(args)}"
+            )
         return Path(*args)
 
     def construct_tuple(self, node: Node) -> tuple[Any, ...]:
@@ -622,7 +682,10 @@ def _top_level(root: Node) -> tuple[Node | None, bool]:
 
 
 def load_containers(
-    source: str | bytes | IO[str] | IO[bytes], *, containers_dir: Path | None = None
+    source: str | bytes | IO[str] | IO[bytes],
+    *,
+    containers_dir: Path | None = None,
+    where: str | None = None,
 ) -> list[Container]:
     """Read records in our format or any WfExS-backend form.
 
@@ -630,21 +693,22 @@ def load_containers(
     for :func:`read_containers_file`, so it is rejected here rather than
     parsed as a one-word YAML document. Relative paths in the records are
     joined to ``containers_dir`` when one is given, and stay relative (to
-    the containers dir) when none is.
+    the containers dir) when none is. ``where`` names the document in
+    messages (by default ``<string>``, or the stream's name): pass the file
+    name when the text was read from one.
     """
     if isinstance(source, os.PathLike):
         raise TypeError("load_containers takes YAML text or a stream; use read_containers_file for a path")
-    where = "<string>" if isinstance(source, (str, bytes)) else str(getattr(source, "name", "<stream>"))
+    if where is None:
+        where = "<string>" if isinstance(source, (str, bytes)) else str(getattr(source, "name", "<stream>"))
     return _load(source, where, containers_dir)
 
 
 def _load(source: Any, where: str, containers_dir: Path | None) -> list[Container]:
-    loader: _RecordLoader | None = None
+    text = _bounded_text(source, where)
+    root, loader = _compose(text, where)
     containers_node: Node | None = None
     try:
-        # The reader decodes (and may reject) the first bytes on creation.
-        loader = _RecordLoader(source, where)
-        root = loader.get_single_node()
         if root is None:
             raise ProvenanceError(f"{where}: empty document; expected a containers record")
         containers_node, stage_state = _top_level(root)
@@ -657,23 +721,101 @@ def _load(source: Any, where: str, containers_dir: Path | None) -> list[Containe
             data = loader.construct_document(root)
     except ProvenanceError:
         raise
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        what = "; ".join(part for part in (e.context, e.problem) if part)
-        raise ProvenanceError(f"{where}: {at}malformed YAML: {what or e}") from e
     except yaml.YAMLError as e:
-        raise ProvenanceError(f"{where}: malformed YAML: {e}") from e
+        raise _malformed(where, e) from e
     except RecursionError:
         raise ProvenanceError(f"{where}: YAML nested too deeply to be a containers record") from None
-    except (ValueError, TypeError, OverflowError) as e:
-        # A standard tag fed a value it cannot hold (``!!int abc``).
-        raise ProvenanceError(f"{where}: malformed YAML: {e}") from e
+    except (ValueError, TypeError, OverflowError, LookupError, AttributeError) as e:
+        # A standard tag fed a value it cannot hold: PyYAML's safe constructors raise these for
+        # ``!!int abc``, an empty ``!!int``, ``!!bool x``, ``!!timestamp x``.
+        raise ProvenanceError(f"{where}: malformed YAML: {type(e).__name__}: {_one_line(str(e))}") from e
     finally:
-        if loader is not None:
-            loader.dispose()
+        loader.dispose()
     item_nodes = containers_node.value if isinstance(containers_node, SequenceNode) else None
     return _records(data, root, item_nodes, where, containers_dir)
+
+
+def _bounded_text(source: Any, where: str) -> str | bytes:
+    """The document, refused past ``RECORDS_MAX_BYTES`` (a stream is read no further than that)."""
+    if isinstance(source, str | bytes):
+        data = source
+    else:
+        try:
+            data = _read_capped(source)
+        except UnicodeDecodeError as e:
+            raise ProvenanceError(f"{where}: not UTF-8 text: {e.reason}") from e
+        except OSError as e:
+            raise ProvenanceError(f"cannot read containers record {where}: {e.strerror or e}") from e
+        if not isinstance(data, str | bytes):
+            raise ProvenanceError(f"{where}: the stream gave {type(data).__name__}, not text")
+    if len(data) > RECORDS_MAX_BYTES:
+        raise _too_large(where, None)
+    return data
+
+
+def _read_capped(stream: Any) -> str | bytes:
+    """At most one unit past ``RECORDS_MAX_BYTES`` of ``stream``, in chunks: ``read(n)`` would set
+    aside ``n`` bytes up front, 16 MiB for every small file."""
+    parts: list[Any] = []
+    total = 0
+    while total <= RECORDS_MAX_BYTES:
+        chunk = stream.read(_READ_CHUNK)
+        if not chunk:
+            break
+        parts.append(chunk)
+        total += len(chunk)
+    if not parts:
+        return b""
+    return "".join(parts) if isinstance(parts[0], str) else b"".join(parts)
+
+
+_READ_CHUNK = 1 << 16
+
+
+def _too_large(where: str, size: int | None) -> UnsafeRecordsError:
+    what = f"{size} bytes" if size is not None else "larger"
+    return UnsafeRecordsError(
+        f"{where}: {what}, more than the {RECORDS_MAX_BYTES} bytes a containers record can be; "
+        "refused unread. It is not a containers record (check the path), or split it"
+    )
+
+
+def _compose(text: str | bytes, where: str) -> tuple[Node | None, _RecordLoader]:
+    """The document's node graph, measured before anything is built: an alias bomb, or a file far
+    deeper or larger than a record, is refused here (``safeyaml``'s bounds), in milliseconds."""
+    try:
+        loader, root = compose_bounded(
+            text,  # type: ignore[arg-type]  # PyYAML's reader takes bytes too (and sniffs UTF-16)
+            where,
+            loader=_RecordLoader,
+            max_bytes=RECORDS_MAX_BYTES,
+            max_nodes=RECORDS_MAX_NODES,
+        )
+    except UnsafeInputError as e:
+        if isinstance(e.__cause__, yaml.YAMLError):
+            raise _malformed(where, e.__cause__) from e.__cause__
+        raise UnsafeRecordsError(str(e)) from e
+    loader.where = where
+    return root, loader
+
+
+def _malformed(where: str, e: yaml.YAMLError) -> ProvenanceError:
+    """One line, whatever PyYAML's message holds (its own marks span lines; problems quote input)."""
+    if isinstance(e, yaml.MarkedYAMLError):
+        mark = e.problem_mark or e.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        what = "; ".join(part for part in (e.context, e.problem) if part) or str(e)
+    elif isinstance(e, yaml.reader.ReaderError):
+        at, what = f"character {e.position}: ", f"{e.reason} ({e.character!r})"
+    else:
+        at, what = "", str(e)
+    return ProvenanceError(f"{where}: {at}malformed YAML: {_one_line(what)}")
+
+
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and control characters escaped, and cut short."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:400])
+    return escaped if len(text) <= 400 else escaped + "..."
 
 
 def _records(
@@ -686,7 +828,9 @@ def _records(
     if isinstance(data, dict) and FORMAT_KEY in data:
         version = data[FORMAT_KEY]
         if type(version) is not int or version < 1:
-            raise ProvenanceError(f"{where}: {FORMAT_KEY} is {version!r}, expected a format version number")
+            raise ProvenanceError(
+                f"{where}: {FORMAT_KEY} is {_shown(version)}, expected a format version number"
+            )
         if version > FORMAT_VERSION:
             raise ProvenanceError(
                 f"{where}: written in format {version} by a newer wfexs-like; "
@@ -798,7 +942,12 @@ def read_containers_file(path: Path, *, containers_dir: Path | None = None) -> l
     """Read a records file; every failure is a ProvenanceError naming ``path``."""
     path = Path(path)
     try:
-        data = path.read_bytes()
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            # A regular file is refused from its size alone; a pipe is read no further than the bound.
+            if size > RECORDS_MAX_BYTES:
+                raise _too_large(str(path), size)
+            data = _read_capped(fh)
     except OSError as e:
         raise ProvenanceError(f"cannot read containers record {path}: {e.strerror or e}") from e
     return _load(data, str(path), containers_dir)

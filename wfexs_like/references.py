@@ -51,6 +51,14 @@ Hub's image ``oci``, tag ``5000``; write ``oci:./5000`` for a directory.
 
 Digests are ``sha256:<64 lowercase hex>`` or ``sha512:<128 lowercase hex>``;
 nothing else identifies content unambiguously enough to be trusted as a pin.
+
+A local path is never read as a registry name, so it is never sent to one:
+besides ``/``, ``./``, ``../`` and ``file:``, a scheme-less name that ends
+like an image file (``image.sif``, ``dir/saved.tar.gz``, ``x.img``) with no
+tag or digest is refused as ambiguous, naming both spellings that say what
+was meant (``./dir/image.sif``, ``docker://dir/image.sif``). No reference is
+longer than ``REFERENCE_LENGTH_MAX`` characters. Messages quote a tag
+escaped and cut short (``errors.quote``), with a URL's password masked.
 """
 
 from __future__ import annotations
@@ -67,12 +75,13 @@ from pathlib import Path
 from urllib.parse import unquote
 
 from .container_types import ContainerType
-from .errors import InvalidReferenceError
+from .errors import InvalidReferenceError, quote
 
 __all__ = [
     "DEFAULT_TAG",
     "DOCKER_HUB",
     "DOCKER_HUB_API",
+    "REFERENCE_LENGTH_MAX",
     "SINGULARITY_HUB",
     "SYLABS_LIBRARY",
     "SYLABS_LIBRARY_API",
@@ -107,6 +116,9 @@ SCHEMES = (*REGISTRY_SCHEMES, *URL_SCHEMES, FILE_SCHEME, *TRANSPORTS)
 _DOCKER_NAMED = (*OCI_SCHEMES, DOCKER_DAEMON)
 
 NAME_TOTAL_LENGTH_MAX = 255
+#: No reference is longer: Linux's PATH_MAX, and more than any image URL needs. Checked first, so a
+#: 50 MB "tag" costs nothing to refuse.
+REFERENCE_LENGTH_MAX = 4096
 TAG_LENGTH_MAX = 128
 LIBRARY_PATH_COMPONENTS_MAX = 3
 
@@ -123,9 +135,14 @@ _HEX = re.compile(r"[0-9A-Fa-f]*")
 _DIGEST_HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _IMAGE_ID = re.compile(r"[a-f0-9]{64}")
 _SCHEME_PREFIX = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+# The user-info part of a URL's authority (``scheme://user:password@``): never repeated in a message.
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#@]+@")
 _PORT_THEN_PATH = re.compile(r"[0-9]+(?:/|$)")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _UNSAFE_FILE_CHARS = re.compile(r"[^A-Za-z0-9._-]")
+# How image files are named (Apptainer's SIFs, saved images, WfExS-backend's staged .img); as a
+# registry name, such a tag is almost surely a file.
+_IMAGE_FILE_SUFFIXES = (".sif", ".simg", ".img", ".tar", ".tar.gz", ".tgz")
 _FILE_NAME_MAX = 200
 _SHORT_HASH_LENGTH = 12
 
@@ -171,7 +188,7 @@ class Reference:
                 self.scheme, self.registry, self.repository, self.tag, self.digest
             )
         except _Invalid as exc:
-            fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+            fields = ", ".join(f"{f.name}={_shown(getattr(self, f.name))}" for f in dataclasses.fields(self))
             raise InvalidReferenceError(f"invalid container reference ({fields}): {exc}") from None
         object.__setattr__(self, "registry", registry)
         object.__setattr__(self, "repository", repository)
@@ -201,7 +218,8 @@ class Reference:
         """Where a local image (``is_local``) is on disk."""
         if not self.is_local:
             raise InvalidReferenceError(
-                f"{self.canonical()!r} is not a local file or directory: it has no path; check is_local first"
+                f"{quote(self.canonical())} is not a local file or directory: it has no path; "
+                "check is_local first"
             )
         return Path(self.repository)
 
@@ -270,7 +288,7 @@ class Reference:
         """
         if self.digest is None:
             raise InvalidReferenceError(
-                f"container reference {self.canonical()!r} is not pinned: it has no digest; "
+                f"container reference {quote(self.canonical())} is not pinned: it has no digest; "
                 "resolve its tag against the registry first"
             )
         return dataclasses.replace(self, tag=None).canonical()
@@ -279,13 +297,13 @@ class Reference:
         """The same reference pinned to ``digest``, keeping the tag for readers."""
         if self.is_transport:
             raise InvalidReferenceError(
-                f"cannot pin {self.canonical()!r} to {digest!r}: a {self.scheme}: image comes from no "
-                "registry; record its image id in the container record instead"
+                f"cannot pin {quote(self.canonical())} to {quote(digest)}: a {self.scheme}: image comes "
+                "from no registry; record its image id in the container record instead"
             )
         if not self.is_registry:
             raise InvalidReferenceError(
-                f"cannot pin {self.canonical()!r} to {digest!r}: only registry images have digests; "
-                "record a file's checksum in the container record instead"
+                f"cannot pin {quote(self.canonical())} to {quote(digest)}: only registry images have "
+                "digests; record a file's checksum in the container record instead"
             )
         return dataclasses.replace(self, digest=digest)
 
@@ -307,9 +325,9 @@ class Reference:
             return _url_split(self.repository)[0]
         if self.scheme == DOCKER_DAEMON:
             raise InvalidReferenceError(
-                f"{self.canonical()!r} is an image in the local engine: there is no host to talk to"
+                f"{quote(self.canonical())} is an image in the local engine: there is no host to talk to"
             )
-        raise InvalidReferenceError(f"{self.canonical()!r} is a local file: there is no host to talk to")
+        raise InvalidReferenceError(f"{quote(self.canonical())} is a local file: there is no host to talk to")
 
 
 def parse_reference(
@@ -332,13 +350,18 @@ def parse_reference(
     """
     if not isinstance(tag, str):
         raise InvalidReferenceError(
-            f"invalid container tag {tag!r}: expected a string, got {type(tag).__name__}"
+            f"invalid container tag {quote(tag)}: expected a string, got {type(tag).__name__}"
+        )
+    if len(tag) > REFERENCE_LENGTH_MAX:
+        raise InvalidReferenceError(
+            f"invalid container tag {_shown(tag)}: it is {len(tag)} characters long; no image reference "
+            f"is longer than {REFERENCE_LENGTH_MAX} (is this a file's content instead of a tag?)"
         )
     try:
         fields = _parse(tag, container_type, registries)
         registry, repository, tag_ = _normalise(*fields)
     except _Invalid as exc:
-        raise InvalidReferenceError(f"invalid container tag {tag!r}: {exc}") from None
+        raise InvalidReferenceError(f"invalid container tag {_shown(tag)}: {exc}") from None
     return Reference(fields[0], registry, repository, tag_, fields[4])
 
 
@@ -422,10 +445,26 @@ def _parse(
             return _parse_scheme(tag, scheme, rest, container_type, registries)
         if rest.startswith("//"):
             expected = ", ".join(f"{s}:" if s in TRANSPORTS else f"{s}://" for s in SCHEMES)
-            raise _Invalid(f"scheme {match[1]!r} is not supported; expected one of {expected} or a path")
+            raise _Invalid(f"scheme {quote(match[1])} is not supported; expected one of {expected} or a path")
     if tag.startswith(("/", "./", "../")):
         return FILE_SCHEME, None, _absolute(tag), None, None
+    _refuse_file_lookalike(tag)
     return _parse_oci("docker", tag, _default_registry("docker", container_type, registries))
+
+
+def _refuse_file_lookalike(tag: str) -> None:
+    """A scheme-less ``dir/image.sif`` is a relative path to an image file far more often than a
+    registry repository named ``image.sif``; read as the latter, the user's path would be sent to
+    a registry. Make the user say which one is meant."""
+    if "@" in tag or ":" in tag.rpartition("/")[2]:
+        return  # a tag or digest: an image name, whatever its spelling
+    if tag.lower().endswith(_IMAGE_FILE_SUFFIXES):
+        _check_characters(tag)
+        raise _Invalid(
+            f"it looks like an image file, not a registry image: give the file as {quote('./' + tag)} "
+            f"(or docker-archive:, oci-archive: for a saved image), or write {quote('docker://' + tag)} "
+            "for a registry image of that name"
+        )
 
 
 def _parse_scheme(
@@ -523,7 +562,7 @@ def _parse_file_uri(rest: str) -> _RawFields:
         host, slash, path = rest[2:].partition("/")
         if host.lower() not in ("", "localhost"):
             raise _Invalid(
-                f"file URLs name local files: host {host!r} must be empty (file:///path) or 'localhost'"
+                f"file URLs name local files: host {quote(host)} must be empty (file:///path) or 'localhost'"
             )
         rest = slash + path
     if "?" in rest or "#" in rest:
@@ -576,7 +615,7 @@ def _registry_option(value: str, scheme: str) -> str:
             text = text[len(prefix) :]
     text = text.rstrip("/")
     if "/" in text:
-        raise _Invalid(f"{value!r} must be a host[:port], without a path")
+        raise _Invalid(f"{quote(value)} must be a host[:port], without a path")
     return _registry_host(text, scheme)
 
 
@@ -589,16 +628,20 @@ def _normalise(
     scheme: str, registry: str | None, repository: str, tag: str | None, digest: str | None
 ) -> tuple[str | None, str, str | None]:
     if scheme not in SCHEMES:
-        raise _Invalid(f"scheme {scheme!r} is not one of {', '.join(SCHEMES)}")
+        raise _Invalid(f"scheme {quote(scheme)} is not one of {', '.join(SCHEMES)}")
     if not isinstance(repository, str):
         raise _Invalid("the repository must be a string")
+    if len(repository) > REFERENCE_LENGTH_MAX:
+        raise _Invalid(
+            f"the repository is {len(repository)} characters long; the limit is {REFERENCE_LENGTH_MAX}"
+        )
     if scheme in PATH_TRANSPORTS:
         if registry is not None or digest is not None:
             raise _Invalid(f"{scheme} references have no registry or digest, only a path and a reference")
         path = _normalise_path(repository)
         if ":" in path:
             raise _Invalid(
-                f"path {path!r} contains ':', which ends the path in {scheme}: references; "
+                f"path {quote(path)} contains ':', which ends the path in {scheme}: references; "
                 "rename the file or link it from a path without one"
             )
         return None, path, None if tag is None else _transport_ref(scheme, tag)
@@ -627,7 +670,7 @@ def _normalise(
     full_name = f"{registry}/{repository}"
     if len(full_name) > NAME_TOTAL_LENGTH_MAX:
         raise _Invalid(
-            f"repository name {full_name!r} is {len(full_name)} characters long; "
+            f"repository name {quote(full_name)} is {len(full_name)} characters long; "
             f"the limit is {NAME_TOTAL_LENGTH_MAX}"
         )
     if tag is not None:
@@ -650,11 +693,11 @@ def _transport_ref(scheme: str, ref: str) -> str:
         _, registry, repository, tag, digest = _parse_oci("docker", ref, DOCKER_HUB)
         registry, repository, tag = _normalise("docker", registry, repository, tag, digest)
     except _Invalid as exc:
-        raise _Invalid(f"the image reference {ref!r} after the path is not valid: {exc}") from None
+        raise _Invalid(f"the image reference {quote(ref)} after the path is not valid: {exc}") from None
     if digest is not None:
         raise _Invalid(
-            f"the image reference {ref!r} has a digest, but a docker archive names its images by tag only; "
-            "write repository:tag"
+            f"the image reference {quote(ref)} has a digest, but a docker archive names its images by tag "
+            "only; write repository:tag"
         )
     return f"{registry}/{repository}:{tag}"
 
@@ -672,12 +715,12 @@ def _looks_like_host(component: str) -> bool:
 def _host(text: str, what: str) -> str:
     match = _HOST.fullmatch(text)
     if match is None:
-        raise _Invalid(f"{what} {text!r} is not a valid host[:port]")
+        raise _Invalid(f"{what} {quote(text)} is not a valid host[:port]")
     if match["ipv6"] is not None:
         try:
             address = ipaddress.IPv6Address(match["ipv6"])
         except ValueError:
-            raise _Invalid(f"{what} {text!r} is not a valid IPv6 address") from None
+            raise _Invalid(f"{what} {quote(text)} is not a valid IPv6 address") from None
         # Newer Pythons print IPv4-mapped addresses with dots, which the
         # host grammar (and so our own parser) does not accept back.
         text_form = address.compressed if "." not in address.compressed else address.exploded
@@ -687,7 +730,7 @@ def _host(text: str, what: str) -> str:
     if match["port"] is not None:
         port = int(match["port"])
         if not 0 < port < 65536:
-            raise _Invalid(f"{what} {text!r} has port {port}, outside 1-65535")
+            raise _Invalid(f"{what} {quote(text)} has port {port}, outside 1-65535")
         host += f":{port}"
     return host
 
@@ -700,7 +743,7 @@ def _registry_host(text: str, scheme: str) -> str:
     # and a host of another shape would be read back as a namespace.
     if scheme != "library" and not _looks_like_host(host):
         raise _Invalid(
-            f"registry host {host!r} has no '.' or ':' and is not 'localhost', "
+            f"registry host {quote(host)} has no '.' or ':' and is not 'localhost', "
             "so it would be read as a Docker Hub namespace"
         )
     return host
@@ -719,8 +762,8 @@ def _check_path(path: str) -> None:
             if _PATH_COMPONENT.fullmatch(component.lower()):
                 raise _Invalid("repository names must be lowercase")
             raise _Invalid(
-                f"repository path component {component!r} is not valid: use lowercase letters and digits, "
-                "joined by '.', '_', '__' or dashes"
+                f"repository path component {quote(component)} is not valid: use lowercase letters and "
+                "digits, joined by '.', '_', '__' or dashes"
             )
 
 
@@ -729,19 +772,20 @@ def _check_tag(tag: str) -> None:
         raise _Invalid(f"its tag is {len(tag)} characters long; the limit is {TAG_LENGTH_MAX}")
     if not _TAG.fullmatch(tag):
         raise _Invalid(
-            f"tag {tag!r} is not valid: use letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+            f"tag {quote(tag)} is not valid: use letters, digits, '_', '.' and '-', "
+            "not starting with '.' or '-'"
         )
 
 
 def _check_digest(digest: str) -> None:
     algorithm, colon, hex_digits = digest.partition(":")
     if not colon or not algorithm:
-        raise _Invalid(f"digest {digest!r} is not of the form <algorithm>:<hex>")
+        raise _Invalid(f"digest {quote(digest)} is not of the form <algorithm>:<hex>")
     expected = _DIGEST_HEX_LENGTH.get(algorithm)
     if expected is None:
-        raise _Invalid(f"digest algorithm {algorithm!r} is not supported; use sha256 (or sha512)")
+        raise _Invalid(f"digest algorithm {quote(algorithm)} is not supported; use sha256 (or sha512)")
     if not _HEX.fullmatch(hex_digits):
-        raise _Invalid(f"digest {digest!r} is not hexadecimal")
+        raise _Invalid(f"digest {quote(digest)} is not hexadecimal")
     if len(hex_digits) != expected:
         raise _Invalid(f"a {algorithm} digest has {expected} hex digits, not {len(hex_digits)}")
     if hex_digits != hex_digits.lower():
@@ -775,13 +819,21 @@ def _normalise_url(scheme: str, rest: str) -> str:
 def _normalise_path(path: str) -> str:
     _check_characters(path, allow_spaces=True)
     if not path.startswith("/"):
-        raise _Invalid(f"local image paths must be absolute, not {path!r}")
+        raise _Invalid(f"local image paths must be absolute, not {quote(path)}")
     path = posixpath.normpath(path)
     if path.startswith("//"):  # POSIX lets normpath keep two leading slashes
         path = "/" + path.lstrip("/")
     if path == "/":
         raise _Invalid("the path names the root directory, not an image")
     return path
+
+
+def _shown(value: object) -> str:
+    """A tag, or a field of a hand-built Reference, as a message shows it: bounded (``quote``), and
+    with the password of a ``scheme://user:password@host`` masked, since messages reach logs."""
+    if isinstance(value, str):
+        value = _USERINFO.sub(r"\1***@", value)
+    return "None" if value is None else quote(value)
 
 
 def _flatten(text: str) -> str:

@@ -4,13 +4,17 @@ A 560-byte file of nested aliases ("billion laughs") composes into a small
 graph that every later walk, ``repr`` or JSON dump expands exponentially.
 So the node graph is measured *as if expanded* before anything is
 constructed, and refused past ``max_nodes``; the file size is capped before
-it is parsed, and nesting depth too. Every caller that reads a YAML file it
-did not write itself (containers records, CWL documents, configs) comes
-through here.
+it is parsed, and nesting depth too. Composing itself stops at ``max_nodes``
+nodes or ``max_depth`` levels, and brackets nested deeper than that are
+refused before PyYAML scans them (its scanner is quadratic in their depth),
+so a large or deep file costs a bounded amount of time and memory to refuse.
+Every caller that reads a YAML file it did not write itself (containers
+records, CWL documents, configs) comes through here.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +62,17 @@ def compose_bounded(
 
     if len(text) > max_bytes:
         raise UnsafeInputError(f"{where}: {len(text)} characters, more than the {max_bytes} read here")
-    ldr = (loader or yaml.SafeLoader)(text)
+    _check_flow_depth(text, where, max_depth)
+    try:
+        # The reader decodes (and may reject) the first bytes on creation.
+        ldr = _counting(loader or yaml.SafeLoader, where, max_nodes, max_depth)(text)
+    except yaml.YAMLError as e:
+        raise UnsafeInputError(f"{where}: not valid YAML: {e}") from e
     try:
         root = ldr.get_single_node()
+    except UnsafeInputError:
+        ldr.dispose()
+        raise
     except yaml.YAMLError as e:
         ldr.dispose()
         raise UnsafeInputError(f"{where}: not valid YAML: {e}") from e
@@ -70,6 +82,77 @@ def compose_bounded(
     if root is not None:
         _check_expanded(root, where, max_nodes, max_depth)
     return ldr, root
+
+
+_SPECIAL = re.compile(r"""[\[\]{}'"#\n\\]""")
+
+
+def _check_flow_depth(text: str | bytes, where: str, max_depth: int) -> None:
+    """Refuse flow collections (``[``, ``{``) nested deeper than ``max_depth`` before PyYAML scans
+    them: its scanner looks ahead through every open one, which makes deep nesting quadratic.
+
+    An over-estimate (block scalars are not told apart), so it can only refuse what nests at
+    least that deep in brackets, which no file of ours does.
+    """
+    chars = text if isinstance(text, str) else text.decode("latin-1")
+    if chars.count("[") + chars.count("{") <= max_depth:
+        return
+    depth = 0
+    quote = ""
+    comment = False
+    escaped_at = -1  # where the character a backslash escapes is, in a double-quoted scalar
+    for m in _SPECIAL.finditer(chars):
+        ch, at = m.group(), m.start()
+        if comment:
+            comment = ch != "\n"
+        elif quote:
+            if at == escaped_at:
+                continue
+            if ch == "\\" and quote == '"':
+                escaped_at = at + 1
+            elif ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#":
+            comment = at == 0 or chars[at - 1] in " \t\n"
+        elif ch in "[{":
+            depth += 1
+            if depth > max_depth:
+                raise UnsafeInputError(f"{where}: nested more than {max_depth} levels deep; refused")
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+
+
+def _counting(base: type[Any], where: str, max_nodes: int, max_depth: int) -> type[Any]:
+    """``base``, stopping as soon as the document holds more than ``max_nodes`` nodes or nests
+    deeper than ``max_depth``: a large file is refused after a bounded amount of work and memory,
+    not once it is composed in full (the pure-Python composer keeps every node and mark, and its
+    scanner is quadratic in the nesting of flow collections: 3000 ``[`` took a minute)."""
+    if not hasattr(base, "compose_node"):
+        return base  # a C composer: the checks after composition still apply
+
+    class Counting(base):  # type: ignore[misc, valid-type]
+        _nodes = 0
+        _depth = 0
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self._nodes += 1
+            self._depth += 1
+            try:
+                if self._nodes > max_nodes:
+                    raise UnsafeInputError(
+                        f"{where}: more than {max_nodes} YAML nodes, far more than a file of this kind "
+                        "holds; refused"
+                    )
+                if self._depth > max_depth:
+                    raise UnsafeInputError(f"{where}: nested more than {max_depth} levels deep; refused")
+                return super().compose_node(parent, index)
+            finally:
+                self._depth -= 1
+
+    Counting.__name__ = Counting.__qualname__ = base.__name__
+    return Counting
 
 
 def load_bounded(text: str, where: str, **limits: int) -> Any:
@@ -102,7 +185,7 @@ def _check_expanded(root: Any, where: str, max_nodes: int, max_depth: int) -> No
             if size > max_nodes:
                 raise UnsafeInputError(
                     f"{where}: the document expands to more than {max_nodes} YAML nodes (an alias bomb, "
-                    "or a file not meant for this tool); refused before reading it"
+                    "or a file not meant for this tool); refused before building it"
                 )
             if depth > max_depth:
                 raise UnsafeInputError(f"{where}: nested more than {max_depth} levels deep; refused")

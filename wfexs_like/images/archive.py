@@ -18,14 +18,16 @@ import lzma
 import os
 import posixpath
 import re
+import stat
 import tarfile
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, Self
 
+from .. import progress
 from ..digests import CHUNK, sha256_chunks
-from ..errors import CacheError, IntegrityError, UnsafeArchiveError
+from ..errors import CacheError, IntegrityError, UnsafeArchiveError, quote
 from ..fsutil import atomic_write
 from .base import Layer, buffered
 from .compression import MAGIC_LEN, Compression, from_media_type, sniff
@@ -52,13 +54,13 @@ def safe_name(name: str) -> str:
     """Normalise a member name; refuse anything that points outside the archive."""
     if not name or "\0" in name or name.startswith("/") or re.match(r"^[A-Za-z]:[\\/]", name):
         raise UnsafeArchiveError(
-            f"archive member {name!r} has an absolute path; refusing the archive (it was not made "
+            f"archive member {quote(name)} has an absolute path; refusing the archive (it was not made "
             "by docker/podman save or skopeo)"
         )
     parts = name.replace("\\", "/").split("/")
     if ".." in parts:
         raise UnsafeArchiveError(
-            f"archive member {name!r} climbs out of the archive with '..'; refusing the archive "
+            f"archive member {quote(name)} climbs out of the archive with '..'; refusing the archive "
             "(it was not made by docker/podman save or skopeo)"
         )
     norm = posixpath.normpath(name)
@@ -75,14 +77,62 @@ def link_target(name: str, target: str, *, symlink: bool) -> str:
         return safe_name(target)  # hard link targets are archive member names
     if not target or target.startswith("/"):
         raise UnsafeArchiveError(
-            f"archive member {name!r} is a symlink to {target!r}, outside the archive; refusing it"
+            f"archive member {quote(name)} is a symlink to {quote(target)}, outside the archive; refusing it"
         )
     resolved = posixpath.normpath(posixpath.join(posixpath.dirname(name), target))
     if resolved == ".." or resolved.startswith("../"):
         raise UnsafeArchiveError(
-            f"archive member {name!r} is a symlink to {target!r}, outside the archive; refusing it"
+            f"archive member {quote(name)} is a symlink to {quote(target)}, outside the archive; refusing it"
         )
     return resolved
+
+
+_KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def open_regular(path: Path, what: str) -> BinaryIO:
+    """``path`` opened for reading, if it is a regular file (symlinks followed); else refused unread.
+
+    Image files come from wherever a workflow or a user points: a FIFO there
+    would block the reader forever, a device (``/dev/zero``) never ends, and
+    a directory is no image. The open itself is non-blocking, so not even a
+    FIFO without a writer can hang it.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise CacheError(f"cannot read {what} {path}: {e.strerror or e}") from e
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = _KINDS.get(stat.S_IFMT(mode), "not a file")
+            raise UnsafeArchiveError(f"{what} {path} is {kind}, not a regular file; refusing to read it")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_regular(path: Path, what: str, limit: int = 1 << 20) -> bytes:
+    """The bytes of a small regular file (``open_regular``), refused unread when larger than ``limit``."""
+    with open_regular(path, what) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > limit:
+            raise CacheError(
+                f"{what} {path} is {size} bytes, far more than such a file holds ({limit}); "
+                "it is not what it claims to be"
+            )
+        data = fh.read(size + 1)  # not ``limit + 1``: that much would be set aside for every small file
+    if len(data) != size:
+        raise CacheError(f"{what} {path} changed while it was read; read it again once it is complete")
+    return data
 
 
 def _is_document(name: str) -> bool:
@@ -153,10 +203,8 @@ class TarMembers:
     def __init__(self, path: Path, what: str) -> None:
         self.path = Path(path)
         self.what = what
-        try:
-            self._fh = open(self.path, "rb")  # noqa: SIM115 - closed in close()
-        except OSError as e:
-            raise CacheError(f"cannot read {what} {self.path}: {e.strerror}") from e
+        self._fh = open_regular(self.path, what)
+        self._size = os.fstat(self._fh.fileno()).st_size
         self._tf: tarfile.TarFile | None = None
         try:
             self.compression = sniff(self._fh.read(MAGIC_LEN))
@@ -190,6 +238,7 @@ class TarMembers:
         kept = 0
         try:
             for ti in self._tf:
+                progress.check_cancelled()
                 name = safe_name(ti.name)
                 if ti.issym() or ti.islnk():
                     self._links[name] = link_target(name, ti.linkname, symlink=ti.issym())
@@ -197,6 +246,7 @@ class TarMembers:
                     continue
                 if not ti.isfile():
                     continue
+                self._check_member(ti, name)
                 self._files[name] = ti
                 self._links.pop(name, None)
                 if not self.compressed:
@@ -210,6 +260,7 @@ class TarMembers:
                 parts: list[bytes] = []
                 head = b""
                 while chunk := src.read(CHUNK):
+                    progress.check_cancelled()
                     if len(head) < MAGIC_LEN:
                         head += chunk[: MAGIC_LEN - len(head)]
                     h.update(chunk)
@@ -225,6 +276,21 @@ class TarMembers:
                 f"{self.what} {self.path} is corrupt or truncated: {e}; save the image again"
             ) from e
 
+    def _check_member(self, ti: tarfile.TarInfo, name: str) -> None:
+        """Refuse the sizes no saved image has, from the header alone."""
+        if ti.issparse():
+            # A sparse header may claim any size, its bytes all made up: docker/podman save and
+            # skopeo never write one.
+            raise UnsafeArchiveError(
+                f"{self.what} {self.path}: member {quote(name)} is a sparse file, which no image archive "
+                "holds; refusing the archive"
+            )
+        if not self.compressed and ti.offset_data + ti.size > self._size:
+            raise CacheError(
+                f"{self.what} {self.path}: member {quote(name)} claims {ti.size} bytes, more than the "
+                f"archive's {self._size}; it is truncated or forged: save the image again"
+            )
+
     def __contains__(self, name: str) -> bool:
         try:
             return self.resolve(name) in self._files
@@ -238,12 +304,12 @@ class TarMembers:
             if name not in self._links:
                 return name
             name = self._links[name]
-        raise UnsafeArchiveError(f"{self.what} {self.path}: member {name!r} is part of a symlink loop")
+        raise UnsafeArchiveError(f"{self.what} {self.path}: member {quote(name)} is part of a symlink loop")
 
     def info(self, name: str) -> tarfile.TarInfo:
         ti = self._files.get(name)
         if ti is None:
-            raise CacheError(f"{self.what} {self.path} has no member {name!r}; it is incomplete")
+            raise CacheError(f"{self.what} {self.path} has no member {quote(name)}; it is incomplete")
         return ti
 
     def size(self, name: str) -> int:
@@ -255,7 +321,7 @@ class TarMembers:
     def open(self, name: str) -> BinaryIO:
         """The member's bytes as stored (unverified); the caller closes it."""
         ti = self.info(name)
-        what = f"member {name!r} of {self.what} {self.path}"
+        what = f"member {quote(name)} of {self.what} {self.path}"
         if not self.compressed and not ti.issparse():
             return buffered(_Window(self._fh.fileno(), ti.offset_data, ti.size, what))
         assert self._tf is not None
@@ -269,13 +335,13 @@ class TarMembers:
         size = self.size(name)
         if size > limit:
             raise CacheError(
-                f"member {name!r} of {self.what} {self.path} is {size} bytes, too large for what it "
+                f"member {quote(name)} of {self.what} {self.path} is {size} bytes, too large for what it "
                 "should be (a manifest, index or config); the archive is not what it claims"
             )
         with self.open(name) as fh:
             data = fh.read()
         if len(data) != size:
-            raise CacheError(f"member {name!r} of {self.what} {self.path} is truncated; save it again")
+            raise CacheError(f"member {quote(name)} of {self.what} {self.path} is truncated; save it again")
         return data
 
     def head(self, name: str) -> bytes:

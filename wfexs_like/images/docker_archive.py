@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..digests import CHUNK, sha256_bytes, sha256_chunks
-from ..errors import CacheError, IntegrityError
+from ..errors import CacheError, IntegrityError, quote, quote_list
 from .archive import (
     BLOCK,
     ArchiveImage,
@@ -202,24 +202,30 @@ class DockerArchiveImage(ArchiveImage, BaseImage):
             tagged = [e for e in entries if repo_tag in (e.get("RepoTags") or [])]
             if not tagged:
                 tags = [t for e in entries for t in e.get("RepoTags") or []]
-                raise CacheError(f"{where} holds no image tagged {repo_tag!r}; it holds: {tags}")
+                raise CacheError(
+                    f"{where} holds no image tagged {quote(repo_tag)}; it holds: {quote_list(tags)}"
+                )
             entries = tagged
         if len(entries) > 1:
-            tags = [e.get("RepoTags") for e in entries]
-            raise CacheError(f"{where} holds {len(entries)} images ({tags}); pass repo_tag to pick one")
+            tags = [t for e in entries for t in e.get("RepoTags") or []]
+            raise CacheError(
+                f"{where} holds {len(entries)} images (tagged {quote_list(tags)}); pass repo_tag to pick one"
+            )
         entry = entries[0]
         self.repo_tags: list[str] = [str(t) for t in entry.get("RepoTags") or []]
         if not entry.get("Config"):
             raise CacheError(f"the manifest.json of {where} names no config; save the image again")
         config_name = self._tar.resolve(str(entry["Config"]))
         if config_name not in self._tar:
-            raise CacheError(f"the manifest.json of {where} names config {config_name!r}, which is not in it")
+            raise CacheError(
+                f"the manifest.json of {where} names config {quote(config_name)}, which is not in it"
+            )
         self._raw_config = self._tar.read(config_name)
         self._config_digest = config_digest = sha256_bytes(self._raw_config)
         stem = posixpath.basename(config_name).removesuffix(".json")
         if re.fullmatch(r"[0-9a-f]{64}", stem) and stem != config_digest.split(":", 1)[1]:
             raise IntegrityError(
-                f"config {config_name!r} of {where} does not hash to its name (got {config_digest}); "
+                f"config {quote(config_name)} of {where} does not hash to its name (got {config_digest}); "
                 "the archive is corrupt: save the image again",
                 expected="sha256:" + stem,
                 actual=config_digest,
@@ -228,7 +234,7 @@ class DockerArchiveImage(ArchiveImage, BaseImage):
             config = json.loads(self._raw_config)
             diff_ids = [str(d) for d in config["rootfs"]["diff_ids"]]
         except (ValueError, KeyError, TypeError) as e:
-            raise CacheError(f"config {config_name!r} of {where} is not an image config: {e}") from e
+            raise CacheError(f"config {quote(config_name)} of {where} is not an image config: {e}") from e
         names = [self._tar.resolve(str(n)) for n in entry.get("Layers") or []]
         if len(names) != len(diff_ids):
             raise CacheError(
@@ -237,12 +243,14 @@ class DockerArchiveImage(ArchiveImage, BaseImage):
             )
         for name in names:
             if name not in self._tar:
-                raise CacheError(f"the manifest.json of {where} names layer {name!r}, which is not in it")
+                raise CacheError(
+                    f"the manifest.json of {where} names layer {quote(name)}, which is not in it"
+                )
         kinds = {name: sniff(self._tar.head(name)) for name in sorted(set(names), key=self._tar.offset)}
         for name, kind in kinds.items():
             if kind not in ("none", "gzip"):
                 raise CacheError(
-                    f"layer {name!r} of {where} is {kind}-compressed, which an OCI image cannot "
+                    f"layer {quote(name)} of {where} is {kind}-compressed, which an OCI image cannot "
                     "describe; save the image again without compressing its layers"
                 )
         self._layer_members = [
@@ -290,7 +298,7 @@ class DockerArchiveImage(ArchiveImage, BaseImage):
         fh = self._tar.open(m.name)
         if not m.gzip:
             return fh  # its digest is its diff id: BlobLayer's check covers both
-        what = f"layer {m.name!r} of docker-archive {self.path}"
+        what = f"layer {quote(m.name)} of docker-archive {self.path}"
         return buffered(_InflateCheck(fh, m.diff_id, what))
 
     def layers(self) -> tuple[BlobLayer, ...]:
@@ -351,7 +359,7 @@ def _check_repo_tags(repo_tags: Sequence[str]) -> list[str]:
     for t in tags:
         if not _REPO_TAG_RE.match(t):
             raise CacheError(
-                f"invalid repo tag {t!r} for a docker-archive: write it as "
+                f"invalid repo tag {quote(t)} for a docker-archive: write it as "
                 "[registry[:port]/]name:tag with a lowercase name, e.g. 'localhost/samtools:1.15'"
             )
     return tags

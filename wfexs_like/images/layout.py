@@ -35,8 +35,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..digests import CHUNK, sha256_bytes, sha256_file, split_digest
-from ..errors import CacheError, IntegrityError
+from ..errors import CacheError, IntegrityError, UnsafeArchiveError, quote, quote_list
 from ..fsutil import fsync_dir
+from .archive import SMALL_LIMIT, open_regular, read_regular
 from .base import Image, LoadedImage
 from .blobstore import BLOB_MODE, BlobStore
 from .manifest import (
@@ -85,7 +86,8 @@ def layout_index_bytes(image: Image, ref_name: str | None = None) -> bytes:
 def _check_ref_name(ref_name: str) -> None:
     if not ref_name or any(c.isspace() for c in ref_name) or ref_name != ref_name.strip():
         raise CacheError(
-            f"invalid ref name {ref_name!r}: use an image name such as 'localhost/name:tag' (no whitespace)"
+            f"invalid ref name {quote(ref_name)}: use an image name such as 'localhost/name:tag' "
+            "(no whitespace)"
         )
 
 
@@ -107,9 +109,32 @@ def parse_index(raw: bytes, where: str) -> Index:
     return idx
 
 
+def inside_layout(layout: Path, p: Path) -> Path:
+    """``p``, a file of the layout at ``layout``, refused when it leads (through symlinks) outside it.
+
+    Layouts this tool writes hold no symlinks at all; one that points out of
+    the layout would make a reader hash, or copy into the cache, a file that
+    is no part of the image (``/etc/shadow``, ``/dev/zero``).
+    """
+    root = os.path.realpath(layout)
+    real = os.path.realpath(p)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise UnsafeArchiveError(
+            f"{p} leads outside the OCI layout {layout} (to {quote(real)}); refusing the layout"
+        )
+    return p
+
+
+def read_layout_file(layout: Path, p: Path, what: str, limit: int = SMALL_LIMIT) -> bytes:
+    """A small file of a layout (index, manifest, config): inside it, regular, at most ``limit`` bytes."""
+    if not os.path.lexists(p):
+        raise FileNotFoundError(p)
+    return read_regular(inside_layout(layout, p), what, limit)
+
+
 def _load_index(path: Path) -> Index:
     try:
-        raw = (path / INDEX_FILE).read_bytes()
+        raw = read_layout_file(path, path / INDEX_FILE, "OCI layout index")
     except FileNotFoundError:
         raise CacheError(f"{path} is not an OCI image layout: it has no {INDEX_FILE}") from None
     return parse_index(raw, str(path / INDEX_FILE))
@@ -136,12 +161,14 @@ def select_image(
         entries = [d for d in entries if d.annotations.get(REF_NAME_ANNOTATION) == ref_name]
         if not entries:
             names = [d.annotations.get(REF_NAME_ANNOTATION) for d in idx.manifests]
-            raise CacheError(f"{where} has no image named {ref_name!r}; it holds: {names}")
+            raise CacheError(f"{where} has no image named {quote(ref_name)}; it holds: {quote_list(names)}")
     if not entries:
         raise CacheError(f"the index of {where} lists no manifests; it is empty")
     if len(entries) > 1:
         names = [d.annotations.get(REF_NAME_ANNOTATION) for d in entries]
-        raise CacheError(f"{where} holds {len(entries)} images ({names}); pass ref_name to pick one")
+        raise CacheError(
+            f"{where} holds {len(entries)} images ({quote_list(names)}); pass ref_name to pick one"
+        )
     desc = entries[0]
     name = desc.annotations.get(REF_NAME_ANNOTATION)
     for _ in range(_MAX_NESTING + 1):
@@ -161,7 +188,7 @@ def read_small_layout_blob(layout: Path, desc: Descriptor) -> bytes:
     """A manifest, index or config blob of a layout, re-hashed (they are small and pin everything)."""
     p = blob_file(layout, desc.digest)
     try:
-        raw = p.read_bytes()
+        raw = read_layout_file(layout, p, "OCI layout blob")
     except FileNotFoundError:
         raise CacheError(f"{layout}: blob {desc.digest} is missing; the layout is incomplete") from None
     actual = sha256_bytes(raw)
@@ -227,12 +254,11 @@ class LayoutImage(LoadedImage):
 
     def open_blob(self, descriptor: Descriptor) -> BinaryIO:
         p = blob_file(self.path, descriptor.digest)
-        try:
-            return open(p, "rb")
-        except FileNotFoundError:
+        if not os.path.lexists(p):
             raise CacheError(
                 f"{self.path}: blob {descriptor.digest} is missing; the layout is incomplete: write it again"
-            ) from None
+            )
+        return open_regular(inside_layout(self.path, p), "OCI layout blob")
 
     def blob_path(self, digest: str) -> Path | None:
         return blob_file(self.path, digest)
@@ -274,9 +300,9 @@ def write_oci_layout(image: Image, dest: Path, *, ref_name: str | None = None) -
     fingerprint = sha256_bytes(index_raw)
     if dest.is_dir():
         try:
-            current = (dest / INDEX_FILE).read_bytes()
-        except OSError:
-            current = b""
+            current = read_layout_file(dest, dest / INDEX_FILE, "OCI layout index")
+        except (OSError, CacheError, UnsafeArchiveError):
+            current = b""  # whatever is there (even a planted FIFO or link) is replaced below
         if current == index_raw and not verify_oci_layout(dest, _trust_of(image)):
             return fingerprint
     layers = image.layers()  # checks the config against the manifest before anything is written
@@ -353,13 +379,15 @@ def verify_oci_layout(path: Path, store: BlobStore | None = None, full: bool = F
     path = Path(path)
     problems: list[str] = []
     try:
-        layout = json.loads((path / OCI_LAYOUT_FILE).read_bytes())
+        layout = json.loads(read_layout_file(path, path / OCI_LAYOUT_FILE, "OCI layout marker", 4096))
         if not isinstance(layout, Mapping) or "imageLayoutVersion" not in layout:
             problems.append(f"{path / OCI_LAYOUT_FILE}: no imageLayoutVersion")
     except FileNotFoundError:
         problems.append(f"{path / OCI_LAYOUT_FILE} is missing")
     except ValueError as e:
         problems.append(f"{path / OCI_LAYOUT_FILE} is not valid JSON: {e}")
+    except (CacheError, UnsafeArchiveError) as e:
+        problems.append(str(e))
     try:
         idx = _load_index(path)
     except CacheError as e:
@@ -370,18 +398,21 @@ def verify_oci_layout(path: Path, store: BlobStore | None = None, full: bool = F
     def check_blob(desc: Descriptor, small: bool) -> bytes | None:
         """Check one blob; return its bytes when ``small`` and it is intact."""
         try:
-            p = blob_file(path, desc.digest)
-        except IntegrityError as e:
+            p = inside_layout(path, blob_file(path, desc.digest))
+        except (IntegrityError, UnsafeArchiveError) as e:
             problems.append(str(e))
             return None
         if not p.is_file():
-            problems.append(f"blob {desc.digest} is missing ({p})")
+            problems.append(f"blob {desc.digest} is missing or not a regular file ({p})")
             return None
         size = p.stat().st_size
         if size != desc.size:
             problems.append(f"blob {desc.digest}: {size} bytes, expected {desc.size} ({p})")
             return None
         if small:
+            if size > SMALL_LIMIT:
+                problems.append(f"blob {desc.digest}: {size} bytes, far too large for a manifest or config")
+                return None
             raw = p.read_bytes()
             if sha256_bytes(raw) != desc.digest:
                 problems.append(f"blob {desc.digest} does not hash to its name ({p}): altered")

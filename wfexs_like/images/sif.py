@@ -25,9 +25,12 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
-from ..errors import ContainerFactoryException
+from .. import progress
+from ..errors import CacheError, ContainerFactoryException, UnsafeArchiveError
 from ..fsutil import atomic_write
+from .archive import open_regular
 
 LAUNCH_SCRIPT = b"#!/usr/bin/env run-singularity\n"
 MAGIC = b"SIF_MAGIC\x00"
@@ -52,6 +55,12 @@ DESCRIPTOR_SIZE = _DESCRIPTOR.size
 DATA_OFFSET = DESCRIPTORS_OFFSET + DESCRIPTOR_CAPACITY * DESCRIPTOR_SIZE
 
 _COPY_CHUNK = 1 << 20
+_KERNEL_CHUNK = 1 << 30
+#: The most descriptors a SIF read here may have: SIF writers make 48, ``siftool`` grows the table
+#: a few at a time; a header claiming more is not a SIF.
+MAX_DESCRIPTORS = 1 << 12
+#: The largest object ``read_object`` returns (a definition file, a JSON object: never a partition).
+MAX_SMALL_OBJECT = 16 << 20
 
 
 class SifFormatError(ContainerFactoryException, ValueError):
@@ -231,16 +240,38 @@ def _align(offset: int, alignment: int) -> int:
     return -(-offset // alignment) * alignment
 
 
-def _copy_into(out, data: bytes | Path) -> int:
+def _copy_into(out: BinaryIO, data: bytes | Path) -> int:
     if isinstance(data, bytes | bytearray | memoryview):
         out.write(data)
         return len(data)
-    n = 0
     with open(data, "rb") as src:
+        size = os.fstat(src.fileno()).st_size
+        out.flush()
+        start = out.tell()
+        try:
+            done = _copy_in_kernel(src.fileno(), out.fileno(), size, start)
+        except OSError:  # another filesystem, or a kernel that cannot: copy through user space
+            done = 0
+        out.seek(start + done)
+        src.seek(done)
         while chunk := src.read(_COPY_CHUNK):
             out.write(chunk)
-            n += len(chunk)
-    return n
+            done += len(chunk)
+            progress.check_cancelled()
+    return done
+
+
+def _copy_in_kernel(src: int, dst: int, size: int, at: int) -> int:
+    """``copy_file_range`` the whole of ``src`` to offset ``at`` of ``dst`` (a reflink where the
+    filesystem shares extents); a multi-GB squashfs then never passes through this process."""
+    done = 0
+    while done < size:
+        n = os.copy_file_range(src, dst, min(size - done, _KERNEL_CHUNK), done, at + done)
+        if n == 0:
+            break
+        done += n
+        progress.check_cancelled()
+    return done
 
 
 def _fixed(text: bytes, size: int) -> bytes:
@@ -321,7 +352,7 @@ def _cstr(raw: bytes) -> str:
 def read_sif(path: Path) -> SifInfo:
     """Parse the header and used descriptors, checking every object lies inside the file."""
     path = Path(path)
-    with open(path, "rb") as f:
+    with _open_sif(path) as f:
         head = f.read(HEADER_SIZE)
         if len(head) < HEADER_SIZE:
             raise SifFormatError(f"{path}: too short to be a SIF ({len(head)} bytes)")
@@ -342,9 +373,11 @@ def read_sif(path: Path) -> SifInfo:
         ) = _HEADER.unpack(head)
         if magic != MAGIC:
             raise SifFormatError(f"{path}: not a SIF file (magic {magic!r}, expected {MAGIC!r})")
-        if not 0 < dtotal <= 1 << 16 or dsize != dtotal * DESCRIPTOR_SIZE or doff < HEADER_SIZE:
+        if not 0 < dtotal <= MAX_DESCRIPTORS or dsize != dtotal * DESCRIPTOR_SIZE or doff < HEADER_SIZE:
             raise SifFormatError(f"{path}: inconsistent descriptor table (total {dtotal}, size {dsize})")
         file_size = os.fstat(f.fileno()).st_size
+        if doff + dsize > file_size:
+            raise SifFormatError(f"{path}: truncated descriptor table")
         f.seek(doff)
         table = f.read(dsize)
         if len(table) != dsize:
@@ -397,9 +430,22 @@ def read_sif(path: Path) -> SifInfo:
     )
 
 
-def read_object(path: Path, descriptor: SifDescriptor) -> bytes:
+def _open_sif(path: Path) -> BinaryIO:
+    """The file, if it is a regular one: a FIFO or a device handed over as a SIF is not one."""
+    try:
+        return open_regular(path, "SIF file")
+    except (CacheError, UnsafeArchiveError) as e:
+        raise SifFormatError(str(e)) from e
+
+
+def read_object(path: Path, descriptor: SifDescriptor, *, limit: int = MAX_SMALL_OBJECT) -> bytes:
     """The bytes of one (small) data object, e.g. the definition file or a JSON object."""
-    with open(path, "rb") as f:
+    if descriptor.size > limit:
+        raise SifFormatError(
+            f"{path}: object {descriptor.id} is {descriptor.size} bytes, "
+            f"more than the {limit} read into memory"
+        )
+    with _open_sif(path) as f:
         f.seek(descriptor.offset)
         data = f.read(descriptor.size)
     if len(data) != descriptor.size:
