@@ -239,6 +239,13 @@ def _on_first_sigint(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _shown(text: str) -> str:
+    """A tag as a message may quote it: as typed when printable and short, escaped and cut otherwise."""
+    from ..errors import QUOTE_LIMIT, quote
+
+    return text if text.isprintable() and len(text) <= QUOTE_LIMIT else quote(text)
+
+
 def report_error(e: BaseException) -> int:
     """One clear message (no traceback) for the failures the library anticipates; their exit code."""
     from ..errors import AbstractWfExSException, ContainerNotFoundException, InvalidReferenceError
@@ -252,7 +259,7 @@ def report_error(e: BaseException) -> int:
     if isinstance(e, ContainerNotFoundException) and e.failures:
         print(f"wfexs-like: {len(e.failures)} container(s) failed:", file=sys.stderr)
         for tag, reason in e.failures:
-            print(f"  {tag}: {reason}", file=sys.stderr)
+            print(f"  {_shown(tag)}: {reason}", file=sys.stderr)
         return EXIT_FAILURE
     if isinstance(e, AbstractWfExSException | OSError):
         print(f"wfexs-like: {e}", file=sys.stderr)

@@ -54,7 +54,9 @@ _COLUMNS = (("STATE", "state"), ("TAG", "tag"), ("IMAGE", "tagged_name"), ("SIGN
 
 
 def _table(rows: list[dict[str, Any]]) -> str:
-    cells = [[h for h, _ in _COLUMNS]] + [[str(r[k] or "-") for _, k in _COLUMNS] for r in rows]
+    from ._common import _shown
+
+    cells = [[h for h, _ in _COLUMNS]] + [[_shown(str(r[k] or "-")) for _, k in _COLUMNS] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(_COLUMNS) - 1)]
     lines = ["  ".join([*(c.ljust(w) for c, w in zip(row, widths, strict=False)), row[-1]]) for row in cells]
     return "\n".join(lines) + "\n"

@@ -68,7 +68,7 @@ def load_records(path: Path, *, containers_dir: Path | None = None) -> LoadedRec
         raise ProvenanceError(
             f"{path} is not a containers record: not UTF-8 text ({e.reason} at byte {e.start})"
         ) from None
-    containers = load_containers(text, containers_dir=containers_dir)
+    containers = load_containers(text, containers_dir=containers_dir, where=str(path))
     return LoadedRecords(path, "wfexs-like" if _OURS.search(text) else "wfexs", containers)
 
 

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from ..errors import InvalidReferenceError, UnsafeInputError
+from ..errors import InvalidReferenceError, UnsafeInputError, quote
 from ..model import Container
 from ..provenance import load_containers, read_containers_file
 from ..references import parse_reference
@@ -71,7 +71,7 @@ def _tag_lines(text: str, where: str) -> list[str]:
     problems: list[str] = []
     for number, line in _significant_lines(text):
         if len(line.split()) > 1:
-            problems.append(f"{where}, line {number}: {line!r}: one tag per line")
+            problems.append(f"{where}, line {number}: {quote(line)}: one tag per line")
         else:
             tags.append(line)
     if problems:
