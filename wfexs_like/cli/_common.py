@@ -142,6 +142,52 @@ def add_cache_dir(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_registry_access(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The options every verb that talks to registries shares, as one group (a verb may add to it)."""
+    registry = p.add_argument_group("registry access")
+    registry.add_argument(
+        "--insecure-registry",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="talk plain HTTP (or unverified TLS) to this registry; loopback registries always may",
+    )
+    registry.add_argument(
+        "--authfile",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="registry logins from FILE alone (the auth.json 'podman login' writes, or a docker "
+        "config.json); without it $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json or "
+        "~/.docker/config.json, and podman's auth.json are read",
+    )
+    registry.add_argument(
+        "--cert-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="TLS files for every registry: CA certificates (*.crt, added to the system's) and a "
+        "client pair (*.cert, *.key); without it HOST:PORT/ under ~/.config/containers/certs.d, "
+        "/etc/containers/certs.d or /etc/docker/certs.d",
+    )
+    registry.add_argument(
+        "--retry-times",
+        type=non_negative_int,
+        default=None,
+        metavar="N",
+        help="retry a failing registry request N times (default: 5)",
+    )
+    return registry
+
+
+def check_registry_access(args: argparse.Namespace) -> None:
+    """The files the registry options name exist (exit 2 before any request otherwise)."""
+    if args.authfile is not None and not args.authfile.is_file():
+        raise UsageError(f"--authfile {args.authfile}: no such file")
+    if args.cert_dir is not None and not args.cert_dir.is_dir():
+        raise UsageError(f"--cert-dir {args.cert_dir}: no such directory")
+
+
 def global_options() -> argparse.ArgumentParser:
     """Options accepted both before and after the verb (``wfexs-like -v materialize`` and ``... -v``).
 

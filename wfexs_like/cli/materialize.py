@@ -17,8 +17,9 @@ from ._common import (
     PartialFailure,
     UsageError,
     add_cache_dir,
+    add_registry_access,
+    check_registry_access,
     new_parser,
-    non_negative_int,
     positive_int,
 )
 
@@ -165,32 +166,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         action="store_true",
         help="leave the remote cache out entirely, even if the configuration names one",
     )
-    registry = m.add_argument_group("registry access")
-    registry.add_argument(
-        "--insecure-registry",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="talk plain HTTP (or unverified TLS) to this registry; loopback registries always may",
-    )
-    registry.add_argument(
-        "--authfile",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="registry logins from FILE alone (the auth.json 'podman login' writes, or a docker "
-        "config.json); without it $REGISTRY_AUTH_FILE, $DOCKER_CONFIG/config.json or "
-        "~/.docker/config.json, and podman's auth.json are read",
-    )
-    registry.add_argument(
-        "--cert-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="TLS files for every registry: CA certificates (*.crt, added to the system's) and a "
-        "client pair (*.cert, *.key); without it HOST:PORT/ under ~/.config/containers/certs.d, "
-        "/etc/containers/certs.d or /etc/docker/certs.d",
-    )
+    registry = add_registry_access(m)
     registry.add_argument(
         "--mirror",
         action="append",
@@ -207,13 +183,6 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         metavar="FILE",
         help="read mirrors from this containers-registries.conf(5) file instead of the ones podman "
         "reads ($CONTAINERS_REGISTRIES_CONF, ~/.config/containers/registries.conf, /etc/containers/...)",
-    )
-    registry.add_argument(
-        "--retry-times",
-        type=non_negative_int,
-        default=None,
-        metavar="N",
-        help="retry a failing registry request N times (default: 5)",
     )
     m.set_defaults(run=run)
 
@@ -235,15 +204,12 @@ def _check(args: argparse.Namespace) -> None:
             raise UsageError(f"--platform: {e}") from None
     if args.snapshot_format is not None and args.engine not in ("docker", "podman"):
         raise UsageError(f"--snapshot-format applies to --engine docker or podman, not {args.engine}")
-    if args.authfile is not None and not args.authfile.is_file():
-        raise UsageError(f"--authfile {args.authfile}: no such file")
+    check_registry_access(args)
     for lib in args.library_dir:
         if not lib.is_dir():
             raise UsageError(f"--library-dir {lib}: no such directory")
     if args.registries_conf is not None and not args.registries_conf.is_file():
         raise UsageError(f"--registries-conf {args.registries_conf}: no such file")
-    if args.cert_dir is not None and not args.cert_dir.is_dir():
-        raise UsageError(f"--cert-dir {args.cert_dir}: no such directory")
 
 
 def _tags(args: argparse.Namespace) -> list[Any]:

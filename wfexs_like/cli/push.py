@@ -13,8 +13,9 @@ from ._common import (
     PartialFailure,
     UsageError,
     add_cache_dir,
+    add_registry_access,
+    check_registry_access,
     new_parser,
-    non_negative_int,
     positive_int,
 )
 
@@ -102,38 +103,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         help="when a push fails, push the others, list the failures, exit 3",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
-    registry = p.add_argument_group("registry access")
-    registry.add_argument(
-        "--insecure-registry",
-        action="append",
-        default=[],
-        metavar="HOST[:PORT]",
-        help="talk plain HTTP (or unverified TLS) to this registry; loopback registries always may",
-    )
-    registry.add_argument(
-        "--authfile",
-        type=Path,
-        default=None,
-        metavar="FILE",
-        help="registry logins from FILE alone (the auth.json 'podman login' writes, or a docker "
-        "config.json); without it the usual places are read",
-    )
-    registry.add_argument(
-        "--cert-dir",
-        type=Path,
-        default=None,
-        metavar="DIR",
-        help="TLS files for the registry: CA certificates (*.crt) and a client pair (*.cert, *.key); "
-        "without it HOST:PORT/ under ~/.config/containers/certs.d, /etc/containers/certs.d or "
-        "/etc/docker/certs.d",
-    )
-    registry.add_argument(
-        "--retry-times",
-        type=non_negative_int,
-        default=None,
-        metavar="N",
-        help="retry a failing registry request N times (default: 5)",
-    )
+    add_registry_access(p)
     p.set_defaults(run=run)
 
 
@@ -163,10 +133,7 @@ def _check(args: argparse.Namespace) -> None:
             args.platform = parse_platform(args.platform)
     except ContainerFactoryException as e:
         raise UsageError(str(e)) from None
-    if args.authfile is not None and not args.authfile.is_file():
-        raise UsageError(f"--authfile {args.authfile}: no such file")
-    if args.cert_dir is not None and not args.cert_dir.is_dir():
-        raise UsageError(f"--cert-dir {args.cert_dir}: no such directory")
+    check_registry_access(args)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
+from ..fsutil import human_bytes
 from ..progress import ImageSummary, NullReporter
 
 if TYPE_CHECKING:
@@ -51,18 +52,6 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def clean(text: str) -> str:
     """``text`` with control characters shown as escapes: a tag from a workflow file may hold any."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-
-
-def human_bytes(n: int | None) -> str:
-    """Decimal units, as registries, rich and ``docker pull`` print them."""
-    if n is None:
-        return "?"
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    raise AssertionError("unreachable")
 
 
 def human_seconds(s: float) -> str:
