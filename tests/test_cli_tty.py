@@ -371,7 +371,7 @@ def test_sif_stages_and_folded_device_warnings_on_a_terminal(
     run = run_in_tty(tmp_path, [sys.executable, str(driver), "-v", "--store", "s", "--sif-dir", "sif", tag])
     assert run.exit_code == 0, run.final
     text = run.final
-    for stage in ("extracting layers", "adding runtime files", "squashing", "writing SIF"):
+    for stage in ("reading layers", "squashing", "writing SIF"):
         assert f"{tag}: building SIF: {stage}" in text, text
     warnings = [line for line in text.splitlines() if "skipping device node" in line]
     assert len(warnings) == 2, text  # the first at once, then the count at the end

@@ -506,23 +506,6 @@ def test_a_stop_request_interrupts_layer_extraction(tmp_path: Path) -> None:
     assert (tmp_path / "again" / "d" / "f49").read_bytes() == b"x" * 10
 
 
-def test_a_stop_request_kills_a_running_mksquashfs_stage() -> None:
-    from wfexs_like.images.sif_build import _wait_cancellable
-
-    proc = subprocess.Popen(["sleep", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    threading.Timer(0.3, progress.request_cancel).start()
-    try:
-        with pytest.raises(progress.Cancelled):
-            _wait_cancellable(proc)
-    finally:
-        progress.reset_cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-            pytest.fail("the child was left running")
-    assert proc.returncode is not None and proc.returncode < 0
-
-
 def test_sif_build_reports_its_stages_under_the_label(tmp_path: Path) -> None:
     from wfexs_like.images.sif_build import build_sif
 
@@ -535,7 +518,7 @@ def test_sif_build_reports_its_stages_under_the_label(tmp_path: Path) -> None:
         build_sif(image, tmp_path / "a.sif", tmp_dir=tmp_path / "tmp", source="docker://x/y:1", label="y:1")
         build_sif(image, tmp_path / "b.sif", tmp_dir=tmp_path / "tmp", source="docker://x/y:1")
     r.close()
-    stages = ["extracting layers", "adding runtime files", "squashing", "writing SIF"]
+    stages = ["reading layers", "squashing", "writing SIF"]
     assert out.getvalue().splitlines() == [f"y:1: building SIF: {s}" for s in stages] + [
         f"docker://x/y:1: building SIF: {s}" for s in stages
     ]

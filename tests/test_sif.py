@@ -1,4 +1,4 @@
-"""The native SIF builder, checked with the real tools: siftool, mksquashfs and unsquashfs.
+"""The native SIF builder, checked with the real tools: siftool, tar2sqfs, mksquashfs and unsquashfs.
 
 Nothing is mocked: layers are real tarballs, stored as an OCI image in a
 blob store and read through the same verifying ``Image``/``Layer`` readers
@@ -6,7 +6,10 @@ production uses (``tests.support.storeimage``); the SIF is read back by
 Debian's siftool (the SIF reference implementation) and its partition
 unpacked by unsquashfs, and the generated runscript and env script are run
 by the host's /bin/sh (the image's busybox is the host's, so the
-entrypoint runs too).
+entrypoint runs too). The SIF is built both ways: streamed into
+``tar2sqfs`` (the default) and, as without ``tar2sqfs``, extracted and
+packed by ``mksquashfs``; every check of its contents holds for both.
+``tests/test_sif_stream.py`` compares the two trees file by file.
 """
 
 from __future__ import annotations
@@ -60,14 +63,15 @@ from wfexs_like.images.sif import (
     read_sif,
     write_sif,
 )
-from wfexs_like.images.sif_build import build_sif, make_squashfs, sif_uuid
+from wfexs_like.images.sif_build import build_sif, sif_uuid
+from wfexs_like.images.squashfs import make_squashfs
 from wfexs_like.images.store import StoreImage
 
 
 @pytest.fixture(autouse=True)
 def _tools_installed() -> None:
     """Missing tools fail the test: a skip must never stand in for a pass (setup-host installs them)."""
-    missing = [t for t in ("siftool", "mksquashfs", "unsquashfs") if shutil.which(t) is None]
+    missing = [t for t in ("siftool", "tar2sqfs", "mksquashfs", "unsquashfs") if shutil.which(t) is None]
     if missing:
         pytest.fail(f"missing {', '.join(missing)}; run scripts/setup-host.sh")
 
@@ -164,12 +168,22 @@ def image(store: BlobStore, layers: list[Path]) -> StoreImage:
     return store_image(store, layers, config())
 
 
+@pytest.fixture(scope="module", params=["tar2sqfs", "mksquashfs"])
+def packer(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+def tar2sqfs_for(packer: str) -> str | None:
+    """``build_sif``'s ``tar2sqfs`` argument: None forces the extract-and-``mksquashfs`` fallback."""
+    return "tar2sqfs" if packer == "tar2sqfs" else None
+
+
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, image: StoreImage) -> Path:
+def built(tmp_path_factory: pytest.TempPathFactory, image: StoreImage, packer: str) -> Path:
     d = tmp_path_factory.mktemp("built")
     dest = d / "image.sif"
-    build_sif(image, dest, tmp_dir=d / "tmp", source="docker://example/img:1")
-    assert list((d / "tmp").iterdir()) == [], "temporary rootfs left behind"
+    build_sif(image, dest, tmp_dir=d / "tmp", source="docker://example/img:1", tar2sqfs=tar2sqfs_for(packer))
+    assert list((d / "tmp").iterdir()) == [], "temporary files left behind"
     return dest
 
 
@@ -254,13 +268,14 @@ def test_hardlinks_stay_hardlinks(unpacked: Path) -> None:
     assert a.st_nlink == 2
 
 
-def test_modes_times_and_ownership_survive(built: Path, tmp_path: Path) -> None:
+def test_modes_times_and_ownership_survive(built: Path, tmp_path: Path, packer: str) -> None:
     listing = squashfs_listing(built, tmp_path)
     assert listing["/usr/bin/suid-tool"].startswith("-rwsr-xr-x")
     assert listing["/secret"].startswith("dr-x------")
     assert listing["/secret/f"].startswith("-r--------")
     assert " 2023-11-14 21:13 " in listing["/etc/keep"]  # the layer's mtime, not extraction time
-    if IS_ROOT:
+    # Streamed, owners come from the layers' headers; extracted, only root could keep them.
+    if IS_ROOT or packer == "tar2sqfs":
         assert listing["/usr/bin/owned"].split()[1] == "1000/1001"
     else:
         assert listing["/usr/bin/owned"].split()[1] == "0/0"
@@ -332,20 +347,28 @@ def test_labels_json_holds_the_image_labels(unpacked: Path) -> None:
 
 
 def test_same_image_gives_byte_identical_sif(
-    layers: list[Path], image: StoreImage, built: Path, tmp_path: Path
+    layers: list[Path], image: StoreImage, built: Path, tmp_path: Path, packer: str
 ) -> None:
     time.sleep(1.1)  # a different second: any "now" leaking in would show
     elsewhere = store_image(BlobStore(tmp_path / "other-store"), layers, config())
     assert elsewhere.digest() == image.digest()
     again = tmp_path / "elsewhere" / "again.sif"
-    build_sif(elsewhere, again, tmp_dir=tmp_path / "other-tmp", source="docker://example/img:1")
+    build_sif(
+        elsewhere,
+        again,
+        tmp_dir=tmp_path / "other-tmp",
+        source="docker://example/img:1",
+        tar2sqfs=tar2sqfs_for(packer),
+    )
     assert sha256(again) == sha256(built)
 
     # Another image (its config differs in a field the SIF does not show): only the UUID changes.
     other_image = store_image(BlobStore(tmp_path / "other-store"), layers, {**config(), "author": "x"})
     assert other_image.digest() != image.digest()
     other = tmp_path / "other.sif"
-    build_sif(other_image, other, tmp_dir=tmp_path / "t3", source="example/img:1")
+    build_sif(
+        other_image, other, tmp_dir=tmp_path / "t3", source="example/img:1", tar2sqfs=tar2sqfs_for(packer)
+    )
     assert read_sif(other).uuid == sif_uuid(other_image.digest()) != read_sif(built).uuid
     a, b = other.read_bytes(), built.read_bytes()
     assert a[:48] + a[64:] == b[:48] + b[64:]  # the header's UUID field: bytes 48-63
@@ -683,25 +706,28 @@ from pathlib import Path
 from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.images.sif_build import build_sif
 from wfexs_like.images.store import StoreImage
-store, digest, dest, tmp = sys.argv[1:]
-build_sif(StoreImage(BlobStore(Path(store), readonly=True), digest), Path(dest), tmp_dir=Path(tmp))
+store, digest, dest, tmp, packer = sys.argv[1:]
+image = StoreImage(BlobStore(Path(store), readonly=True), digest)
+build_sif(image, Path(dest), tmp_dir=Path(tmp), tar2sqfs=packer if packer == "tar2sqfs" else None)
 """
 
 
-def test_unprivileged_build_is_identical_to_a_root_build(tmp_path: Path) -> None:
-    """Read-only dirs, setuid bits and cleanup without privileges; ownership normalised to root."""
+def test_unprivileged_build_is_identical_to_a_root_build(tmp_path: Path, packer: str) -> None:
+    """Read-only dirs, setuid bits and cleanup without privileges; extracted, ownership normalised to
+    root; streamed, the layers' owners whoever builds."""
     nobody = _as_nobody()
     if nobody is None:
         pytest.fail("needs root, setpriv and /usr/bin/python3 (as on CI); run scripts/setup-host.sh as root")
     work = Path(tempfile.mkdtemp(prefix="sif-nobody-"))
     try:
         os.chown(work, 65534, 65534)
-        layers = [base_layer(work / "base.tar.gz", foreign_owner=False), upper_layer(work / "upper.tar")]
+        streamed = packer == "tar2sqfs"
+        layers = [base_layer(work / "base.tar.gz", foreign_owner=streamed), upper_layer(work / "upper.tar")]
         image = store_image(BlobStore(work / "store"), layers, config())
         as_root = tmp_path / "root.sif"
-        build_sif(image, as_root, tmp_dir=tmp_path / "tmp")
+        build_sif(image, as_root, tmp_dir=tmp_path / "tmp", tar2sqfs=tar2sqfs_for(packer))
         as_nobody = work / "nobody.sif"
-        args = [str(work / "store"), image.digest(), str(as_nobody), str(work / "tmp")]
+        args = [str(work / "store"), image.digest(), str(as_nobody), str(work / "tmp"), packer]
         proc = subprocess.run(
             [*nobody, "-c", _NOBODY_BUILD, *args],
             env={"PYTHONPATH": str(REPO), "PATH": os.environ.get("PATH", "/usr/bin:/bin")},
@@ -715,6 +741,8 @@ def test_unprivileged_build_is_identical_to_a_root_build(tmp_path: Path) -> None
         listing = squashfs_listing(as_nobody, tmp_path)
         assert listing["/usr/bin/suid-tool"].startswith("-rwsr-xr-x")
         assert listing["/secret"].startswith("dr-x------")
+        if streamed:
+            assert listing["/usr/bin/owned"].split()[1] == "1000/1001"
         assert sha256(as_nobody) == sha256(as_root)
     finally:
         shutil.rmtree(work)

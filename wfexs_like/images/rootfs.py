@@ -5,6 +5,11 @@ So every member is placed by resolving its path component by component,
 never letting the kernel follow a symlink the layer planted, and nothing is
 ever created, changed or deleted outside the root.
 
+The SIF builder streams layers without extracting them (``tarstream.py``,
+which applies these same rules to a tree in memory and shares the helpers
+below); this extraction is its fallback where ``tar2sqfs`` is missing, and
+the reference the streamed merge is tested against.
+
 The rules (the interpretation of "a symlink escaping the root is refused"):
 
 - A member name that is absolute or has a ``..`` component is refused.
@@ -67,10 +72,13 @@ log = logging.getLogger(__name__)
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
-_MAX_SYMLINK_HOPS = 40
+MAX_SYMLINK_HOPS = 40
+#: One template for every skipped device node, so the progress renderer folds them into one line.
+DEVICE_NODE_WARNING = "layer %s: skipping device node %r (not created by an unprivileged build)"
+UNSUPPORTED_MEMBER_WARNING = "layer %s: skipping member %r of unsupported tar type %r"
 _COPY_CHUNK = 1 << 20
-# What a damaged tar or compressed stream raises while it is read (bz2 raises a plain OSError).
-_READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+#: What a damaged tar or compressed stream raises while it is read (bz2 raises a plain OSError).
+READ_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
 def apply_layers(layers: Sequence[Layer], rootfs: Path, *, implicit_mtime: int = 0) -> None:
@@ -100,14 +108,14 @@ class _DirMeta:
 
 
 @contextmanager
-def _open_layer(layer: Layer, name: str) -> Iterator[tarfile.TarFile]:
+def open_layer(layer: Layer, name: str) -> Iterator[tarfile.TarFile]:
     """The layer as a tar stream; on leaving, the rest of the stream is read so its check runs."""
     with contextlib.closing(layer.uncompressed()) as stream:
         try:
             with tarfile.open(fileobj=stream, mode="r|") as tf:
                 yield tf
             _drain(stream)
-        except _READ_ERRORS as exc:
+        except READ_ERRORS as exc:
             _check_blob(layer)
             raise ContainerFactoryException(
                 f"layer {name} matches its digest but is not a readable (compressed) tar archive: "
@@ -127,7 +135,7 @@ def _check_blob(layer: Layer) -> None:
         _drain(raw)
 
 
-def _member_parts(name: str, layer: str, member: str, what: str = "member") -> list[str]:
+def member_parts(name: str, layer: str, member: str, what: str = "member") -> list[str]:
     if "\x00" in name:
         raise UnsafeArchiveError(f"layer {layer}: {what} {member!r} has a NUL byte in its name")
     if name.startswith("/"):
@@ -158,12 +166,12 @@ class _Applier:
     def apply(self, layer: Layer) -> None:
         self.layer_paths = set()
         name = layer.digest()
-        with _open_layer(layer, name) as tf:
+        with open_layer(layer, name) as tf:
             for count, member in enumerate(tf):
                 progress.check_cancelled()
                 try:
                     self._member(tf, member, name)
-                except (ContainerFactoryException, *_READ_ERRORS):
+                except (ContainerFactoryException, *READ_ERRORS):
                     raise
                 except OSError as exc:
                     raise ContainerFactoryException(
@@ -173,7 +181,7 @@ class _Applier:
                     tf.members = []  # a stream never looks back; don't keep every header in memory
 
     def _member(self, tf: tarfile.TarFile, m: tarfile.TarInfo, layer: str) -> None:
-        parts = _member_parts(m.name, layer, m.name)
+        parts = member_parts(m.name, layer, m.name)
         if not parts:
             if not m.isdir():
                 raise UnsafeArchiveError(f"layer {layer}: member {m.name!r} would replace the root")
@@ -221,12 +229,10 @@ class _Applier:
             os.mkfifo(target, 0o600)
             self._set_meta(target, m)
         elif m.ischr() or m.isblk():
-            log.warning(
-                "layer %s: skipping device node %r (not created by an unprivileged build)", layer, m.name
-            )
+            log.warning(DEVICE_NODE_WARNING, layer, m.name)
             return
         else:
-            log.warning("layer %s: skipping member %r of unsupported tar type %r", layer, m.name, m.type)
+            log.warning(UNSUPPORTED_MEMBER_WARNING, layer, m.name, m.type)
             return
         self._mark(target)
 
@@ -253,7 +259,7 @@ class _Applier:
         os.utime(target, (m.mtime, m.mtime))
 
     def _hardlink_source(self, m: tarfile.TarInfo, layer: str) -> str:
-        parts = _member_parts(m.linkname, layer, m.name, what="hardlink target of")
+        parts = member_parts(m.linkname, layer, m.name, what="hardlink target of")
         if not parts:
             raise UnsafeArchiveError(f"layer {layer}: member {m.name!r} is a hardlink to the root")
         parent = self._resolve_dir(parts[:-1], layer, m.name, create=False)
@@ -331,7 +337,7 @@ class _Applier:
                 cur = nxt
             elif stat.S_ISLNK(st.st_mode):
                 hops += 1
-                if hops > _MAX_SYMLINK_HOPS:
+                if hops > MAX_SYMLINK_HOPS:
                     raise UnsafeArchiveError(f"layer {layer}: member {member!r}: too many levels of symlinks")
                 link = os.readlink(nxt)
                 if link.startswith("/"):

@@ -9,12 +9,21 @@ a cache of what ``/.singularity.d`` holds, is left out). Unlike Apptainer's,
 the output is reproducible: the same image always gives the same bytes, so
 a SIF can be cached and verified by sha256 like any other blob.
 
+How: the layers, merged with their whiteouts applied and the runtime files
+added, are streamed as one tar into ``tar2sqfs`` (``tarstream.py``): no
+root file system is written to disk, and compression runs on every core.
+Where ``tar2sqfs`` is not installed, the layers are extracted to a tree
+(``rootfs.py``) that ``mksquashfs`` packs, which is slower. Both give
+the same tree, except that an unprivileged extraction cannot keep the
+image's owners (everything becomes root's, as in Apptainer); their
+squashfs bytes differ (two writers), so a SIF is reproducible for one
+packer.
+
 Reproducibility comes from three places: no timestamp is "now" (file times
 come from the layers, everything we add gets the image's ``created`` time,
 as do the squashfs and the SIF headers), the SIF UUID is derived from the
-image digest, and ``mksquashfs`` is run in its reproducible mode with
-extended attributes left out (they would come from the build host, not the
-image).
+image digest, and the packer runs in a reproducible mode with extended
+attributes left out (they would come from the build host, not the image).
 """
 
 from __future__ import annotations
@@ -25,19 +34,20 @@ import os
 import platform
 import re
 import stat
-import subprocess
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .. import progress
-from ..errors import ContainerEngineException, ContainerFactoryException
-from .base import Image
+from ..errors import ContainerFactoryException
+from .base import Image, Layer
 from .rootfs import apply_layers, remove_tree
 from .sif import SifDataType, SifFsType, SifObject, SifPartType, sif_arch_code, write_sif
+from .squashfs import make_squashfs, squash_tar_stream, tar2sqfs_path
+from .tarstream import MergeConflict, MergedTree, Writable, write_merged_tar
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +57,8 @@ OCI_CONFIG_OBJECT_NAME = "oci-config.json"
 _MAX_SQUASHFS_TIME = 2**32 - 1
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CREATED = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.\d+)?([Zz]|[+-]\d{2}:?\d{2})?$")
-_POLL_SECONDS = 0.25
 _HOST_ARCH = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386", "i386": "386"}
+_warned_no_tar2sqfs = False
 
 
 def build_sif(
@@ -57,8 +67,9 @@ def build_sif(
     *,
     tmp_dir: Path,
     source: str | None = None,
-    mksquashfs: str = "mksquashfs",
     label: str | None = None,
+    tar2sqfs: str | None = "tar2sqfs",
+    mksquashfs: str = "mksquashfs",
 ) -> None:
     """Write ``dest`` (atomically) as the SIF of ``image``.
 
@@ -66,13 +77,17 @@ def build_sif(
     not the image's raise ``IntegrityError`` and nothing is written to
     ``dest``. The SIF UUID is derived from the image digest; ``source`` is
     the reference recorded in the definition file (``from:``), defaulting to
-    the digest. Everything temporary lives in one directory under
-    ``tmp_dir`` that is removed even on failure.
+    the digest. Everything temporary (the squashfs, before it is copied
+    into the SIF) lives in one directory under ``tmp_dir`` that is removed
+    even on failure; a killed build leaves it to ``cache gc``.
+
+    ``tar2sqfs`` names the streaming packer; None, or a name not on PATH,
+    means the slower ``mksquashfs`` path through an extracted tree.
 
     The stages are reported to ``progress.current()`` under ``label`` (the
     tag the user asked for, so the step lands on that image's bar), else
     ``source``, else the digest; a stop request (Ctrl-C) is honoured between
-    layer members and while ``mksquashfs`` runs.
+    layer members and while the packer runs.
     """
     config = image.config()
     digest = image.digest()
@@ -85,15 +100,19 @@ def build_sif(
     Path(tmp_dir).mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="sif-build-", dir=tmp_dir))
     try:
-        rootfs = work / "rootfs"
-        reporter.step(tag, "building SIF: extracting layers")
-        apply_layers(image.layers(), rootfs, implicit_mtime=created)
-        progress.check_cancelled()
-        reporter.step(tag, "building SIF: adding runtime files")
-        add_runtime_files(rootfs, inner, arch=arch, deffile=deffile, mtime=created)
         squashfs = work / "rootfs.squashfs"
-        reporter.step(tag, "building SIF: squashing")
-        make_squashfs(rootfs, squashfs, mkfs_time=created, mksquashfs=mksquashfs)
+        tool = tar2sqfs_path(tar2sqfs)
+        if tool is None:
+            _warn_no_tar2sqfs(tar2sqfs)
+            _squash_extracted(
+                image.layers(), work, squashfs, inner, arch, deffile, created, mksquashfs, tag, tmp_dir
+            )
+        else:
+
+            def add(tree: MergedTree) -> None:
+                _add_runtime(_ModelTree(tree, created), inner, arch=arch, deffile=deffile)
+
+            _squash_streamed(image.layers(), squashfs, add, created, tool, tag, tmp_dir)
         progress.check_cancelled()
         reporter.step(tag, "building SIF: writing SIF")
         oci_config = json.dumps(inner, sort_keys=True, separators=(",", ":")).encode()
@@ -111,6 +130,79 @@ def build_sif(
         write_sif(Path(dest), objects, uuid=sif_uuid(digest), created=created)
     finally:
         remove_tree(work)
+
+
+def _squash_streamed(
+    layers: Sequence[Layer],
+    squashfs: Path,
+    add: Callable[[MergedTree], None],
+    created: int,
+    tool: str,
+    tag: str,
+    where: Path,
+) -> None:
+    """The merged layers as one tar into ``tar2sqfs``; once more, every layer read first, on a conflict."""
+    reporter = progress.current()
+    for speculate in (True, False):
+
+        def feed(out: Writable, speculate: bool = speculate) -> None:
+            write_merged_tar(
+                layers,
+                out,
+                implicit_mtime=created,
+                add=add,
+                speculate=speculate,
+                on_stage=lambda stage: reporter.step(tag, f"building SIF: {stage}"),
+            )
+
+        try:
+            squash_tar_stream(
+                feed, squashfs, mkfs_time=created, tar2sqfs=tool, what=f"the SIF of {tag}", where=where
+            )
+            return
+        except MergeConflict as conflict:
+            log.debug(
+                "%s: %r was written, then changed; merging again with every layer read first", tag, conflict
+            )
+    raise AssertionError("a merge without speculation cannot conflict")
+
+
+def _squash_extracted(
+    layers: Sequence[Layer],
+    work: Path,
+    squashfs: Path,
+    inner: Mapping[str, Any],
+    arch: str,
+    deffile: bytes,
+    created: int,
+    mksquashfs: str,
+    tag: str,
+    where: Path,
+) -> None:
+    """The fallback without ``tar2sqfs``: extract the layers to a tree, add the runtime files, pack it."""
+    reporter = progress.current()
+    rootfs = work / "rootfs"
+    reporter.step(tag, "building SIF: extracting layers")
+    apply_layers(layers, rootfs, implicit_mtime=created)
+    progress.check_cancelled()
+    reporter.step(tag, "building SIF: adding runtime files")
+    add_runtime_files(rootfs, inner, arch=arch, deffile=deffile, mtime=created)
+    reporter.step(tag, "building SIF: squashing")
+    make_squashfs(
+        rootfs, squashfs, mkfs_time=created, mksquashfs=mksquashfs, what=f"the SIF of {tag}", where=where
+    )
+    remove_tree(rootfs)
+
+
+def _warn_no_tar2sqfs(tar2sqfs: str | None) -> None:
+    global _warned_no_tar2sqfs
+    if tar2sqfs and not _warned_no_tar2sqfs:
+        _warned_no_tar2sqfs = True
+        log.warning(
+            "%s not found: SIFs are built through a root file system extracted to disk, more slowly; "
+            "install squashfs-tools-ng (apt-get install squashfs-tools-ng)",
+            tar2sqfs,
+        )
 
 
 def sif_uuid(source_digest: str) -> uuid.UUID:
@@ -153,68 +245,6 @@ def image_architecture(config: Mapping[str, Any]) -> str:
     except ValueError as exc:
         raise ContainerFactoryException(f"cannot build a SIF for this image: {exc}") from None
     return str(arch)
-
-
-# ---------------------------------------------------------------------------------------
-# mksquashfs
-
-
-def make_squashfs(rootfs: Path, dest: Path, *, mkfs_time: int, mksquashfs: str = "mksquashfs") -> None:
-    """Pack ``rootfs`` into a reproducible gzip squashfs at ``dest``.
-
-    gzip because every squashfs reader Apptainer may use (kernel, squashfuse)
-    has it. Ownership is kept when we run as root; otherwise the files on
-    disk belong to whoever extracted them, which says nothing about the
-    image, so everything is made root's, as Apptainer does.
-    """
-    cmd = [
-        mksquashfs,
-        os.fspath(rootfs),
-        os.fspath(dest),
-        "-noappend",
-        "-comp",
-        "gzip",
-        "-reproducible",
-        "-no-xattrs",
-        "-mkfs-time",
-        str(mkfs_time),
-        "-no-progress",
-        "-quiet",
-    ]
-    if os.geteuid() != 0:
-        cmd.append("-all-root")
-    # SOURCE_DATE_EPOCH would clamp the layers' file times: our times are already fixed.
-    env = {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
-    try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    except FileNotFoundError:
-        raise ContainerEngineException(
-            f"{mksquashfs} not found: install squashfs-tools (apt-get install squashfs-tools)",
-            command=cmd,
-        ) from None
-    stdout, stderr = _wait_cancellable(proc)
-    if proc.returncode != 0:
-        progress.check_cancelled()  # a Ctrl-C on the terminal kills mksquashfs too: that is a stop
-        raise ContainerEngineException(
-            "mksquashfs could not pack the image's root file system",
-            command=cmd,
-            returncode=proc.returncode,
-            stderr=stderr or stdout,
-        )
-
-
-def _wait_cancellable(proc: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """Wait for ``proc``, killing it at a stop request: packing a big image takes minutes."""
-    try:
-        while True:
-            try:
-                return proc.communicate(timeout=_POLL_SECONDS)
-            except subprocess.TimeoutExpired:
-                progress.check_cancelled()
-    except BaseException:
-        proc.kill()
-        proc.communicate()
-        raise
 
 
 # ---------------------------------------------------------------------------------------
@@ -465,6 +495,59 @@ def render_labels(inner: Mapping[str, Any], *, arch: str, deffile: bytes) -> str
     return json.dumps(labels, indent="\t", sort_keys=True)
 
 
+class _Tree(Protocol):
+    """Where the runtime files go: an extracted tree on disk, or the merged tree in memory.
+
+    Both see the image as ``lstat`` does: no symlink the image holds is followed.
+    """
+
+    def directory(self, rel: str, *, replace: bool) -> object | None: ...
+
+    def write(self, rel: str, content: str | bytes, mode: int) -> None: ...
+
+    def bind_target(self, rel: str) -> None: ...
+
+    def symlink(self, rel: str, target: str) -> None: ...
+
+    def finish(self) -> None: ...
+
+
+def _not_a_directory(parent_rel: str, rel: str) -> None:
+    log.warning("/%s is not a directory in this image; not adding /%s", parent_rel, rel)
+
+
+class _ModelTree:
+    """The runtime files added to a ``MergedTree``: created entries are root's, at the build time."""
+
+    def __init__(self, tree: MergedTree, mtime: int) -> None:
+        self.tree = tree
+        self.mtime = mtime
+
+    def directory(self, rel: str, *, replace: bool) -> object | None:
+        return True if self.tree.ensure_dir(rel, replace=replace, mtime=self.mtime) else None
+
+    def write(self, rel: str, content: str | bytes, mode: int) -> None:
+        parent_rel = rel.rpartition("/")[0]
+        if parent_rel:
+            self.tree.ensure_dir(parent_rel, replace=True, mtime=self.mtime)
+        data = content.encode() if isinstance(content, str) else content
+        self.tree.add_file(rel, data, mode, mtime=self.mtime)
+
+    def bind_target(self, rel: str) -> None:
+        parent_rel = rel.rpartition("/")[0]
+        if not self.tree.ensure_dir(parent_rel, replace=False, mtime=self.mtime):
+            _not_a_directory(parent_rel, rel)
+            return
+        if self.tree.kind_of(rel) != "file":
+            self.tree.add_file(rel, b"", 0o644, mtime=self.mtime)
+
+    def symlink(self, rel: str, target: str) -> None:
+        self.tree.add_symlink(rel, target, mtime=self.mtime)
+
+    def finish(self) -> None:
+        pass
+
+
 class _RuntimeTree:
     """Adds files to an extracted rootfs without following any symlink the image holds.
 
@@ -543,7 +626,7 @@ class _RuntimeTree:
         parent_rel, _, name = rel.rpartition("/")
         parent = self.directory(parent_rel, replace=False)
         if parent is None:
-            log.warning("/%s is not a directory in this image; not adding /%s", parent_rel, rel)
+            _not_a_directory(parent_rel, rel)
             return
         path = parent / name
         try:
@@ -576,12 +659,15 @@ class _RuntimeTree:
 def add_runtime_files(
     rootfs: Path, inner: Mapping[str, Any], *, arch: str, deffile: bytes, mtime: int
 ) -> None:
-    """Add what Apptainer's Docker/OCI conversion adds, in place, with fixed times.
+    """Add what Apptainer's Docker/OCI conversion adds to an extracted tree, in place, with fixed times.
 
     ``inner`` is the ``config`` object of the image config (Env, Entrypoint,
     Cmd, Labels).
     """
-    tree = _RuntimeTree(rootfs, mtime)
+    _add_runtime(_RuntimeTree(rootfs, mtime), inner, arch=arch, deffile=deffile)
+
+
+def _add_runtime(tree: _Tree, inner: Mapping[str, Any], *, arch: str, deffile: bytes) -> None:
     for rel in (".singularity.d/actions", ".singularity.d/env", ".singularity.d/libs"):
         tree.directory(rel, replace=True)
     for rel in _MOUNT_POINTS:
