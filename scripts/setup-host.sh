@@ -22,6 +22,7 @@ declare -A PKGS=(
   [unsquashfs]=squashfs-tools
   [tar2sqfs]=squashfs-tools-ng
   [strace]=strace
+  [tmux]=tmux
   [htpasswd]=apache2-utils
   [openssl]=openssl
   [zstd]=zstd
