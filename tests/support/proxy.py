@@ -5,9 +5,14 @@ that has never seen them will publish a wrong blob or give up too early:
 corrupted bytes, bodies cut short, 429 with ``Retry-After``, bursts of 500,
 a ``Docker-Content-Digest`` that does not match the body, a Range request
 answered with the whole blob, blob GETs redirected to another host
-(storage), a slow link. Each fault is a rule matching a path substring,
-optionally only the first N times; every request is recorded so tests can
-count hits.
+(storage), a slow link, a connection reset before any answer. Each fault is a rule
+matching a path substring, optionally only the first N times; every request
+is recorded so tests can count hits. A ``hold`` rule is no fault but a
+barrier: matching requests wait until the test lets them go, so many
+clients are sure to be mid-transfer at once.
+
+``keep_host=True`` forwards the client's ``Host`` header unchanged, which an
+S3 server needs: a SigV4 signature covers the host the client spoke to.
 
 Bounded: bodies are read whole (test images are small), one upstream
 connection per request, daemon threads, ``stop()`` at the end of each test.
@@ -17,8 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import io
 import json
 import socket
+import struct
 import sys
 import threading
 import time
@@ -28,6 +35,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
+#: The longest a ``hold`` rule keeps a request waiting.
+HOLD_LIMIT = 120.0
 HOP_BY_HOP = {
     "connection",
     "keep-alive",
@@ -44,7 +53,7 @@ HOP_BY_HOP = {
 
 @dataclass
 class Rule:
-    kind: str  # status | corrupt | truncate | lie_digest | ignore_range | redirect | throttle
+    kind: str  # status | corrupt | truncate | lie_digest | ignore_range | redirect | throttle | reset | hold
     match: str
     times: int | None = None  # None: always
     status: int = 0
@@ -53,6 +62,7 @@ class Rule:
     rate: float = 0.0  # throttle: bytes per second, shared by every body the rule slows
     fired: int = 0
     next_at: float = 0.0  # throttle: when the link is free for the next slice
+    gate: threading.Event | None = None  # hold: set it to let the waiting requests through
 
     def wants(self, method: str, path: str) -> bool:
         if self.match not in path:
@@ -75,10 +85,11 @@ class Seen:
 class FaultProxy:
     """``url``/``host`` point at the proxy; rules are added with the methods below."""
 
-    def __init__(self, upstream: str) -> None:
+    def __init__(self, upstream: str, *, keep_host: bool = False) -> None:
         parts = urlsplit(upstream)
         if parts.scheme != "http":
             raise ValueError("the fault proxy only fronts plain-HTTP registries")
+        self.keep_host = keep_host
         self.upstream_host = parts.hostname or "127.0.0.1"
         self.upstream_port = parts.port or 80
         self.rules: list[Rule] = []
@@ -141,6 +152,20 @@ class FaultProxy:
         """Send matching GET bodies at ``rate`` bytes per second in all (one slow link), in small slices."""
         return self._add(Rule("throttle", match, times, method="GET", rate=rate))
 
+    def reset(self, match: str = "/blobs/", times: int | None = 1, method: str | None = None) -> Rule:
+        """Drop the connection with a TCP reset (RST) before any answer, the first ``times`` matches."""
+        return self._add(Rule("reset", match, times, method=method))
+
+    def hold(self, match: str = "/blobs/", method: str | None = "GET") -> threading.Event:
+        """Keep matching requests waiting (before they go upstream) until the returned event is set.
+
+        Waits at most ``HOLD_LIMIT`` seconds, so a test that forgets to open
+        the gate fails on its own checks rather than hanging.
+        """
+        gate = threading.Event()
+        self._add(Rule("hold", match, None, method=method, gate=gate))
+        return gate
+
     def _pace(self, rule: Rule, nbytes: int) -> None:
         """Wait for this slice's turn on the rule's link, then let it go."""
         with self._lock:
@@ -189,6 +214,13 @@ class FaultProxy:
             seen.status = 200 if data is not None else 404
             return _reply(h, seen.status, {"Content-Type": "application/octet-stream"}, data or b"", method)
 
+        held = self._take("hold", method, path)
+        if held is not None and held.gate is not None:
+            held.gate.wait(HOLD_LIMIT)
+        if self._take("reset", method, path):
+            seen.faults.append("reset")
+            return _reset(h)
+
         rule = self._take("status", method, path)
         if rule is not None:
             seen.status = rule.status
@@ -205,7 +237,8 @@ class FaultProxy:
             seen.faults.append("ignore_range")
         conn = http.client.HTTPConnection(self.upstream_host, self.upstream_port, timeout=30)
         try:
-            fwd_headers["Host"] = f"{self.upstream_host}:{self.upstream_port}"
+            upstream = f"{self.upstream_host}:{self.upstream_port}"
+            fwd_headers["Host"] = h.headers.get("Host", upstream) if self.keep_host else upstream
             conn.request(method, path, body=body or None, headers=fwd_headers)
             up = conn.getresponse()
             data = up.read() if method != "HEAD" else b""
@@ -252,6 +285,19 @@ class FaultProxy:
             return _reply(h, status, headers, data, method)
         seen.faults.append("throttle")
         return _reply(h, status, headers, data, method, pace=lambda n: self._pace(slow, n))
+
+
+def _reset(h: BaseHTTPRequestHandler) -> None:
+    """Close the client's connection abortively: with a zero linger the kernel sends RST, not FIN."""
+    h.close_connection = True
+    with contextlib.suppress(OSError):
+        h.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    # The file objects hold the socket open: close them so the close below is real, and leave
+    # harmless stand-ins for the handler's own flush and close that follow.
+    h.wfile.close()
+    h.rfile.close()
+    h.connection.close()
+    h.wfile, h.rfile = io.BytesIO(), io.BytesIO()
 
 
 class _QuietServer(ThreadingHTTPServer):

@@ -109,7 +109,14 @@ class TieredImageCache(ImageCache):
         digest = rec.get("manifest_digest")
         if not isinstance(digest, str) or not is_digest(digest) or not self.store.has(digest):
             return None
-        # Kept here too (same bytes as the tier's), so the next run resolves without the tier.
+        # Kept here too (same bytes as the tier's), so the next run resolves without the tier; but
+        # only once the whole image is here: a local record must never name an image the local
+        # store cannot give (a tier that serves the record but not a layer would leave one that
+        # `cache verify` rightly calls broken). The caller's own fetch_image names what is missing.
+        try:
+            self.fetch_image(digest)
+        except CacheError:
+            return digest
         self.record_resolution(reference, platform, digest)
         return digest
 

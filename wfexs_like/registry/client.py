@@ -412,7 +412,24 @@ class RegistryClient:
     def _resolve_at(
         self, src: _Source, reference: str, label: str, store: BlobStore | None
     ) -> tuple[str, str, bytes, str | None]:
-        """``resolve`` on one host; the last item is that host, or None when the store answered alone."""
+        """``resolve`` on one host; the last item is that host, or None when the store answered alone.
+
+        A manifest that does not match its digest is fetched once more (see ``_fetch_again``).
+        """
+        wrong = 0
+        while True:
+            try:
+                return self._resolve_once(src, reference, label, store)
+            except IntegrityError as e:
+                if not _fetch_again(src.endpoint, wrong, src.endpoint.policy):
+                    raise
+                wrong += 1
+                log.warning("%s: %s; fetching it once more", label, e)
+                pause(src.endpoint.policy.delay(0))
+
+    def _resolve_once(
+        self, src: _Source, reference: str, label: str, store: BlobStore | None
+    ) -> tuple[str, str, bytes, str | None]:
         ep, repository = src.endpoint, src.repository
         if is_digest(reference):
             cached = _from_store(store, reference)
@@ -774,6 +791,7 @@ class RegistryClient:
         policy = self.policy if url else ep.policy
         attempt = 0
         fetched = 0
+        wrong = 0
         while True:
             check_cancelled()
             writer = store.writer(digest, size, resumable=True)
@@ -804,9 +822,14 @@ class RegistryClient:
                 if writer.written < size:
                     raise ShortRead(f"body ended at {writer.written} of {size} bytes")
                 writer.commit()
-            except IntegrityError:
+            except IntegrityError as e:
                 writer.discard()
-                raise
+                if not _fetch_again(ep, wrong, policy):
+                    raise
+                wrong += 1
+                log.warning("%s: %s; fetching it once more", what, e)
+                pause(policy.delay(0))
+                continue
             except (*STREAM_ERRORS, ShortRead) as e:
                 _park(writer)
                 check_cancelled()  # a body cut by Ctrl-C is not a network failure to retry
@@ -1108,6 +1131,18 @@ def _load_config(store: BlobStore, digest: str, label: str) -> dict:
 def foreign_urls(desc: Descriptor) -> list[str]:
     """The http(s) ``urls`` of a non-distributable layer: tried before the registry itself."""
     return [u for u in desc.urls if urlsplit(u).scheme in ("http", "https")]
+
+
+def _fetch_again(ep: _Endpoint, wrong: int, policy: RetryPolicy) -> bool:
+    """Whether bytes that arrived wrong are worth one more fetch from ``ep``: once, from the registry.
+
+    A flipped bit in transit (a flaky proxy, a bad NIC) is gone on the next
+    try, while a server that stores wrong bytes sends them again: one more
+    fetch tells the two apart at the cost of one blob. A mirror is not asked
+    again (the registry behind it is the better retry), nor is anything
+    with ``--retry-times 0``.
+    """
+    return not ep.mirror and wrong < min(1, policy.retries)
 
 
 def _put_if_missing(store: BlobStore, raw: bytes, digest: str) -> None:

@@ -26,6 +26,8 @@ from ..digests import CHUNK
 from .base import HashingReader, StorageAccessError, StorageError, StorageUnreachableError, check_key
 
 _UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError")
+#: What botocore raises when a body does not match the checksum S3 stored with the object.
+_CHECKSUM_ERRORS = ("FlexibleChecksumError", "ChecksumError")
 #: Multipart part size; also the threshold below which one PUT is used.
 PART_SIZE = 16 << 20
 
@@ -74,6 +76,11 @@ class _Body:
         try:
             return self._body.read(n if n and n > 0 else None)
         except Exception as e:
+            if type(e).__name__ in _CHECKSUM_ERRORS:  # botocore checks the object's stored checksum
+                raise StorageError(
+                    f"{self._where}: the bytes read do not match the object's checksum (corrupted in the "
+                    f"bucket or on the way): {e}"
+                ) from e
             raise StorageError(f"{self._where}: the connection broke while reading: {e}") from e
 
     def close(self) -> None:
