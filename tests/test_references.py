@@ -115,8 +115,8 @@ CANONICAL = [
     ),
     # SIF files behind URLs
     (
-        "https://depot.galaxyproject.org/singularity/samtools:1.15--h1170115_1",
-        "https://depot.galaxyproject.org/singularity/samtools:1.15--h1170115_1",
+        "https://sif.example.org/singularity/samtools:1.15--h1170115_1",
+        "https://sif.example.org/singularity/samtools:1.15--h1170115_1",
     ),
     ("HTTPS://Example.ORG:443/images/x.sif", "https://example.org/images/x.sif"),
     ("http://127.0.0.1:8080/x.sif?token=abc", "http://127.0.0.1:8080/x.sif?token=abc"),
@@ -825,7 +825,7 @@ def test_nextflow_file_name_for_files_and_urls() -> None:
     assert nextflow_file_name("file:///data/a/x.sif") == a
     hidden = nextflow_file_name("/data/.hidden.sif")
     assert hidden.startswith("file-.hidden.sif-")
-    url = nextflow_file_name("https://depot.galaxyproject.org/singularity/samtools:1.15--h1170115_1")
+    url = nextflow_file_name("https://sif.example.org/singularity/samtools:1.15--h1170115_1")
     assert re.fullmatch(r"https-samtools_1\.15--h1170115_1-[0-9a-f]{12}", url)
     assert nextflow_file_name("https://example.org/dl?id=1") != nextflow_file_name(
         "https://example.org/dl?id=2"
