@@ -203,17 +203,25 @@ def _unreadable(kind: str, record: Path, error: Exception) -> CacheEntry:
     )
 
 
+def _read_record(record: Path) -> tuple[dict[str, Any], str, Any, list[str]]:
+    """A record's JSON, the reference and platform it answers for, and whether it is filed right.
+
+    Raises ``CacheError`` when it cannot be read (the caller lists it as unreadable)."""
+    rec = read_json(record)
+    reference, platform = str(rec.get("reference") or ""), rec.get("platform")
+    problems: list[str] = []
+    if entry_key(reference, platform) != record.stem:
+        problems.append(f"{record} is filed under the wrong key")
+    return rec, reference, platform, problems
+
+
 def _snapshot_entry(cache: ImageCache, kind: str, record: Path, sizes: _Sizes) -> CacheEntry:
     key = record.stem
     created = _mtime(record)
     try:
-        rec = read_json(record)
+        rec, reference, platform, problems = _read_record(record)
     except CacheError as e:
         return _unreadable(kind, record, e)
-    reference, platform = str(rec.get("reference") or ""), rec.get("platform")
-    problems: list[str] = []
-    if entry_key(reference, platform) != key:
-        problems.append(f"{record} is filed under the wrong key")
     fingerprint = rec.get("fingerprint")
     if not isinstance(fingerprint, str) or not is_digest(fingerprint):
         problems.append(f"{record} names no valid fingerprint")
@@ -267,13 +275,9 @@ def _image_entry(cache: ImageCache, record: Path, sizes: _Sizes, index_digests: 
     key = record.stem
     created = _mtime(record)
     try:
-        rec = read_json(record)
+        rec, reference, platform, problems = _read_record(record)
     except CacheError as e:
         return _unreadable(IMAGE_KIND, record, e)
-    reference, platform = str(rec.get("reference") or ""), rec.get("platform")
-    problems: list[str] = []
-    if entry_key(reference, platform) != key:
-        problems.append(f"{record} is filed under the wrong key")
     digest = rec.get("manifest_digest")
     blobs: list[str] = []
     plat = None
