@@ -88,9 +88,15 @@ class _PeakRss:
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """Our environment minus ``AWS_CA_BUNDLE`` (it breaks plain-HTTP loopback services), plus ``extra``."""
+    """Our environment, plus ``extra``, minus what would measure something users never run.
+
+    ``AWS_CA_BUNDLE`` breaks plain-HTTP loopback services. ``PYTHONDONTWRITEBYTECODE``
+    (set in some development shells) would make every measured process re-compile the
+    package from source, which a ``pip install`` never does: it byte-compiles at install.
+    """
     env = dict(os.environ)
     env.pop("AWS_CA_BUNDLE", None)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(extra or {})
     return env
 
