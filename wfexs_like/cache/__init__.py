@@ -1,27 +1,51 @@
 """The local cache: the blob store, tag resolutions, snapshots, the reference's handler API, the
 lifecycle verbs (list, size, inspect, verify, remove, prune, collect garbage), and the same cache
-reading through library dirs and a remote cache (``TieredImageCache``)."""
+reading through library dirs and a remote cache (``TieredImageCache``).
 
-from ..images.blobstore import BlobStore
-from .garbage import DEFAULT_GRACE, GcItem, GcReport, collect_garbage
-from .handler import ContainerCacheHandler, ContainerFileNamingMethod
-from .integrity import BadBlob, BrokenEntry, VerifyReport, verify_cache
-from .inventory import (
-    ENTRY_KINDS,
-    CacheEntry,
-    DiskUsage,
-    Inspection,
-    disk_usage,
-    inspect_entries,
-    scan_entries,
-    select_entries,
-)
-from .library import nextflow_names
-from .lifecycle import FreedBlob, RemovalReport, prune, remove_references
-from .paths import ENV_CACHE_DIR, default_cache_dir
-from .snapshots import SNAPSHOT_KINDS, CacheHit, ImageCache, SnapshotKind
-from .tiered import TieredImageCache
-from .usage import claim_dir
+The names load on first use (PEP 562): a re-stage needs the snapshots, not the
+lifecycle verbs' code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "BadBlob": ".integrity",
+    "BlobStore": "..images.blobstore",
+    "BrokenEntry": ".integrity",
+    "CacheEntry": ".inventory",
+    "CacheHit": ".snapshots",
+    "ContainerCacheHandler": ".handler",
+    "ContainerFileNamingMethod": ".handler",
+    "DEFAULT_GRACE": ".garbage",
+    "DiskUsage": ".inventory",
+    "ENTRY_KINDS": ".inventory",
+    "ENV_CACHE_DIR": ".paths",
+    "FreedBlob": ".lifecycle",
+    "GcItem": ".garbage",
+    "GcReport": ".garbage",
+    "ImageCache": ".snapshots",
+    "Inspection": ".inventory",
+    "RemovalReport": ".lifecycle",
+    "SNAPSHOT_KINDS": ".snapshots",
+    "SnapshotKind": ".snapshots",
+    "TieredImageCache": ".tiered",
+    "VerifyReport": ".integrity",
+    "claim_dir": ".usage",
+    "collect_garbage": ".garbage",
+    "default_cache_dir": ".paths",
+    "disk_usage": ".inventory",
+    "inspect_entries": ".inventory",
+    "nextflow_names": ".library",
+    "prune": ".lifecycle",
+    "remove_references": ".lifecycle",
+    "scan_entries": ".inventory",
+    "select_entries": ".inventory",
+    "verify_cache": ".integrity",
+}
 
 __all__ = [
     "DEFAULT_GRACE",
@@ -57,3 +81,39 @@ __all__ = [
     "select_entries",
     "verify_cache",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from ..images.blobstore import BlobStore
+    from .garbage import DEFAULT_GRACE, GcItem, GcReport, collect_garbage
+    from .handler import ContainerCacheHandler, ContainerFileNamingMethod
+    from .integrity import BadBlob, BrokenEntry, VerifyReport, verify_cache
+    from .inventory import (
+        ENTRY_KINDS,
+        CacheEntry,
+        DiskUsage,
+        Inspection,
+        disk_usage,
+        inspect_entries,
+        scan_entries,
+        select_entries,
+    )
+    from .library import nextflow_names
+    from .lifecycle import FreedBlob, RemovalReport, prune, remove_references
+    from .paths import ENV_CACHE_DIR, default_cache_dir
+    from .snapshots import SNAPSHOT_KINDS, CacheHit, ImageCache, SnapshotKind
+    from .tiered import TieredImageCache
+    from .usage import claim_dir

@@ -23,18 +23,21 @@ import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..digests import sha256_bytes, sha256_file, wfexs_fingerprint
 from ..errors import DiskFullError, IntegrityError
 from ..fsutil import reword_disk_full
-from ..images.base import Image
 from ..images.blobstore import FULL_CACHE_HINT
-from ..images.copy import DockerArchiveSink, LayoutSink, SifSink, copy
-from ..images.sif import read_sif
 from ..model import ImageMetadata
 from .snapshots import CacheHit, ImageCache, SnapshotKind
 from .usage import claim_dir
+
+if TYPE_CHECKING:
+    from ..images.base import Image
+
+# ``images.copy`` (every format's writer) and ``images.sif`` load inside the functions that
+# build: a warm re-stage, the common case, builds nothing.
 
 
 @contextlib.contextmanager
@@ -98,6 +101,8 @@ def build_snapshot(
     ``name`` is the image name the snapshot carries (the layout's ref name,
     the archive's repo tag, the SIF definition's ``from:``).
     """
+    from ..images.copy import DockerArchiveSink, LayoutSink, SifSink, copy
+
     with work_dir(cache, f"{kind}-") as work:
         if kind == "oci-layout":
             snapshot = work / "layout"
@@ -156,6 +161,8 @@ def put_sif_file(
     repository: str | None = None,
 ) -> CacheHit:
     """Cache an existing SIF file (downloaded, pulled by Apptainer, or local) after checking it is one."""
+    from ..images.sif import read_sif
+
     try:
         info = read_sif(path)
     except Exception as e:  # any parse failure means "not a SIF we can trust"

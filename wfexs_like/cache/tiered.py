@@ -42,7 +42,6 @@ from .. import progress
 from ..digests import is_digest
 from ..errors import CacheError, ContainerFactoryException, IntegrityError
 from ..images.manifest import Manifest, ManifestError, Platform, parse_manifest_or_index
-from ..images.sif import read_sif
 from ..model import META_JSON_POSTFIX, ImageMetadata
 from ..references import parse_reference
 from ..storage import StorageError, StorageUnreachableError, TieredBlobStore, Tiers
@@ -305,6 +304,8 @@ class TieredImageCache(ImageCache):
 
 def _sif_fits(path: Path, platform: str) -> bool:
     """A Nextflow library SIF carries no platform but its architecture: it must be the one asked for."""
+    from ..images.sif import read_sif  # only for library SIFs: a re-stage never reads one
+
     try:
         part = read_sif(path).primary_partition()
         want = Platform.parse(platform).architecture

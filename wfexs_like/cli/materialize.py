@@ -220,7 +220,11 @@ def _tags(args: argparse.Namespace) -> list[Any]:
         if not path.exists():
             raise UsageError(f"{path}: no such file or directory")
     # A workflow or crate that cannot be read is a failure of that input (exit 1), not of usage.
-    extra = [*from_workflows(args.from_workflow, engine=args.engine), *from_crates(args.from_crate)]
+    # Asked only when given: the scanners and the RO-Crate reader are not loaded otherwise.
+    extra = [
+        *(from_workflows(args.from_workflow, engine=args.engine) if args.from_workflow else ()),
+        *(from_crates(args.from_crate) if args.from_crate else ()),
+    ]
     try:
         return collect_tags(args.tags, args.file, extra=extra)
     except ContainerFactoryException as e:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar, NoReturn
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from ..cache import CacheHit, ImageCache
 from ..cache.build import build_snapshot
@@ -32,11 +32,13 @@ from ..images.blobstore import BlobStore
 from ..images.store import StoreImage
 from ..model import Container, ContainerTaggedName
 from ..references import Reference
-from ..registry.client import RegistryClient
 from .base import ContainerFactory
 from .injected import has_staged_snapshot, injected_image
 from .sources import ImageSources, pin_from_fingerprint
 from .staged import StagedSnapshots
+
+if TYPE_CHECKING:  # the HTTP stack loads when a registry is first asked, never offline
+    from ..registry.client import RegistryClient
 
 
 class CachedImageFactory(ContainerFactory, StagedSnapshots):
@@ -55,13 +57,11 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
     ) -> None:
         super().__init__(*args, **kwargs)
         self._client = registry_client
-        self._probe: RegistryClient | None = None
         self._engine = engine
         self._docker_daemon: Engine | None = None
         self.sources = ImageSources(
             self.store,
             client=lambda: self.registry_client,
-            probe_client=self._probe_client,
             engine=self.source_engine,
             docker_daemon=self.docker_daemon,
             platform=self.platform,
@@ -82,18 +82,12 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
     @property
     def registry_client(self) -> RegistryClient:
         if self._client is None:
+            from ..registry.client import RegistryClient
+
             self._client = RegistryClient(
                 insecure_registries=self.insecure_registries, platform=self.platform
             )
         return self._client
-
-    def _probe_client(self) -> RegistryClient:
-        """For yes/no questions to a registry: one attempt, so an unreachable one costs no back-off."""
-        if self._probe is None:
-            # The same logins, certificates and hosts as the main client: an auth or TLS failure must
-            # not look like "the registry lacks the tag" and send us to the engine's copy.
-            self._probe = self.registry_client.copy_with(retries=0, timeout=10)
-        return self._probe
 
     def source_engine(self) -> Engine | None:
         """The engine images that exist only locally are read from (None: there is none)."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..cache import CacheHit, ImageCache
 from ..cache.build import build_snapshot, put_sif_file, work_dir
@@ -28,9 +29,11 @@ from ..images.sif import read_sif
 from ..images.staging import link_or_copy
 from ..model import META_JSON_POSTFIX, Container, ContainerTaggedName, ContainerType, ImageMetadata
 from ..references import Reference
-from ..registry.client import RegistryClient
-from ..registry.oras import OrasPull, pull_sif
 from .sources import pin_from_fingerprint
+
+if TYPE_CHECKING:  # the HTTP stack loads when a registry is first asked, never offline
+    from ..registry.client import RegistryClient
+    from ..registry.oras import OrasPull
 
 #: Sidecar ``extra`` key holding an ORAS SIF's manifest, as text (it is JSON): pushed back unchanged.
 ORAS_MANIFEST_KEY = "oras_manifest"
@@ -201,6 +204,8 @@ def oras_sif(
             "offline mode forbids fetching it; materialize it once with network access"
         )
     assert ref.registry is not None
+    from ..registry.oras import pull_sif
+
     pulled = pull_sif(
         client(),
         ref.registry,

@@ -30,7 +30,6 @@ from ..errors import (
 )
 from ..model import Container, ContainerTaggedName, ContainerType
 from ..references import Reference
-from ..registry.client import is_loopback
 from .cached import CachedImageFactory
 from .injected import snapshot_kind_of, usable_snapshot
 from .sif_files import adopt_sif, convert_to_sif, sif_file, sif_record
@@ -112,9 +111,6 @@ class SingularityContainerFactory(CachedImageFactory):
             assert isinstance(tag, Container)
             hit = adopt_sif(self.cache, tag, ref, injected, platform=self.platform_key)
         else:
-            plain = bool(ref.registry) and (
-                is_loopback(ref.registry or "") or ref.registry in self.insecure_registries
-            )
             hit = sif_file(
                 self.cache,
                 tag,
@@ -124,9 +120,17 @@ class SingularityContainerFactory(CachedImageFactory):
                 platform=self.platform_key,
                 client=lambda: self.registry_client,
                 apptainer=self.apptainer,
-                plain_http=plain,
+                plain_http=not offline and self._plain_http(ref),
             )
         return self._stage(tag, ref, hit, cdir, force)
+
+    def _plain_http(self, ref: Reference) -> bool:
+        """Whether Apptainer may pull ``ref`` over plain HTTP (loopback or --insecure-registry)."""
+        if not ref.registry:
+            return False
+        from ..registry.client import is_loopback  # here, not at the top: it brings the HTTP stack
+
+        return is_loopback(ref.registry) or ref.registry in self.insecure_registries
 
     def _injected_sif(self, tag: ContainerTaggedName) -> Path | None:
         if not isinstance(tag, Container):

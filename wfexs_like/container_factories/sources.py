@@ -7,10 +7,14 @@ the blob store through ``write_to_store``. What is decided here:
 - a registry tag is pulled through the native client, all tags of one call
   through one download pool (``prefetch``); a digest pin is exact, and a pin
   the registry no longer has falls back to its tag only when allowed;
-- an image that exists only in the local engine (built, never pushed) is
-  taken from the engine, but only after a no-retry probe shows the registry
-  lacks it: an image this tool loaded has no repo digests either, and taking
-  it from the engine would record a synthesized manifest instead of the pin;
+- the registry is asked first; an image that exists only in the local
+  engine (built, never pushed) is taken from the engine only when the
+  registry cannot give it. So a registry image is always recorded with the
+  registry's manifest (an image this tool loaded has no repo digests in the
+  engine, and taking it from there would record a synthesized manifest
+  instead of the pin), and the engine's SDK is not even imported unless a
+  pull fails. The price: a local-only image whose registry is unreachable
+  waits out the client's retries before the engine is asked;
 - skopeo-style transports (``docker-archive:``, ``oci:``, ``oci-archive:``,
   ``docker-daemon:``) are read from where they live.
 """
@@ -21,7 +25,7 @@ import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..engines.base import Engine
 from ..errors import (
@@ -38,8 +42,10 @@ from ..images.manifest import Platform
 from ..images.oci_archive import OciArchiveImage
 from ..images.store import write_to_store
 from ..references import Reference
-from ..registry.client import PullResult, RegistryClient
 from .engine_source import EngineSource
+
+if TYPE_CHECKING:
+    from ..registry.client import PullResult, RegistryClient
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +86,6 @@ class ImageSources:
         store: BlobStore,
         *,
         client: Callable[[], RegistryClient],
-        probe_client: Callable[[], RegistryClient],
         engine: Callable[[], Engine | None],
         docker_daemon: Callable[[], Engine],
         platform: Platform | None,
@@ -93,20 +98,15 @@ class ImageSources:
         self.platform = platform
         self.allow_tag_fallback = allow_tag_fallback
         self._prefetched: dict[str, PullResult | BaseException] = {}
-        self.engine = EngineSource(
-            store, engine, docker_daemon, probe_client, work_dir, fallback=engine_fallback
-        )
+        self.engine = EngineSource(store, engine, docker_daemon, work_dir, fallback=engine_fallback)
 
     # -- planning -----------------------------------------------------------------------------
     def prefetch(self, wanted: Sequence[tuple[Reference, str | None]]) -> None:
         """Pull every registry image of one call through one pool (a shared layer is fetched once)."""
         self._prefetched.clear()
-        self.engine.forget()
         todo: list[tuple[str, tuple[str, str, str]]] = []
         for ref, pin in wanted:
             if not ref.is_registry or ref.scheme not in ("docker", "oras"):
-                continue
-            if pin is None and self.engine.local_only(ref) is not None:
                 continue
             todo.append(
                 (ref.canonical(), (ref.registry or "docker.io", ref.repository, pin or ref.tag or "latest"))
@@ -133,10 +133,6 @@ class ImageSources:
                 f"no image source of this engine reads {ref.scheme} references; give a registry tag, "
                 "or use --engine singularity for SIF files and URLs"
             )
-        if pin is None:
-            local = self.engine.local_only(ref)
-            if local is not None:
-                return self.engine.fetch(ref, local.image_id)
         try:
             result = self._pull(ref, pin)
         except RegistryError as e:

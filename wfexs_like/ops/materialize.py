@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from .. import progress
 from ..container_factories import FACTORIES, ContainerFactory, make_factory
@@ -42,10 +42,12 @@ from ..images.manifest import Platform
 from ..model import Container, ContainerTaggedName, ContainerType
 from ..progress import ImageSummary, Outcome
 from ..provenance import FORMAT_KEY, FORMAT_VERSION, container_to_dict, dump_containers
-from ..registry.client import ProgressEvent, RegistryClient, image_label
 from ..safeyaml import read_bounded
 from ..storage import Tiers, open_tiers
 from .taglist import TagSource
+
+if TYPE_CHECKING:  # the HTTP stack loads only for a run that may ask a registry
+    from ..registry.client import ProgressEvent, RegistryClient
 
 __all__ = [
     "RECORD_FORMATS",
@@ -152,6 +154,8 @@ class _Bridge:
         self._lock = threading.Lock()
 
     def add(self, tag: str, registry: str, repository: str, reference: str) -> None:
+        from ..registry.client import image_label
+
         self.by_label.setdefault(image_label(registry, repository, reference), tag)
         self.by_name.setdefault(f"{registry}/{repository}", []).append(tag)
 
@@ -370,7 +374,9 @@ def materialize(
     reporter = progress.current()
     bridge = _Bridge(reporter)
     client: RegistryClient | None = None
-    if _uses_registry(engine):
+    if _uses_registry(engine) and not offline:  # offline: no registry is asked, none is set up
+        from ..registry.client import RegistryClient
+
         options: dict[str, Any] = {"retries": retries} if retries is not None else {}
         client = RegistryClient(
             insecure_registries=insecure_registries,
@@ -429,7 +435,8 @@ def _run(
         reporter.begin(name)
         if factory.AcceptsContainer(request):
             accepted.append((request, name))
-            _watch(bridge, factory, name, request)
+            if not offline:  # offline nothing is pulled, so no client event needs a tag
+                _watch(bridge, factory, name, request)
         else:
             fail(name, f"a {request.type.value} record, which --engine {engine} cannot materialize", 0.0)
 

@@ -4,14 +4,33 @@
 registry image as a lazy ``Image`` (``RemoteImage``); ``RegistryClient.download``
 fetches plain files (SIFs) over the same transport. ``MirrorConfig`` says which
 hosts a pull asks, in order (``--mirror``, ``registries.conf``).
+
+The names load on first use (PEP 562): importing one submodule (``registry.mirrors``
+for a flag's syntax) must not import the HTTP stack an offline run never uses.
 """
 
-from .client import ProgressCallback, ProgressEvent, PullResult, RegistryClient
-from .credentials import CredentialResolver, Credentials
-from .download import download
-from .image import RemoteImage
-from .mirrors import MirrorConfig, PullSource, merge_mirror_tables
-from .transport import RetryPolicy
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "CredentialResolver": ".credentials",
+    "Credentials": ".credentials",
+    "MirrorConfig": ".mirrors",
+    "ProgressCallback": ".client",
+    "ProgressEvent": ".client",
+    "PullResult": ".client",
+    "PullSource": ".mirrors",
+    "RegistryClient": ".client",
+    "RemoteImage": ".image",
+    "RetryPolicy": ".transport",
+    "download": ".download",
+    "merge_mirror_tables": ".mirrors",
+}
 
 __all__ = [
     "CredentialResolver",
@@ -27,3 +46,37 @@ __all__ = [
     "download",
     "merge_mirror_tables",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+class _Package(types.ModuleType):
+    """Keeps ``registry.download`` the function: importing the submodule of the same name binds the
+    module on its package, which an eager ``from .download import download`` used to undo."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if not (name in _EXPORTS and isinstance(value, types.ModuleType)):
+            super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
+
+if TYPE_CHECKING:
+    from .client import ProgressCallback, ProgressEvent, PullResult, RegistryClient
+    from .credentials import CredentialResolver, Credentials
+    from .download import download
+    from .image import RemoteImage
+    from .mirrors import MirrorConfig, PullSource, merge_mirror_tables
+    from .transport import RetryPolicy

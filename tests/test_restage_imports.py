@@ -1,0 +1,89 @@
+"""What a re-stage loads: a warm, offline ``materialize`` imports no HTTP stack and no engine SDK.
+
+Start-up is most of what a warm re-stage costs (issue 12), and the HTTP
+stack (requests, urllib3, ssl) and the Docker SDK are the largest imports
+the package has. Offline, no registry is asked and no engine is touched, so
+none of them may load; online, the registry serves the images and the
+Docker SDK is needed only to deploy or to fall back to the engine. This is
+checked on the real command, as a subprocess, by what ``-X importtime``
+reports it imported (every module, whoever imported it): a behaviour, not
+a timing.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.support.imagegen import build_image, busybox_base_layer
+from tests.support.push import push_image
+from tests.support.registry import RunningRegistry
+from wfexs_like.images.blobstore import BlobStore
+
+NETWORK = ("requests", "urllib3", "ssl", "http.client", "charset_normalizer", "idna")
+SDKS = ("docker", "boto3", "botocore", "spython")
+_IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")
+
+
+def imported_by(*args: str) -> set[str]:
+    """The modules a ``wfexs-like`` run imported (``-X importtime`` names each one on stderr)."""
+    out = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "wfexs_like.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    modules = {m.group(1) for line in out.stderr.splitlines() if (m := _IMPORTED.match(line))}
+    assert "wfexs_like.ops.materialize" in modules, "the run did not reach materialize"
+    return modules
+
+
+def loaded(modules: set[str], roots: tuple[str, ...]) -> list[str]:
+    return sorted(m for m in modules if m.split(".")[0] in roots or m in roots)
+
+
+@pytest.fixture
+def tags(registry: RunningRegistry, src_store: BlobStore) -> list[str]:
+    prefix = f"wl-restage-{uuid.uuid4().hex[:8]}"
+    base = busybox_base_layer()
+    out = []
+    for n in range(3):
+        img = build_image(src_store, [base, {f"etc/n{n}": f"{prefix}-{n}\n".encode()}])
+        push_image(registry.url, f"{prefix}/img{n}", "1.0", src_store, img.manifest)
+        out.append(f"{registry.host}/{prefix}/img{n}:1.0")
+    return out
+
+
+@pytest.mark.parametrize("engine", ["docker", "podman", "singularity"])
+def test_an_offline_restage_imports_no_network_code_and_no_sdk(
+    tags: list[str], tmp_path: Path, engine: str
+) -> None:
+    cache = tmp_path / "cache"
+    common = ["--engine", engine, "--cache-dir", str(cache)]
+    first = imported_by("materialize", *tags, *common, "--stage-dir", str(tmp_path / "warm"), "-q")
+    assert loaded(first, ("requests",)), "the warming run did not use the registry client"
+
+    modules = imported_by(
+        "materialize", *tags, *common, "--offline", "--stage-dir", str(tmp_path / "again"),
+        "-o", str(tmp_path / "again.yaml"),
+    )  # fmt: skip
+    assert (tmp_path / "again.yaml").read_text().count("origTaggedName") == len(tags)
+    assert loaded(modules, NETWORK + SDKS) == []
+
+
+def test_an_online_materialize_served_by_the_registry_never_loads_the_docker_sdk(
+    tags: list[str], tmp_path: Path
+) -> None:
+    modules = imported_by(
+        "materialize", *tags, "--engine", "docker", "--cache-dir", str(tmp_path / "cache"),
+        "--stage-dir", str(tmp_path / "wf"), "-q",
+    )  # fmt: skip
+    assert loaded(modules, ("requests",)), "the run did not use the registry client"
+    assert loaded(modules, SDKS) == []
