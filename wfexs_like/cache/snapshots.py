@@ -59,9 +59,9 @@ from ..digests import is_digest, normalize_fingerprint, sha256_file, split_diges
 from ..errors import CacheError, DiskFullError, IntegrityError
 from ..fsutil import atomic_write_bytes, fsync_dir, reword_disk_full
 from ..images.blobstore import BlobStore
-from ..images.layout import verify_oci_layout
+from ..images.layout import is_blob_path, verify_oci_layout
 from ..images.manifest import Manifest, ManifestError, parse_manifest_or_index
-from ..images.staging import link_or_copy, link_tree, remove_path, sweep_temps
+from ..images.staging import link_or_copy, link_tree, remove_path, sweep_temps, write_file
 from ..model import META_JSON_POSTFIX, ImageMetadata
 from .paths import default_cache_dir
 from .usage import IMAGE_KIND, StagedCopy, Usage
@@ -370,31 +370,38 @@ class ImageCache:
 
     # -- staging ------------------------------------------------------------------------------
     def stage(self, hit: CacheHit, path: Path, meta_path: Path, *, force: bool = False) -> tuple[Path, Path]:
-        """Put the snapshot and its sidecar at ``path``/``meta_path``: links for blobs, a copy of the sidecar.
+        """Put the snapshot and its sidecar at ``path``/``meta_path``: links for blobs, copies of the rest.
 
         A staged copy already there is kept when it is the same snapshot
-        (O(1)); a stale one is replaced atomically. The sidecar is copied,
-        never linked, so a workflow that edits it cannot corrupt the cache.
-        Records the entry's last use and this stage dir (one small write).
+        (O(1)); a stale one is replaced atomically. Only content-addressed
+        blobs are shared with the cache (hard links, read-only like the
+        store's); the sidecar, ``index.json`` and ``oci-layout`` are copied
+        (reflinked where the filesystem can), so a workflow that writes to
+        them cannot corrupt the cache (docs/staged-files.md).
+
+        Nothing here is fsynced: a stage dir is disposable per run, a killed
+        process is covered by building under temporary names and renaming,
+        and what a power cut could leave torn is checked against the cache
+        (``_staged_matches``, the sidecar's bytes) and re-staged on the next
+        run. Records the entry's last use and this stage dir (one small write).
         """
         self.hold(hit.reference, hit.platform)
         path.parent.mkdir(parents=True, exist_ok=True)
         with self.store.lock(f"stage-{path}"):
-            sweep_temps(path)  # what a run killed while staging here left (a copy can be big)
-            sweep_temps(meta_path)
+            sweep_temps(path, meta_path)  # what a run killed while staging here left (a copy can be big)
             try:
                 if force or not self._staged_matches(path, hit.fingerprint):
                     if hit.snapshot.is_dir():
-                        link_tree(hit.snapshot, path, force=True)
-                    else:
-                        link_or_copy(hit.snapshot, path)
+                        link_tree(hit.snapshot, path, force=True, share=is_blob_path, sync=False)
+                    else:  # a SIF or an archive: the snapshot file is a link of its blob
+                        link_or_copy(hit.snapshot, path, sync=False)
                 meta_bytes = hit.metadata_path.read_bytes()
                 try:
                     current = meta_path.read_bytes()
                 except OSError:
                     current = None
                 if force or current != meta_bytes:
-                    atomic_write_bytes(meta_path, meta_bytes, mode=0o644)
+                    write_file(meta_path, meta_bytes, mode=0o644, sync=False)
             except DiskFullError as e:
                 raise reword_disk_full(e, hint=STAGE_FULL_HINT) from e
         self.usage.touch(
@@ -403,7 +410,7 @@ class ImageCache:
         return path, meta_path
 
     def _staged_matches(self, path: Path, fingerprint: str) -> bool:
-        if not (path.exists() or path.is_symlink()):
+        if not os.path.lexists(path):
             return False
         return not self.verify_snapshot(path, fingerprint)
 
@@ -428,14 +435,9 @@ class ImageCache:
         """
         fingerprint = normalize_fingerprint(fingerprint)
         if snapshot.is_dir():
-            index = snapshot / "index.json"
-            if not index.is_file():
+            if not (snapshot / "index.json").is_file():
                 return [f"{snapshot}: missing index.json"]
-            problems: list[str] = []
-            if sha256_file(index) != fingerprint:
-                problems.append(f"{index}: does not match the recorded fingerprint {fingerprint}")
-            problems.extend(verify_oci_layout(snapshot, self.store, full))
-            return problems
+            return verify_oci_layout(snapshot, self.store, full, fingerprint=fingerprint)
         if not snapshot.is_file():
             return [f"{snapshot}: missing"]
         # path().is_file(), not has(): a trust shortcut must not fetch the blob from a tier.

@@ -30,11 +30,12 @@ import io
 import json
 import os
 import shutil
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from ..digests import CHUNK, sha256_bytes, sha256_file, split_digest
+from ..digests import CHUNK, is_digest, sha256_bytes, sha256_file, split_digest
 from ..errors import CacheError, IntegrityError, UnsafeArchiveError, quote, quote_list
 from ..fsutil import fsync_dir
 from .archive import SMALL_LIMIT, open_regular, read_regular
@@ -123,6 +124,45 @@ def inside_layout(layout: Path, p: Path) -> Path:
             f"{p} leads outside the OCI layout {layout} (to {quote(real)}); refusing the layout"
         )
     return p
+
+
+class _Within:
+    """``inside_layout`` for a whole verification, at one ``lstat`` per directory instead of two
+    ``realpath`` walks per file.
+
+    Every path checked is the layout joined with fixed names (``index.json``,
+    ``blobs/<algo>/<hex>`` from a validated digest), so it can only leave the
+    layout through a symlink: when neither the file nor a directory on the
+    way is one, it is inside. A symlink anywhere falls back to the full
+    ``inside_layout`` check, which still accepts links that stay inside.
+    """
+
+    def __init__(self, layout: Path) -> None:
+        self.layout = layout
+        self.root = os.fspath(layout)
+        self._plain_dirs: dict[str, bool] = {}
+
+    def stat(self, rel: str) -> tuple[Path, os.stat_result]:
+        """The file ``rel`` and its ``stat`` (symlinks followed); ``UnsafeArchiveError`` if it leads
+        outside the layout, ``OSError`` if it is missing."""
+        path = os.path.join(self.root, rel)
+        plain = True
+        head, _, _ = rel.rpartition("/")
+        while head and plain:
+            known = self._plain_dirs.get(head)
+            if known is None:
+                try:
+                    known = not stat.S_ISLNK(os.lstat(os.path.join(self.root, head)).st_mode)
+                except OSError:
+                    known = True  # missing: the file's own stat says so
+                self._plain_dirs[head] = known
+            plain = known
+            head = head.rpartition("/")[0]
+        st = os.lstat(path)
+        if plain and not stat.S_ISLNK(st.st_mode):
+            return Path(path), st
+        inside_layout(self.layout, Path(path))
+        return Path(path), os.stat(path)
 
 
 def read_layout_file(layout: Path, p: Path, what: str, limit: int = SMALL_LIMIT) -> bytes:
@@ -217,10 +257,13 @@ def read_oci_layout(
     return idx, digest, name
 
 
-def trusted_by(store: BlobStore, digest: str, p: Path) -> bool:
-    """Does ``store`` vouch for the file ``p`` holding ``digest``? (same inode, or recorded size+mtime)"""
+def trusted_by(store: BlobStore, digest: str, p: Path, st: os.stat_result | None = None) -> bool:
+    """Does ``store`` vouch for the file ``p`` holding ``digest``? (same inode, or recorded size+mtime)
+
+    ``st``: ``p``'s ``stat`` when the caller has it already.
+    """
     try:
-        st = p.stat()
+        st = st or p.stat()
         sst = store.path(digest).stat()
     except OSError:
         return store.is_trusted(digest, p)
@@ -367,19 +410,33 @@ def _write_small(path: Path, data: bytes) -> None:
 # -- verifying ----------------------------------------------------------------------------------
 
 
-def verify_oci_layout(path: Path, store: BlobStore | None = None, full: bool = False) -> list[str]:
+def verify_oci_layout(
+    path: Path, store: BlobStore | None = None, full: bool = False, *, fingerprint: str | None = None
+) -> list[str]:
     """List what is wrong with a layout (empty list: it is intact).
 
     Manifests, indexes and configs are always re-hashed (they are small and
     pin everything). A layer blob is re-hashed unless ``store`` trusts it:
     the same inode as the store's verified blob, or a copy whose size and
     mtime match the store's record (``BlobStore.is_trusted``); ``full``
-    re-hashes everything regardless.
+    re-hashes everything regardless. ``fingerprint``: what ``index.json``
+    must hash to (the snapshot's fingerprint), checked on the bytes read here.
     """
     path = Path(path)
+    within = _Within(path)
     problems: list[str] = []
+
+    def read_file(name: str, what: str, limit: int) -> bytes:
+        try:
+            p, _ = within.stat(name)
+        except FileNotFoundError:
+            raise
+        except OSError as e:
+            raise CacheError(f"cannot read {what} {path / name}: {e.strerror or e}") from e
+        return read_regular(p, what, limit)
+
     try:
-        layout = json.loads(read_layout_file(path, path / OCI_LAYOUT_FILE, "OCI layout marker", 4096))
+        layout = json.loads(read_file(OCI_LAYOUT_FILE, "OCI layout marker", 4096))
         if not isinstance(layout, Mapping) or "imageLayoutVersion" not in layout:
             problems.append(f"{path / OCI_LAYOUT_FILE}: no imageLayoutVersion")
     except FileNotFoundError:
@@ -388,8 +445,17 @@ def verify_oci_layout(path: Path, store: BlobStore | None = None, full: bool = F
         problems.append(f"{path / OCI_LAYOUT_FILE} is not valid JSON: {e}")
     except (CacheError, UnsafeArchiveError) as e:
         problems.append(str(e))
+    index_path = path / INDEX_FILE
     try:
-        idx = _load_index(path)
+        raw_index = read_file(INDEX_FILE, "OCI layout index", SMALL_LIMIT)
+    except FileNotFoundError:
+        return [*problems, f"{path} is not an OCI image layout: it has no {INDEX_FILE}"]
+    except (CacheError, UnsafeArchiveError) as e:
+        return [*problems, str(e)]
+    if fingerprint is not None and sha256_bytes(raw_index) != fingerprint:
+        problems.append(f"{index_path}: does not match the recorded fingerprint {fingerprint}")
+    try:
+        idx = parse_index(raw_index, str(index_path))
     except CacheError as e:
         return [*problems, str(e)]
 
@@ -398,14 +464,19 @@ def verify_oci_layout(path: Path, store: BlobStore | None = None, full: bool = F
     def check_blob(desc: Descriptor, small: bool) -> bytes | None:
         """Check one blob; return its bytes when ``small`` and it is intact."""
         try:
-            p = inside_layout(path, blob_file(path, desc.digest))
+            algo, hexd = split_digest(desc.digest)
+            p, st = within.stat(f"blobs/{algo}/{hexd}")
         except (IntegrityError, UnsafeArchiveError) as e:
             problems.append(str(e))
             return None
-        if not p.is_file():
-            problems.append(f"blob {desc.digest} is missing or not a regular file ({p})")
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode):
+            problems.append(
+                f"blob {desc.digest} is missing or not a regular file ({blob_file(path, desc.digest)})"
+            )
             return None
-        size = p.stat().st_size
+        size = st.st_size
         if size != desc.size:
             problems.append(f"blob {desc.digest}: {size} bytes, expected {desc.size} ({p})")
             return None
@@ -421,7 +492,7 @@ def verify_oci_layout(path: Path, store: BlobStore | None = None, full: bool = F
         if desc.digest in checked:
             return None
         checked.add(desc.digest)
-        if not full and store is not None and trusted_by(store, desc.digest, p):
+        if not full and store is not None and trusted_by(store, desc.digest, p, st):
             return None
         actual = sha256_file(p)
         if actual != desc.digest:
@@ -451,7 +522,15 @@ def verify_oci_layout(path: Path, store: BlobStore | None = None, full: bool = F
             check_blob(layer, small=False)
 
     if not idx.manifests:
-        problems.append(f"{path / INDEX_FILE} lists no manifests")
+        problems.append(f"{index_path} lists no manifests")
     for desc in idx.manifests:
         walk(desc, 0)
     return problems
+
+
+def is_blob_path(rel: str) -> bool:
+    """Whether ``rel`` (``/``-separated, relative to a layout) names a content-addressed blob:
+    the only files of a layout that may be shared with the store (hard links), since nothing
+    may ever write to them; ``index.json`` and ``oci-layout`` are a layout's own."""
+    parts = rel.split("/")
+    return len(parts) == 3 and parts[0] == "blobs" and is_digest(f"{parts[1]}:{parts[2]}")

@@ -29,15 +29,15 @@ import errno
 import fcntl
 import functools
 import os
-import re
 import shutil
 import stat
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 from ..errors import CacheError, DiskFullError
-from ..fsutil import disk_full_error, is_disk_full, no_room_errno, require_space
+from ..fsutil import disk_full_error, fsync_dir, is_disk_full, no_room_errno, require_space
 
 Method = Literal["hardlink", "reflink", "copy"]
 METHODS: tuple[Method, ...] = ("hardlink", "reflink", "copy")
@@ -59,6 +59,8 @@ _CLONE_FALLBACK = {
     errno.ENOSYS,
 }
 _COPY_CHUNK = 64 << 20
+#: Copies up to this size skip the free-space check (a ``statvfs``) and let the write decide.
+_SMALL_COPY = 1 << 20
 _RENAME_EXCHANGE = 2
 
 
@@ -70,9 +72,9 @@ def _temp_name(dst: Path) -> Path:
     return Path(name)
 
 
-def _try_hardlink(src: Path, tmp: Path) -> bool:
+def _try_hardlink(src: str | Path, dst: str | Path) -> bool:
     try:
-        os.link(src, tmp, follow_symlinks=True)
+        os.link(src, dst, follow_symlinks=True)
     except OSError as e:
         if e.errno in _LINK_FALLBACK:
             return False
@@ -80,28 +82,16 @@ def _try_hardlink(src: Path, tmp: Path) -> bool:
     return True
 
 
-def _try_reflink(src: Path, tmp: Path) -> bool:
+def _try_clone(src_fd: int, dst_fd: int) -> bool:
+    """Make ``dst_fd`` share ``src_fd``'s extents (a reflink); False where the filesystem cannot."""
     if not hasattr(fcntl, "ioctl") or os.name != "posix":
         return False
-    src_fd = os.open(src, os.O_RDONLY)
     try:
-        dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            fcntl.ioctl(dst_fd, FICLONE, src_fd)
-        except OSError as e:
-            os.close(dst_fd)
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            if e.errno in _CLONE_FALLBACK:
-                return False
-            raise
-        try:
-            os.fsync(dst_fd)
-        finally:
-            os.close(dst_fd)
-    finally:
-        os.close(src_fd)
-    shutil.copystat(src, tmp)
+        fcntl.ioctl(dst_fd, FICLONE, src_fd)
+    except OSError as e:
+        if e.errno in _CLONE_FALLBACK:
+            return False
+        raise
     return True
 
 
@@ -130,29 +120,46 @@ def _copy_bytes(src_fd: int, dst_fd: int, size: int) -> None:
         offset += n
 
 
-def _copy(src: Path, tmp: Path, name: str) -> None:
+def _clone_or_copy(src: str | Path, dst: str | Path, name: str, *, sync: bool) -> Method:
+    """Create ``dst`` (a new name) with ``src``'s bytes, mode and mtime: a reflink if the filesystem
+    has one, else a copy; ``sync``: fsync it (the cache must survive a power cut, a stage dir need not).
+
+    The mtime is kept to the nanosecond so ``BlobStore.is_trusted`` still knows a copied blob.
+    """
     src_fd = os.open(src, os.O_RDONLY)
     try:
-        size = os.fstat(src_fd).st_size
-        require_space(tmp.parent, size, what=f"copying {name}")
-        dst_fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        st = os.fstat(src_fd)
+        dst_fd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            _copy_bytes(src_fd, dst_fd, size)
-            os.fsync(dst_fd)
+            method: Method = "reflink"
+            if not _try_clone(src_fd, dst_fd):
+                method = "copy"
+                if st.st_size > _SMALL_COPY:  # a small file's "no room" comes from the write itself
+                    require_space(Path(dst).parent, st.st_size, what=f"copying {name}")
+                _copy_bytes(src_fd, dst_fd, st.st_size)
+            if sync:
+                os.fsync(dst_fd)
+            os.fchmod(dst_fd, stat.S_IMODE(st.st_mode))
+            os.utime(dst_fd, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
             os.close(dst_fd)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(dst)
+        raise
     finally:
         os.close(src_fd)
-    shutil.copystat(src, tmp)  # mode and atime/mtime to the nanosecond, like copy2
+    return method
 
 
-def link_or_copy(src: Path, dst: Path) -> Method:
+def link_or_copy(src: Path, dst: Path, *, sync: bool = True) -> Method:
     """Make ``dst`` hold ``src``'s bytes by the cheapest available means; return which.
 
     ``dst`` is replaced if it exists (atomically: readers see the old file or
     the new one). A ``dst`` that already is ``src`` (same inode) is left alone.
     A copy that does not fit raises ``DiskFullError`` (``fsutil.reword_disk_full``
-    lets a caller add the option that picks another directory).
+    lets a caller add the option that picks another directory). ``sync=False``
+    skips the fsync of a copy (for stage dirs, see ``link_tree``).
     """
     src, dst = Path(src), Path(dst)
     try:
@@ -166,15 +173,9 @@ def link_or_copy(src: Path, dst: Path) -> Method:
         if (dst_st.st_dev, dst_st.st_ino) == (sst.st_dev, sst.st_ino):
             return "hardlink"
     tmp = _temp_name(dst)
-    method: Method
     try:
-        if _try_hardlink(src, tmp):
-            method = "hardlink"
-        elif _try_reflink(src, tmp):
-            method = "reflink"
-        else:
-            _copy(src, tmp, dst.name)
-            method = "copy"
+        linked = _try_hardlink(src, tmp)
+        method: Method = "hardlink" if linked else _clone_or_copy(src, tmp, dst.name, sync=sync)
         os.replace(tmp, dst)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
@@ -184,6 +185,38 @@ def link_or_copy(src: Path, dst: Path) -> Method:
             raise disk_full_error(dst.parent, what=what, needed=sst.st_size, code=e.errno) from e
         raise
     return method
+
+
+def write_file(dst: Path, data: bytes, *, mode: int = 0o644, sync: bool = True) -> None:
+    """Replace ``dst`` with ``data`` through a temporary name beside it (never half-written).
+
+    ``fsutil.atomic_write_bytes`` with the fsyncs optional: a stage dir's
+    small files are compared with the cache's on every run and rewritten
+    when they differ, so the power cut an fsync guards against costs only a
+    rewrite there, while the fsync costs every run a disk flush.
+    """
+    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            if sync:
+                os.fsync(fd)
+            os.fchmod(fd, mode)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dst)
+    except BaseException as e:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(e, OSError) and is_disk_full(e):
+            raise disk_full_error(
+                dst.parent, what=f"writing {dst.name}", needed=len(data), code=e.errno
+            ) from e
+        raise
+    if sync:
+        fsync_dir(dst.parent)
 
 
 @functools.cache
@@ -258,27 +291,39 @@ def _device(path: Path) -> int | None:
         return None
 
 
-def sweep_temps(dst: Path) -> int:
-    """Remove what writers of ``dst`` killed mid-write left beside it; return how many entries went.
+def sweep_temps(*dsts: Path) -> int:
+    """Remove what writers of each ``dst`` killed mid-write left beside it; return how many entries went.
 
     Those are the ``.<name>.<random>.tmp`` files and trees of ``link_or_copy``,
-    ``link_tree`` and ``fsutil.atomic_write``: in a stage dir (the user's
-    workflow dir) nothing else would ever remove them, and a copied snapshot
-    killed halfway is as big as what it was copying. A live writer's temp
-    has the same name, so call this only while holding the lock that every
-    writer of ``dst`` takes (``ImageCache.stage`` holds one per staged path).
+    ``link_tree``, ``write_file`` and ``fsutil.atomic_write``: in a stage dir
+    (the user's workflow dir) nothing else would ever remove them, and a
+    copied snapshot killed halfway is as big as what it was copying. A live
+    writer's temp has the same name, so call this only while holding the
+    lock that every writer of ``dst`` takes (``ImageCache.stage`` holds one
+    per staged path). Paths in one directory are swept with one listing.
     """
-    dst = Path(dst)
-    names = {re.escape(dst.name), re.escape(dst.name[:200])}  # atomic_write cuts long names to 200
-    pattern = re.compile(rf"\.(?:{'|'.join(names)})\.[A-Za-z0-9_]+\.tmp")
-    try:
-        entries = os.listdir(dst.parent)
-    except OSError:
-        return 0
-    swept = [name for name in entries if pattern.fullmatch(name)]
-    for name in swept:
-        remove_path(dst.parent / name)
-    return len(swept)
+    by_dir: dict[Path, list[str]] = {}
+    for dst in map(Path, dsts):
+        # atomic_write cuts long names to 200
+        by_dir.setdefault(dst.parent, []).extend({f".{dst.name}.", f".{dst.name[:200]}."})
+    swept = 0
+    for parent, prefixes in by_dir.items():
+        try:
+            entries = os.listdir(parent)
+        except OSError:
+            continue
+        for name in entries:
+            if name.endswith(".tmp") and any(_is_temp_of(name, p) for p in prefixes):
+                remove_path(parent / name)
+                swept += 1
+    return swept
+
+
+def _is_temp_of(name: str, prefix: str) -> bool:
+    middle = name[len(prefix) : -len(".tmp")]
+    return (
+        name.startswith(prefix) and bool(middle) and (middle.replace("_", "a").isalnum() and middle.isascii())
+    )
 
 
 def remove_path(path: Path) -> None:
@@ -317,15 +362,29 @@ def tree_size(path: Path) -> int:
     return total
 
 
-def link_tree(src_dir: Path, dst_dir: Path, *, force: bool = False) -> dict[str, int]:
+def link_tree(
+    src_dir: Path,
+    dst_dir: Path,
+    *,
+    force: bool = False,
+    share: Callable[[str], bool] | None = None,
+    sync: bool = True,
+) -> dict[str, int]:
     """Stage a whole directory tree file by file; return how many files each method took.
 
-    The tree is built beside ``dst_dir`` and renamed into place, so
-    ``dst_dir`` is either absent, the old tree, or the complete new one. An
-    existing ``dst_dir`` is kept as it is unless ``force`` (then it is
-    swapped out atomically); in that case the counts are all zero. Symlinks
-    are recreated as symlinks, never followed. A tree that does not fit
-    raises ``DiskFullError`` naming what the whole tree needs.
+    The tree is built in a private directory beside ``dst_dir`` and renamed
+    into place, so ``dst_dir`` is either absent, the old tree, or the
+    complete new one; inside that private directory files get their final
+    names at once. An existing ``dst_dir`` is kept as it is unless ``force``
+    (then it is swapped out atomically); in that case the counts are all
+    zero. Symlinks are recreated as symlinks, never followed. A tree that
+    does not fit raises ``DiskFullError`` naming what the whole tree needs.
+
+    ``share(rel)`` (``rel``: the file's ``/``-separated path under
+    ``src_dir``) says which files may be hard links to the source; the
+    others are reflinked or copied, so writing to them cannot reach the
+    source (None: every file may). ``sync=False`` skips the fsync of copies:
+    for a stage dir, whose files are checked against the cache on every use.
     """
     src_dir, dst_dir = Path(src_dir), Path(dst_dir)
     counts = dict.fromkeys(METHODS, 0)
@@ -335,23 +394,7 @@ def link_tree(src_dir: Path, dst_dir: Path, *, force: bool = False) -> dict[str,
         return counts
     tmp = make_temp_dir(dst_dir)
     try:
-        for root, dirs, files in os.walk(src_dir):
-            rel = Path(root).relative_to(src_dir)
-            out = tmp / rel
-            for d in dirs:
-                sp = Path(root) / d
-                if sp.is_symlink():
-                    os.symlink(os.readlink(sp), out / d)
-                else:
-                    (out / d).mkdir()
-            for f in files:
-                sp = Path(root) / f
-                if sp.is_symlink():
-                    os.symlink(os.readlink(sp), out / f)
-                elif sp.is_file():
-                    counts[link_or_copy(sp, out / f)] += 1
-            # directories that are symlinks were recreated above; do not descend into them
-            dirs[:] = [d for d in dirs if not (Path(root) / d).is_symlink()]
+        _fill_tree(os.fspath(src_dir), os.fspath(tmp), "", counts, share, sync)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if no_room_errno(e) is not None:
@@ -361,3 +404,24 @@ def link_tree(src_dir: Path, dst_dir: Path, *, force: bool = False) -> dict[str,
     if not publish_dir(tmp, dst_dir, replace=force):
         return dict.fromkeys(METHODS, 0)
     return counts
+
+
+def _fill_tree(
+    src: str, dst: str, rel: str, counts: dict[str, int], share: Callable[[str], bool] | None, sync: bool
+) -> None:
+    """Recreate ``src`` under the (private, empty) ``dst`` with strings and ``scandir``: one
+    ``stat`` per entry, no temporary names (nobody else writes inside a private directory)."""
+    with os.scandir(src) as it:
+        entries = list(it)
+    for entry in entries:
+        out = os.path.join(dst, entry.name)
+        if entry.is_symlink():
+            os.symlink(os.readlink(entry.path), out)
+        elif entry.is_dir(follow_symlinks=False):
+            os.mkdir(out)
+            _fill_tree(entry.path, out, f"{rel}{entry.name}/", counts, share, sync)
+        elif entry.is_file(follow_symlinks=False):
+            if (share is None or share(rel + entry.name)) and _try_hardlink(entry.path, out):
+                counts["hardlink"] += 1
+            else:
+                counts[_clone_or_copy(entry.path, out, entry.name, sync=sync)] += 1
