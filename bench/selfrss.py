@@ -5,6 +5,9 @@ Why a wrapper: ``wait4`` reports the largest RSS of a process *and* the
 children it waited for, and the issue's memory target excludes the squashfs
 compressor a SIF build runs; only the process itself can ask the kernel for
 its own peak (``RUSAGE_SELF``), and ``atexit`` runs after ``sys.exit``.
+Start it from a small parent (the bench runs it under GNU time): Linux keeps
+the peak RSS of the image a process exec'd from in ``RUSAGE_SELF``, so a
+(v)fork straight from a large process reports that process's peak instead.
 """
 
 import atexit

@@ -1,11 +1,15 @@
-"""An S3-compatible object store as a backend (boto3), for the tier many machines share.
+"""An S3-compatible object store as a backend (botocore), for the tier many machines share.
 
 Why these choices:
 - **Nothing partial under a final key.** Small objects go up in one PUT,
   which S3 publishes atomically; large ones as a multipart upload, which
-  exists under its key only once completed. Either way the bytes are hashed
-  as they are read and the upload is completed only when they match the
-  digest; otherwise it is aborted.
+  exists under its key only once completed. Either way every part is hashed
+  before it is sent and the upload is completed only when the whole matches
+  the digest; otherwise it is aborted.
+- **Memory does not grow with the blob.** A part is sent as a window on
+  the source file (``_Window``), never as bytes in memory; parts go one at
+  a time (more in flight was not faster against a real gateway, and the
+  publisher already uploads several blobs at once).
 - **Idempotent by content.** Keys are digests, so two nodes publishing the
   same blob at once both succeed and leave the same bytes.
 - **Every read is re-hashed** by whoever consumes it (``Tiers``), because an
@@ -17,12 +21,16 @@ Why these choices:
 from __future__ import annotations
 
 import contextlib
+import io
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 from urllib.parse import parse_qs, urlsplit
 
 from ..digests import CHUNK
+from ..errors import IntegrityError
+from ..progress import check_cancelled
 from .base import HashingReader, StorageAccessError, StorageError, StorageUnreachableError, check_key
 
 _UNREACHABLE = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError")
@@ -94,7 +102,7 @@ class _Body:
 
 
 class S3Backend:
-    """``s3://bucket/prefix`` through boto3 (imported only when a remote cache is configured)."""
+    """``s3://bucket/prefix`` through botocore (imported only when a remote cache is configured)."""
 
     writable = True
     #: It caches what registries said; its tag records answer only offline.
@@ -109,13 +117,14 @@ class S3Backend:
     def client(self) -> Any:
         if self._client is None:
             try:
-                import boto3
+                # botocore alone: boto3's session layer adds import time and memory and nothing we use
+                import botocore.session
                 from botocore.config import Config
             except ImportError as e:
                 raise StorageError("the S3 remote cache needs boto3: pip install 'wfexs-like[s3]'") from e
             loc = self.location
-            # A session of our own: boto3's default one caches the credentials it found first.
-            self._client = boto3.session.Session().client(
+            # A session of our own: a shared one caches the credentials it found first.
+            self._client = botocore.session.Session().create_client(
                 "s3",
                 endpoint_url=loc.endpoint,
                 region_name=loc.region or "us-east-1",
@@ -196,23 +205,35 @@ class S3Backend:
         return _Body(resp["Body"], f"{self.name}/{key}")  # type: ignore[return-value]
 
     def put(self, key: str, source: BinaryIO, *, digest: str | None = None, size: int | None = None) -> None:
+        if not _seekable(source):
+            # A pipe or socket: spooled (in memory up to one part, then on disk) so it can be windowed.
+            with tempfile.SpooledTemporaryFile(max_size=PART_SIZE) as spool:
+                while chunk := source.read(CHUNK):
+                    check_cancelled()
+                    spool.write(chunk)
+                spool.seek(0)
+                self.put(key, spool, digest=digest, size=size)  # type: ignore[arg-type]
+            return
         k = self._key(key)
         where = f"{self.name}/{key}"
-        reader = HashingReader(source)
-        first = _read_full(reader, PART_SIZE)
-        if len(first) < PART_SIZE:
-            reader.check(where, digest, size)
-            self._call(f"writing {k}", self.client.put_object, Bucket=self.location.bucket, Key=k, Body=first)
-            return
         bucket = self.location.bucket
+        start = source.tell()
+        end = source.seek(0, io.SEEK_END)
+        if size is not None and end - start != size:
+            raise IntegrityError(f"{where}: got {end - start} bytes, expected {size}", expected=digest)
+        hasher = HashingReader(source)
+        if end - start < PART_SIZE:
+            body = _Window.hashed(source, start, end - start, hasher)
+            hasher.check(where, digest, size)
+            self._call(f"writing {k}", self.client.put_object, Bucket=bucket, Key=k, Body=body)
+            return
         upload = self._call(
             f"starting an upload of {k}", self.client.create_multipart_upload, Bucket=bucket, Key=k
         )
         upload_id = upload["UploadId"]
         parts: list[dict[str, Any]] = []
         try:
-            chunk = first
-            while chunk:
+            for offset in range(start, end, PART_SIZE):
                 number = len(parts) + 1
                 resp = self._call(
                     f"uploading part {number} of {k}",
@@ -221,11 +242,10 @@ class S3Backend:
                     Key=k,
                     UploadId=upload_id,
                     PartNumber=number,
-                    Body=chunk,
+                    Body=_Window.hashed(source, offset, min(PART_SIZE, end - offset), hasher),
                 )
                 parts.append({"ETag": resp["ETag"], "PartNumber": number})
-                chunk = _read_full(reader, PART_SIZE)
-            reader.check(where, digest, size)
+            hasher.check(where, digest, size)
             self._call(
                 f"completing the upload of {k}",
                 self.client.complete_multipart_upload,
@@ -256,12 +276,71 @@ class S3Backend:
             raise self._fail(e, f"listing {full}") from e
 
 
-def _read_full(reader: HashingReader, n: int) -> bytes:
-    """Exactly ``n`` bytes unless the stream ends first (a socket may return less per read)."""
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = reader.read(min(CHUNK, n - len(buf)))
-        if not chunk:
-            break
-        buf += chunk
-    return bytes(buf)
+def _seekable(source: BinaryIO) -> bool:
+    try:
+        return bool(source.seekable())
+    except (AttributeError, ValueError, OSError):
+        return False
+
+
+class _Window:
+    """Bytes ``[start, start + length)`` of a seekable source, as the body of one request.
+
+    Why not the bytes themselves: botocore reads a body up to three times
+    (to sign it, to checksum it, to send it) and copies a ``bytes`` body
+    once more while sending, so a 16 MB part held in memory cost several
+    times that per upload in flight. A window reads the source in the small
+    pieces botocore asks for, so an upload of any size holds about one
+    chunk. The window is hashed, in order, before it is sent (``hashed``);
+    the source must not change meanwhile (store blobs never do: they are
+    replaced, never rewritten), and S3 checks what it receives against the
+    signature and checksum botocore computed from the same window.
+    """
+
+    def __init__(self, source: BinaryIO, start: int, length: int) -> None:
+        self._source = source
+        self._start = start
+        self._length = length
+        self._pos = 0
+
+    @classmethod
+    def hashed(cls, source: BinaryIO, start: int, length: int, hasher: HashingReader) -> _Window:
+        """The window, its bytes first fed to ``hasher`` (which must have hashed all before ``start``)."""
+        source.seek(start)
+        left = length
+        while left > 0:
+            check_cancelled()
+            chunk = hasher.read(min(CHUNK, left))
+            if not chunk:
+                break  # the source shrank: the hasher's size no longer matches, and check() says so
+            left -= len(chunk)
+        return cls(source, start, length)
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, n: int | None = -1) -> bytes:
+        left = self._length - self._pos
+        n = left if n is None or n < 0 else min(n, left)
+        if n <= 0:
+            return b""
+        self._source.seek(self._start + self._pos)
+        data = self._source.read(n)
+        if not data:
+            raise StorageError(f"the file being uploaded ended {left} bytes early (it changed meanwhile)")
+        self._pos += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._length}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
