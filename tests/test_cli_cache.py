@@ -103,6 +103,13 @@ def test_commands_on_a_missing_cache_create_nothing(tmp_path: Path) -> None:
     cli("cache", "verify", cache=cache_dir)
     cli("cache", "gc", cache=cache_dir)
     cli("cache", "prune", "--unused", cache=cache_dir)
+    # --json always prints JSON, of the same shape as with a cache
+    verify = json.loads(cli("cache", "verify", "--json", cache=cache_dir).stdout)
+    assert verify["ok"] is True and verify["blobs_checked"] == 0 and verify["bad_blobs"] == []
+    gc = json.loads(cli("cache", "gc", "--dry-run", "--json", cache=cache_dir).stdout)
+    assert gc == {"dry_run": True, "removed": [], "spared": [], "freed_bytes": 0}
+    pruned = json.loads(cli("cache", "prune", "--older-than", "30d", "--json", cache=cache_dir).stdout)
+    assert pruned["removed"] == [] and pruned["freed_bytes"] == 0 and pruned["dry_run"] is False
     assert not cache_dir.exists()
 
 

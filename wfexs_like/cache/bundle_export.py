@@ -55,8 +55,10 @@ from .bundle import (
     reachable_blobs,
     sums_bytes,
 )
+from .inventory import CacheEntry, scan_entries
 from .paths import default_cache_dir
 from .snapshots import SNAPSHOT_KINDS, CacheHit, ImageCache, SnapshotKind, read_json
+from .usage import IMAGE_KIND
 
 #: The snapshot kinds each engine stages; None (no --engine) takes every kind.
 ENGINE_KINDS: dict[str | None, tuple[SnapshotKind, ...]] = {
@@ -224,37 +226,23 @@ def _record_want(c: Container, engine: str | None) -> _Want:
 # -- what the cache holds ------------------------------------------------------------------------
 
 
-def _resolutions(cache: ImageCache) -> list[Resolution]:
+def _resolutions(cache: ImageCache, held: Sequence[CacheEntry]) -> list[Resolution]:
     found: list[Resolution] = []
-    for path in sorted(cache.tags_dir.glob("*.json")):
-        try:
-            data = read_json(path)
-        except CacheError:
-            continue
-        ref, plat, digest = data.get("reference"), data.get("platform"), data.get("manifest_digest")
-        well_formed = isinstance(ref, str) and (plat is None or isinstance(plat, str))
-        if well_formed and isinstance(digest, str) and is_digest(digest) and cache.store.has(digest):
-            found.append(Resolution(ref, plat, digest))
+    for e in held:
+        if e.kind == IMAGE_KIND and e.reference and e.digest is not None and cache.store.has(e.digest):
+            found.append(Resolution(e.reference, e.platform, e.digest))
     return found
 
 
-def _entries(cache: ImageCache) -> list[tuple[str, SnapshotKind, str | None]]:
-    found: list[tuple[str, SnapshotKind, str | None]] = []
-    for kind in SNAPSHOT_KINDS:
-        for path in sorted((cache.refs_dir / kind).glob("*.json")):
-            try:
-                data = read_json(path)
-            except CacheError:
-                continue
-            ref, plat = data.get("reference"), data.get("platform")
-            if isinstance(ref, str) and (plat is None or isinstance(plat, str)):
-                found.append((ref, kind, plat))
-    return found
+def _entries(held: Sequence[CacheEntry]) -> list[tuple[str, SnapshotKind, str | None]]:
+    kinds: dict[str, SnapshotKind] = {k: k for k in SNAPSHOT_KINDS}
+    return [(e.reference, kinds[e.kind], e.platform) for e in held if e.kind in kinds and e.reference]
 
 
 def _plan(cache: ImageCache, wants: Sequence[_Want], platform: str | None) -> _Plan:
-    resolutions = _resolutions(cache)
-    entries = _entries(cache)
+    held = scan_entries(cache)
+    resolutions = _resolutions(cache, held)
+    entries = _entries(held)
     hits: dict[tuple[str, SnapshotKind, str | None], CacheHit | None] = {}
     plan = _Plan()
     failures: list[tuple[str, str]] = []

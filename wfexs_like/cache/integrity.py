@@ -27,9 +27,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import stat
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +39,16 @@ from typing import TYPE_CHECKING, Any
 
 from .. import progress
 from ..digests import CHUNK, normalize_fingerprint, split_digest
-from ..errors import CacheError, ContainerFactoryException
+from ..errors import CacheError, ContainerFactoryException, IntegrityError
+from ..images.archive import SMALL_LIMIT
+from ..images.manifest import (
+    MANIFEST_TYPES,
+    OCI_INDEX,
+    Index,
+    Manifest,
+    ManifestError,
+    parse_manifest_or_index,
+)
 from ..images.staging import link_or_copy
 from ..references import parse_reference
 from .inventory import CacheEntry, scan_entries, still_staged
@@ -203,18 +214,28 @@ def _copies_problems(cache: ImageCache, entry: CacheEntry) -> list[str]:
     return problems
 
 
-def _entry_problems(cache: ImageCache, entry: CacheEntry, bad: set[str], full: bool) -> list[str]:
+def _entry_problems(
+    cache: ImageCache,
+    entry: CacheEntry,
+    bad: Mapping[str, str],
+    full: bool,
+    good: Mapping[str, tuple[int, int]] | None = None,
+) -> list[str]:
+    """What is wrong with one entry. ``bad``: digest -> ``corrupt`` or ``missing``; ``good``: the
+    store blobs found intact by this check, with their (device, inode), which lets a snapshot
+    made of links to them pass without reading it again (``_links_intact``)."""
     problems = list(entry.problems)
     if entry.kind == IMAGE_KIND:
         for d in entry.blobs:
             if d in bad:
-                problems.append(f"blob {d} is corrupt")
+                problems.append(f"blob {d} is {bad[d]}")
             elif not cache.store.has(d):
                 problems.append(f"blob {d} is missing from the store")
         return problems
     if entry.snapshot is None or entry.fingerprint is None:
         return problems or [f"{entry.record} names no snapshot"]
-    problems.extend(cache.verify_snapshot(entry.snapshot, entry.fingerprint, full=False))
+    if good is None or not _links_intact(entry, good):
+        problems.extend(cache.verify_snapshot(entry.snapshot, entry.fingerprint, full=False))
     if full:
         problems.extend(_copies_problems(cache, entry))
     if entry.metadata_path is not None:
@@ -225,6 +246,101 @@ def _entry_problems(cache: ImageCache, entry: CacheEntry, bad: set[str], full: b
         except (CacheError, ContainerFactoryException) as e:
             problems.append(str(e))
     return list(dict.fromkeys(problems))
+
+
+def _regular(path: str, good: Mapping[str, tuple[int, int]], digest: str, size: int | None) -> bool:
+    """``path`` is a regular file (not a link out of the snapshot) that is the store's intact blob
+    ``digest`` itself (same inode), of the ``size`` its descriptor says."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return (
+        stat.S_ISREG(st.st_mode)
+        and good.get(digest) == (st.st_dev, st.st_ino)
+        and (size is None or st.st_size == size)
+    )
+
+
+def _links_intact(entry: CacheEntry, good: Mapping[str, tuple[int, int]]) -> bool:
+    """The cheap check's shortcut for a snapshot whose files are hard links of intact store blobs.
+
+    Such a file holds exactly the bytes just found right in the store, so
+    there is nothing to hash; what is left is that the layout's index is the
+    fingerprint and every blob it leads to is such a link. Anything else
+    (a copy, a symlink, a nested index, an odd media type) answers False and
+    gets ``verify_snapshot``'s full treatment, which also says what is wrong.
+    """
+    snapshot, fingerprint = entry.snapshot_file, entry.fingerprint
+    if snapshot is None or fingerprint is None:
+        return False
+    if entry.kind != "oci-layout":
+        return _regular(snapshot, good, fingerprint, None)
+    try:
+        for d in (snapshot, f"{snapshot}/blobs", f"{snapshot}/blobs/sha256"):
+            if not stat.S_ISDIR(os.lstat(d).st_mode):
+                return False
+        marker = f"{snapshot}/oci-layout"
+        if not stat.S_ISREG(os.lstat(marker).st_mode):
+            return False
+        with open(marker, "rb") as fh:
+            layout = json.loads(fh.read(4096))
+        index_file = f"{snapshot}/index.json"
+        if not isinstance(layout, dict) or "imageLayoutVersion" not in layout:
+            return False
+        if not stat.S_ISREG(os.lstat(index_file).st_mode):
+            return False
+        with open(index_file, "rb") as fh:
+            raw = fh.read(SMALL_LIMIT + 1)
+        if len(raw) > SMALL_LIMIT or "sha256:" + hashlib.sha256(raw).hexdigest() != fingerprint:
+            return False
+        index = parse_manifest_or_index(raw, OCI_INDEX)
+        if not isinstance(index, Index) or not index.manifests:
+            return False
+        blobs = f"{snapshot}/blobs/sha256/"
+        for desc in index.manifests:
+            path = blobs + split_digest(desc.digest)[1]
+            if desc.media_type not in MANIFEST_TYPES or not _regular(path, good, desc.digest, desc.size):
+                return False
+            with open(path, "rb") as fh:
+                manifest = parse_manifest_or_index(fh.read(SMALL_LIMIT + 1), desc.media_type)
+            if not isinstance(manifest, Manifest) or manifest.media_type not in MANIFEST_TYPES:
+                return False
+            for blob in (manifest.config, *manifest.layers):
+                if not _regular(blobs + split_digest(blob.digest)[1], good, blob.digest, blob.size):
+                    return False
+    except (OSError, ValueError, ManifestError, IntegrityError):
+        return False
+    return True
+
+
+def _unchanged(store: Any, digests: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """The blobs of ``digests`` that look exactly as when last hashed (``BlobStore.unchanged``: the
+    trust record's size, mtime, inode and ctime), with their (device, inode).
+
+    The same test as ``unchanged``, on plain string paths: it runs once per
+    blob of the store, and ``pathlib`` would cost more than the two system
+    calls. A trust record it cannot read counts as changed (the blob is
+    hashed, never trusted blindly)."""
+    blobs, trust = str(store.blobs_dir), str(store.trust_dir)
+    out: dict[str, tuple[int, int]] = {}
+    for d in digests:
+        hexd = d[7:]
+        try:
+            with open(f"{trust}/{hexd}", "rb") as fh:
+                rec = json.loads(fh.read())
+            st = os.stat(f"{blobs}/{hexd}")
+        except (OSError, ValueError):
+            continue
+        if (
+            isinstance(rec, dict)
+            and rec.get("size") == st.st_size
+            and rec.get("mtime_ns") == st.st_mtime_ns
+            and rec.get("ino") == st.st_ino
+            and rec.get("ctime_ns") == st.st_ctime_ns
+        ):
+            out[d] = (st.st_dev, st.st_ino)
+    return out
 
 
 def _missing(cache: ImageCache, digest: str) -> tuple[str, int | None]:
@@ -312,9 +428,13 @@ def verify_cache(
     """
     progress.current().begin(_LABEL)
     store = cache.store
-    entries = scan_entries(cache)
-    digests = list(store.iter_digests())
-    to_hash = digests if full else [d for d in digests if not store.unchanged(d)]
+    entries = scan_entries(cache, summary=False)
+    try:  # ``iter_digests`` on plain names: a Path per blob costs more than the listing
+        digests = ["sha256:" + n for n in os.listdir(store.blobs_dir) if len(n) == 64]
+    except FileNotFoundError:
+        digests = []
+    good = {} if full else _unchanged(store, digests)
+    to_hash = [d for d in digests if d not in good]
     progress.current().step(_LABEL, f"hashing {len(to_hash)} of {len(digests)} blobs")
     results = _hash_all({d: store.path(d) for d in to_hash}, jobs or default_jobs())
     bad: dict[str, tuple[str, int | None]] = {}
@@ -324,7 +444,10 @@ def verify_cache(
             continue
         size = None
         with contextlib.suppress(OSError):
-            size = store.size(d)
+            st = os.stat(store.path(d))
+            size = st.st_size
+            if actual == d:
+                good[d] = (st.st_dev, st.st_ino)
         hashed_bytes += size or 0
         if actual == d:
             store.mark_verified(d)
@@ -335,9 +458,11 @@ def verify_cache(
         for d in e.missing:
             bad.setdefault(d, _missing(cache, d))
 
+    why = {d: problem.split(":", 1)[0] for d, (problem, _size) in bad.items()}
+    why = {d: w if w == "missing" else "corrupt" for d, w in why.items()}
     broken = []
     for e in entries:
-        problems = _entry_problems(cache, e, set(bad), full)
+        problems = _entry_problems(cache, e, why, full, None if full else good)
         if problems:
             broken.append(BrokenEntry(e, tuple(problems)))
 
@@ -391,12 +516,12 @@ def _repair(
                 client.close()
         for b in broken:
             _relink_layout(cache, b.entry)
-    fresh = {e.record: e for e in scan_entries(cache)} if not offline else {}
+    fresh = {e.record_file: e for e in scan_entries(cache, summary=False)} if not offline else {}
     out: list[BrokenEntry] = []
     to_remove: list[BrokenEntry] = []
     for b in broken:
-        now = fresh.get(b.entry.record)
-        if now is not None and not _entry_problems(cache, now, set(), False):
+        now = fresh.get(b.entry.record_file)
+        if now is not None and not _entry_problems(cache, now, {}, False):
             out.append(BrokenEntry(b.entry, b.problems, "repaired"))
         elif b.entry.group in errors:
             out.append(BrokenEntry(b.entry, b.problems, None, f"re-fetch failed: {errors[b.entry.group]}"))
@@ -404,9 +529,9 @@ def _repair(
             to_remove.append(b)
     if to_remove:
         report = remove_entries(cache, [b.entry for b in to_remove], keep_blobs=True)
-        removed = {e.record for e in report.removed}
+        removed = {e.record_file for e in report.removed}
         for b in to_remove:
-            if b.entry.record in removed:
+            if b.entry.record_file in removed:
                 out.append(BrokenEntry(b.entry, b.problems, "removed"))
             else:
                 busy = "in use by a running process; try again when it ends"

@@ -102,27 +102,54 @@ def store_inodes(cache: ImageCache) -> set[tuple[int, int]]:
     return out
 
 
-def extra_bytes(paths: Iterable[Path], store_inodes: set[tuple[int, int]]) -> int:
-    """Bytes of ``paths`` (files or trees) that are not hard links of store blobs, each inode once."""
+def extra_bytes(
+    paths: Iterable[Path], store_inodes: set[tuple[int, int]] | None, cache: ImageCache | None = None
+) -> int:
+    """Bytes of ``paths`` (files or trees) that are not hard links of store blobs, each inode once.
+
+    Without ``store_inodes`` (``cache`` then says where the store is), a file is compared only
+    with the store blob it would be a link of (a layout's ``blobs/sha256/<hex>`` and a snapshot
+    file ``sha256-<hex>`` with blob ``<hex>``): a few ``stat``s per snapshot instead of one per
+    blob of the store. A file linked some other way counts as extra then."""
+    if store_inodes is None and cache is None:
+        raise ValueError("extra_bytes needs store_inodes or the cache")
+    blobs = str(cache.store.blobs_dir) if cache is not None else ""
     seen: set[tuple[int, int]] = set()
     total = 0
     for path in paths:
-        files: Iterable[Path]
-        if path.is_dir() and not path.is_symlink():
-            files = (Path(r) / f for r, _d, fs in os.walk(path) for f in fs)
+        files: Iterable[str]
+        if os.path.isdir(path) and not os.path.islink(path):
+            files = (os.path.join(r, f) for r, _d, fs in os.walk(path) for f in fs)
         else:
-            files = (path,)
+            files = (str(path),)
         for f in files:
             try:
                 st = os.lstat(f)
             except OSError:
                 continue
             ident = (st.st_dev, st.st_ino)
-            if ident in store_inodes or ident in seen:
+            if ident in seen:
+                continue
+            if store_inodes is not None:
+                if ident in store_inodes:
+                    continue
+            elif st.st_nlink > 1 and _is_store_link(blobs, f, ident):
                 continue
             seen.add(ident)
             total += st.st_size
     return total
+
+
+def _is_store_link(blobs: str, path: str, ident: tuple[int, int]) -> bool:
+    name = os.path.basename(path)
+    hexd = name[7:] if name.startswith("sha256-") else name
+    if len(hexd) != 64:
+        return False
+    try:
+        st = os.lstat(f"{blobs}/{hexd}")
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == ident
 
 
 def retire(cache: ImageCache, path: Path) -> None:
@@ -178,20 +205,24 @@ def remove_entries(
     keep_blobs: bool = False,
     unmatched: Sequence[str] = (),
     in_use: Sequence[CacheEntry] = (),
+    entries: Sequence[CacheEntry] | None = None,
 ) -> RemovalReport:
     """Remove ``chosen`` entries, their snapshots (unless another reference shares one) and the blobs
     no remaining entry references; skip entries a running process holds (reported in ``in_use``,
-    with the ones the caller already set aside). See the module docstring."""
-    all_entries = scan_entries(cache)
+    with the ones the caller already set aside). See the module docstring.
+
+    ``entries``: every entry of the cache as the caller just scanned it (a dry run plans with
+    them instead of scanning again; a real run re-reads the disk after removing, whatever it is
+    given)."""
+    all_entries = entries if entries is not None or not dry_run else None
     by_key: dict[str, list[CacheEntry]] = {}
     for e in chosen:
         by_key.setdefault(e.key, []).append(e)
-    inodes = store_inodes(cache)
     removed: list[CacheEntry] = []
     busy: list[CacheEntry] = list(in_use)
     snapshot_targets: dict[str, list[Path]] = {}
 
-    removed_records = {e.record for e in chosen}
+    removed_records = {e.record_file for e in chosen}
     for key, group in by_key.items():
         if dry_run:
             (busy if cache.usage.is_held(key) else removed).extend(group)
@@ -205,19 +236,22 @@ def remove_entries(
                     continue  # re-written by a materialize since we looked: it is not what was chosen
                 _drop(cache, e)
                 removed.append(e)
-    removed_records -= {e.record for e in busy}
+    removed_records -= {e.record_file for e in busy}
+    if dry_run and all_entries is None:
+        all_entries = scan_entries(cache)
 
     # Snapshots: only when no record left names the same fingerprint.
     if dry_run:
+        assert all_entries is not None
         still_named = {
-            e.fingerprint for e in all_entries if e.fingerprint and e.record not in removed_records
+            e.fingerprint for e in all_entries if e.fingerprint and e.record_file not in removed_records
         }
     else:
         still_named = _named_fingerprints(cache)
     for e in removed:
         if e.fingerprint and e.fingerprint not in still_named:
             snapshot_targets[e.fingerprint] = _snapshot_paths(cache, e.fingerprint)
-    snapshot_bytes = extra_bytes((p for ps in snapshot_targets.values() for p in ps), inodes)
+    snapshot_bytes = extra_bytes((p for ps in snapshot_targets.values() for p in ps), None, cache)
     if not dry_run:
         for fingerprint, paths in snapshot_targets.items():
             with cache.store.lock(f"snapshot-{fingerprint}"):  # not while ``put`` publishes it
@@ -228,9 +262,10 @@ def remove_entries(
     if not keep_blobs:
         candidates = {d for e in removed for d in e.blobs}
         if dry_run:
-            kept = {d for e in all_entries if e.record not in removed_records for d in e.blobs}
+            assert all_entries is not None
+            kept = {d for e in all_entries if e.record_file not in removed_records for d in e.blobs}
         else:
-            kept = set(blob_referrers(scan_entries(cache)))
+            kept = set(blob_referrers(scan_entries(cache, keep_summary=True)))
         for d in sorted(candidates - kept):
             size = _blob_size(cache, d)
             if size is None:
@@ -248,8 +283,11 @@ def remove_entries(
 
 
 def _blob_size(cache: ImageCache, digest: str) -> int | None:
+    """``store.size`` on a plain string path: a prune sizes thousands of blobs."""
+    if not digest.startswith("sha256:"):
+        return None
     try:
-        return cache.store.size(digest)
+        return os.stat(f"{cache.store.blobs_dir}/{digest[7:]}").st_size
     except OSError:
         return None
 
@@ -288,17 +326,22 @@ def remove_references(
     for k in kinds or ():
         if k not in ENTRY_KINDS:
             raise CacheError(f"unknown entry kind {k!r}; use one of: {', '.join(ENTRY_KINDS)}")
-    entries = scan_entries(cache)
-    chosen: dict[Path, CacheEntry] = {}
+    entries = scan_entries(cache, keep_summary=not dry_run)
+    chosen: dict[str, CacheEntry] = {}
     unmatched = []
     for q in queries:
         found = select_entries(entries, q, kinds=kinds, platform=platform)
         if not found:
             unmatched.append(q)
         for e in found:
-            chosen.setdefault(e.record, e)
+            chosen.setdefault(e.record_file, e)
     return remove_entries(
-        cache, list(chosen.values()), dry_run=dry_run, keep_blobs=keep_blobs, unmatched=unmatched
+        cache,
+        list(chosen.values()),
+        dry_run=dry_run,
+        keep_blobs=keep_blobs,
+        unmatched=unmatched,
+        entries=entries,
     )
 
 
@@ -392,8 +435,8 @@ def prune(
     now: float | None = None,
 ) -> RemovalReport:
     """``cache prune``: remove what ``select_for_prune`` picks, with its snapshots and freed blobs."""
-    entries = scan_entries(cache)
+    entries = scan_entries(cache, keep_summary=not dry_run)
     chosen, busy = select_for_prune(
         cache, entries, older_than=older_than, max_size=max_size, unused=unused, now=now
     )
-    return remove_entries(cache, chosen, dry_run=dry_run, in_use=busy)
+    return remove_entries(cache, chosen, dry_run=dry_run, in_use=busy, entries=entries)

@@ -321,7 +321,8 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 # -- runners -----------------------------------------------------------------------------------------------
 def _open(args: argparse.Namespace) -> Any:
     """The cache ``--cache-dir`` names, or None when there is none yet (nothing is created then)."""
-    from ..cache import ImageCache, default_cache_dir
+    from ..cache.paths import default_cache_dir
+    from ..cache.snapshots import ImageCache
 
     root = Path(args.cache_dir or default_cache_dir())
     return ImageCache(root) if root.is_dir() else None
@@ -338,11 +339,12 @@ def _note(args: argparse.Namespace, text: str) -> None:
 
 
 def run_ls(args: argparse.Namespace) -> int:
-    from ..cache import scan_entries
+    from ..cache.inventory import scan_entries  # not ``..cache``: ls needs none of the other verbs
     from .render import human_bytes, short_digest
 
     cache = _open(args)
-    entries = [e for e in (scan_entries(cache) if cache else []) if not args.kind or e.kind in args.kind]
+    found = scan_entries(cache, keep_summary=True) if cache else []
+    entries = [e for e in found if not args.kind or e.kind in args.kind]
     if args.json:
         _print_json([e.to_json() for e in entries])
         return EXIT_OK
@@ -459,7 +461,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from ..cache import verify_cache
+    from ..cache.integrity import VerifyReport, verify_cache
     from .render import human_bytes
 
     if args.offline and not args.repair:
@@ -468,7 +470,10 @@ def run_verify(args: argparse.Namespace) -> int:
         raise UsageError("--jobs must be at least 1")
     cache = _open(args)
     if cache is None:
-        _note(args, "no cache yet: nothing to verify")
+        if args.json:
+            _print_json(VerifyReport(args.full, 0, 0, 0, (), ()).to_json())
+        else:
+            _note(args, "no cache yet: nothing to verify")
         return EXIT_OK
     report = verify_cache(
         cache,
@@ -587,13 +592,16 @@ def run_rm(args: argparse.Namespace) -> int:
 
 
 def run_prune(args: argparse.Namespace) -> int:
-    from ..cache import prune
+    from ..cache.lifecycle import RemovalReport, prune
 
     if args.older_than is None and args.max_size is None and not args.unused:
         raise UsageError("say what to prune: --older-than DURATION, --max-size SIZE and/or --unused")
     cache = _open(args)
     if cache is None:
-        _note(args, "no cache yet: nothing to prune")
+        if args.json:
+            _print_json(RemovalReport(args.dry_run, (), (), (), 0).to_json())
+        else:
+            _note(args, "no cache yet: nothing to prune")
         return EXIT_OK
     report = prune(
         cache, older_than=args.older_than, max_size=args.max_size, unused=args.unused, dry_run=args.dry_run
@@ -606,12 +614,15 @@ def run_prune(args: argparse.Namespace) -> int:
 
 
 def run_gc(args: argparse.Namespace) -> int:
-    from ..cache import collect_garbage
+    from ..cache.garbage import GcReport, collect_garbage
     from .render import human_bytes
 
     cache = _open(args)
     if cache is None:
-        _note(args, "no cache yet: nothing to collect")
+        if args.json:
+            _print_json(GcReport(args.dry_run, ()).to_json())
+        else:
+            _note(args, "no cache yet: nothing to collect")
         return EXIT_OK
     report = collect_garbage(cache, grace=args.min_age, dry_run=args.dry_run)
     if args.json:
