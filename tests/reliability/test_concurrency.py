@@ -303,13 +303,6 @@ class Materialize:
 
 
 @pytest.mark.parametrize("shared_stage", [False, True], ids=["own-stage-dirs", "one-stage-dir"])
-@pytest.mark.xfail(
-    strict=False,
-    reason="known race, still open: prune/gc can delete a blob a running materialize has decided to "
-    "reuse or has just downloaded, before its entry is recorded (the materialize then fails cleanly; "
-    "nothing wrong is staged). Needs a per-blob pin taken before 'the store has X' and released when "
-    "the entry is recorded; until then it fails in about 1 run in 4",
-)
 def test_prune_and_gc_never_take_what_a_live_materialize_staged(
     images: Images, tmp_path: Path, tries, shared_stage: bool
 ) -> None:
@@ -318,7 +311,9 @@ def test_prune_and_gc_never_take_what_a_live_materialize_staged(
     and ``cache gc --min-age 0s`` over and over until the materializes are done.
 
     Every materialize must succeed and what it staged must be intact afterwards. Prune removes the
-    cache's entries the moment nobody holds them, so a later materialize downloads them again."""
+    cache's entries the moment nobody holds them, so a later materialize downloads them again. What
+    keeps a blob a materialize has found in the store (or just downloaded) until its entry is
+    published is its pin (``BlobStore.pin``): gc and prune leave a pinned blob alone."""
     cache = tmp_path / "cache"
     rng = random.Random(11)
     tags = images.tags()

@@ -6,7 +6,9 @@ materializes: everything it deletes is either unreferenced *and* older than
 a grace period (a download in progress has not recorded its entry yet), or
 guarded by a lock its owner would hold (a partial download, a work dir
 claimed with ``usage.claim_dir``, a lock file), which gc must be able to
-take first.
+take first. A blob a live process has pinned (``BlobStore.pin``: it relies
+on it and has not published the entry that references it yet) is spared
+whatever its age, and reported as in use.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from typing import Any
 
 from filelock import Timeout
 
+from ..images.blobstore import Removal
 from ..images.staging import remove_path
 from ..model import META_JSON_POSTFIX
 from .inventory import ENTRY_KINDS, CacheEntry, blob_referrers, scan_entries
-from .lifecycle import delete_blob, extra_bytes, retire, store_inodes
+from .lifecycle import extra_bytes, retire, store_inodes
 from .snapshots import SNAPSHOT_KINDS, ImageCache
 from .usage import dir_claimed, flock_held, remove_unheld_lock
 
@@ -33,8 +36,9 @@ from .usage import dir_claimed, flock_held, remove_unheld_lock
 DEFAULT_GRACE = 3600.0
 #: A lock file younger than this may be about to be locked by the process that just created it.
 _LOCK_GRACE = 60.0
-#: A record's temporary file younger than this may be a live writer's (they live for milliseconds,
-#: and nothing guards them): spared whatever ``--min-age`` says, or the writer's rename fails.
+#: A temporary file younger than this (a record's, or a blob writer's in ``tmp/``, touched by every
+#: write) may be a live writer's, and nothing guards them: spared whatever ``--min-age`` says, or the
+#: writer's rename fails.
 _TEMP_GRACE = 60.0
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -150,7 +154,7 @@ class _Gc:
                     self.remove(path, "abandoned work dir")
                 else:
                     self.spare(path, "recent work dir")
-            elif self.old(path):
+            elif self.old(path, max(self.grace, _TEMP_GRACE)):  # a live writer's: see _TEMP_GRACE
                 self.remove(path, "stale temporary file")
             else:
                 self.spare(path, "recent temporary file")
@@ -214,7 +218,9 @@ class _Gc:
             if m is None or m.group(1) in named:
                 continue
             path = self.cache.snapshots_dir / name
-            if not self.old(path):
+            # ``ImageCache.put`` publishes the snapshot, then writes the record naming it: one just
+            # published is spared whatever --min-age says, or its materialize finds it gone.
+            if not self.old(path, max(self.grace, _TEMP_GRACE)):
                 self.spare(path, "recent snapshot not recorded yet")
                 continue
             if self.dry_run:
@@ -244,8 +250,25 @@ class _Gc:
                 self.spare(path, "recent unreferenced blob (a download in progress may need it)")
                 continue
             size = _tree_size(path)
-            if self.dry_run or delete_blob(self.cache, d):
+            outcome = (
+                ("in use" if self.cache.store.is_pinned(d) else "removed") if self.dry_run else self.blob(d)
+            )
+            if outcome == "removed":
                 self.removed.append(GcItem(path, "unreferenced blob", size))
+            elif outcome == "in use":
+                self.spared.append(GcItem(path, "blob in use by a running process", size))
+
+    def blob(self, digest: str) -> Removal:
+        """Delete one blob unless a writer is fetching it again (its lock) or a live process pins it."""
+        lock = self.cache.store.lock(digest, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            return "in use"
+        try:
+            return self.cache.store.remove(digest)
+        finally:
+            lock.release()
 
     def quarantined(self) -> None:
         corrupt = self.cache.root / "corrupt"

@@ -293,16 +293,15 @@ def _blob_size(cache: ImageCache, digest: str) -> int | None:
 
 
 def delete_blob(cache: ImageCache, digest: str) -> bool:
-    """Delete a stored blob unless a writer holds its lock right now (it is being fetched again)."""
+    """Delete a stored blob unless a writer holds its lock (it is being fetched again) or a live
+    process has pinned it (it decided to reuse it): True only when this call removed it."""
     lock = cache.store.lock(digest, timeout=0)
     try:
         lock.acquire()
     except Timeout:
         return False
     try:
-        existed = cache.store.has(digest)
-        cache.store.remove(digest)
-        return existed
+        return cache.store.remove(digest) == "removed"
     finally:
         lock.release()
 

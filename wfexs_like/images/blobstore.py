@@ -10,12 +10,26 @@ Why it is shaped this way:
 - **Locks only for writers** (``filelock``, one per digest), so two processes
   fetching the same layer do the work once and the second finds it done.
 - **Trust like git's index.** Re-hashing a multi-GB image on every re-stage is
-  what makes the reference slow. When a blob is verified we record its size
-  and mtime; later a ``stat`` that matches is enough (``is_trusted``), and
-  ``verify(full=True)`` re-hashes on request. The record also keeps the
-  inode and ctime, which ``touch -r`` cannot restore: ``unchanged`` checks
-  them too, so ``cache verify`` catches bytes edited with the mtime put back
-  while re-hashing only blobs whose inode changed since they were hashed.
+  what makes the reference slow. When a blob is verified we record its size,
+  mtime, inode and ctime; later a ``stat`` that matches is enough, and
+  ``verify(full=True)`` re-hashes on request. ``is_trusted`` compares size
+  and mtime only (it also vouches for a staged copy made with its mtime
+  kept); ``unchanged`` compares all four, and the ctime is what nothing can
+  set back: an edit whose mtime was restored with ``touch -r`` fails it.
+  Linking a blob (a snapshot, a stage dir) bumps its ctime too, so after
+  our own links ``relinked`` re-records the ctime of blobs whose size,
+  mtime and inode still match. Records are renamed into place without
+  fsync: one lost in a crash only costs a re-hash.
+- **Pins keep a blob a live process relies on.** Between "the store has X"
+  and the moment an entry that references X is published, nothing on disk
+  says X is wanted, so ``cache gc``/``prune`` could delete it. A process
+  that is about to rely on X pins it first (``pin``): a shared POSIX
+  byte-range lock on one byte of ``<root>/pins`` chosen by X's digest.
+  ``remove`` takes that byte exclusively without waiting and leaves a
+  pinned blob alone. Byte-range locks rather than a file per blob: one fd
+  per cache per process however many blobs are pinned, nothing to create or
+  sweep per blob, and a killed process's pins vanish with it. A pin is held
+  until ``release_pins`` (or the end of ``pinning()``, or of the process).
 - **Read-only blobs.** Snapshots hard-link to these files, so they are
   chmod 0444 to keep a careless workflow from editing the cache in place.
 - **A full disk stops cleanly.** A writer that knows its size checks the
@@ -31,23 +45,27 @@ Why it is shaped this way:
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import re
+import secrets
 import tempfile
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from filelock import FileLock, Timeout
 
 from ..digests import CHUNK, sha256_file, split_digest
 from ..errors import CacheError, DiskFullError, IntegrityError
-from ..fsutil import atomic_write_bytes, disk_full_error, free_bytes, fsync_dir, human_bytes, is_disk_full
+from ..fsutil import disk_full_error, free_bytes, fsync_dir, human_bytes, is_disk_full
 
 BLOB_MODE = 0o444
 #: What a user can do about a full cache, appended to every ``DiskFullError`` the store raises.
@@ -56,6 +74,12 @@ FULL_CACHE_HINT = (
     "or use another --cache-dir"
 )
 _PARTIAL = re.compile(r"sha256-([0-9a-f]{64})\.partial")
+#: What ``BlobStore.remove`` did: deleted it, found nothing to delete, or left it to the process pinning it.
+Removal = Literal["removed", "absent", "in use"]
+#: The trust record's fields, in the order ``unchanged`` compares them.
+_STAT_FIELDS = ("size", "mtime_ns", "ino", "ctime_ns")
+
+log = logging.getLogger(__name__)
 
 # Writers in progress in this process, so a new one counts the space the others are about to take.
 _active: weakref.WeakSet[BlobWriter] = weakref.WeakSet()
@@ -264,6 +288,163 @@ class BlobWriter:
             self.discard()
 
 
+# -- pins ---------------------------------------------------------------------------------------------
+def _pin_offset(digest: str) -> int:
+    """The byte of the pin file that stands for ``digest`` (60 bits of it: collisions only cost a skip)."""
+    return int(split_digest(digest)[1][:15], 16)
+
+
+class _PinFile:
+    """This process's one handle on a cache's pin file, shared by every ``BlobStore`` of that cache.
+
+    POSIX record locks belong to the process and all of them on a file go
+    when *any* fd of it is closed, so there is exactly one fd per pin file
+    per process, opened once and never closed, and a count per byte says
+    when this process's last pin of it goes.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._unusable = False
+        self._counts: dict[int, int] = {}
+        self._lock = threading.Lock()
+
+    def _open(self) -> int | None:
+        """The fd, or None where pins cannot work (a read-only cache: nobody prunes it from here)."""
+        if self._fd is None and not self._unusable:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            except OSError as e:
+                log.debug("blobs cannot be pinned in %s: %s", self.path.parent, e)
+                self._unusable = True
+        return self._fd
+
+    def pin(self, offset: int) -> bool:
+        """Hold ``offset`` shared (waiting while a removal holds it); False where pins cannot work."""
+        with self._lock:
+            count = self._counts.get(offset, 0)
+            if count == 0:
+                fd = self._open()
+                if fd is None:
+                    return False
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_SH, 1, offset)
+                except OSError as e:  # a filesystem without record locks
+                    log.debug("cannot pin in %s: %s", self.path, e)
+                    return False
+            self._counts[offset] = count + 1
+            return True
+
+    def unpin(self, offset: int) -> None:
+        with self._lock:
+            count = self._counts.pop(offset, 0)
+            if count > 1:
+                self._counts[offset] = count - 1
+            elif count == 1 and self._fd is not None:
+                with contextlib.suppress(OSError):
+                    fcntl.lockf(self._fd, fcntl.LOCK_UN, 1, offset)
+
+    @contextlib.contextmanager
+    def exclusive(self, offset: int) -> Iterator[bool]:
+        """Own ``offset`` for a removal: yields False (holding nothing) when any process pins it.
+
+        Where pins cannot work nobody can hold one, so the removal goes ahead.
+        In-process pins are checked by count: a process's own record locks
+        never conflict with each other.
+        """
+        with self._lock:
+            if self._counts.get(offset):
+                yield False
+                return
+            fd = self._open()
+            if fd is None:
+                yield True
+                return
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, offset)
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EACCES):
+                    log.debug("cannot check pins in %s: %s", self.path, e)
+                    yield True
+                    return
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                with contextlib.suppress(OSError):
+                    fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
+
+
+_pin_files: dict[str, _PinFile] = {}
+_pin_files_lock = threading.Lock()
+
+
+def _pin_file(path: Path) -> _PinFile:
+    key = os.path.realpath(path)
+    with _pin_files_lock:
+        pf = _pin_files.get(key)
+        if pf is None:
+            pf = _pin_files[key] = _PinFile(Path(key))
+        return pf
+
+
+class PinSet:
+    """The blobs one scope of work relies on; ``release`` (or leaving the ``with``) lets gc have them.
+
+    Pinning is idempotent per set, cheap (one ``fcntl`` the first time a
+    blob is pinned in this process) and uses no fd of its own.
+    """
+
+    def __init__(self, pin_file: _PinFile | None) -> None:
+        self._file = pin_file
+        self._held: set[str] = set()
+        self._lock = threading.Lock()
+
+    def pin(self, digest: str) -> None:
+        """Keep ``digest`` from being removed until released; blocks only while a removal of it runs."""
+        if self._file is None:
+            return
+        with self._lock:
+            if digest in self._held:
+                return
+            if self._file.pin(_pin_offset(digest)):
+                self._held.add(digest)
+
+    def release(self) -> None:
+        with self._lock:
+            held, self._held = self._held, set()
+        if self._file is not None:
+            for digest in held:
+                self._file.unpin(_pin_offset(digest))
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._held
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __enter__(self) -> PinSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _write_record(path: Path, data: bytes) -> None:
+    """Rename a small record into place, no fsync: losing one in a crash only costs a re-hash."""
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+
+
 class BlobStore:
     """Blobs under ``<root>/blobs/sha256/<hex>``; see the module docstring for the rules."""
 
@@ -274,6 +455,7 @@ class BlobStore:
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"
         self.trust_dir = self.root / "trust" / "sha256"
+        self.pins_path = self.root / "pins"
         self.readonly = readonly
         for d in () if readonly else (self.blobs_dir, self.tmp_dir, self.locks_dir, self.trust_dir):
             try:
@@ -283,6 +465,12 @@ class BlobStore:
                     f"cannot create cache directory {d}: {e.strerror}; "
                     "choose another with --cache-dir or WFEXS_LIKE_CACHE_DIR"
                 ) from e
+        self._pin_file = None if readonly else _pin_file(self.pins_path)
+        #: What ``pin`` adds to: this store's pins, held until ``release_pins`` (or this store is freed).
+        self.pins = PinSet(self._pin_file)
+        self._pinning_depth = 0
+        self._pinning_lock = threading.Lock()
+        weakref.finalize(self, self.pins.release)
 
     # -- naming -----------------------------------------------------------
     def path(self, digest: str) -> Path:
@@ -303,6 +491,43 @@ class BlobStore:
         if len(safe) > 200:
             safe = hashlib.sha256(key.encode()).hexdigest()
         return FileLock(str(self.locks_dir / f"{safe}.lock"), timeout=timeout)
+
+    # -- pins -------------------------------------------------------------
+    def pin(self, digest: str) -> None:
+        """Keep ``digest`` from ``remove`` (any process's) until ``release_pins``.
+
+        Call it *before* asking ``has`` when a yes will be relied on (the blob
+        reused, linked, read later), and before downloading a blob: a blob
+        pinned and then found present stays present. Blocks only for the
+        instant a removal of that very blob takes.
+        """
+        self.pins.pin(digest)
+
+    def release_pins(self) -> None:
+        """Let gc and prune have every blob this store pinned: call once the entries that reference
+        them are published (``ImageCache.put``), e.g. at the end of a materialize."""
+        self.pins.release()
+
+    @contextlib.contextmanager
+    def pinning(self) -> Iterator[PinSet]:
+        """``with store.pinning():`` releases this store's pins when the outermost such block ends."""
+        with self._pinning_lock:
+            self._pinning_depth += 1
+        try:
+            yield self.pins
+        finally:
+            with self._pinning_lock:
+                self._pinning_depth -= 1
+                last = self._pinning_depth == 0
+            if last:
+                self.pins.release()
+
+    def is_pinned(self, digest: str) -> bool:
+        """Does a live process (this one too) pin ``digest`` now? Only for reports: ``remove`` decides."""
+        if self._pin_file is None:
+            return False
+        with self._pin_file.exclusive(_pin_offset(digest)) as free:
+            return not free
 
     def iter_digests(self) -> Iterator[str]:
         for p in self.blobs_dir.iterdir():
@@ -442,28 +667,83 @@ class BlobStore:
         return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "ctime_ns": st.st_ctime_ns}
 
     def _record_trust(self, digest: str, path: Path) -> None:
-        atomic_write_bytes(self._trust_file(digest), json.dumps(self._stat_key(path)).encode())
+        try:
+            _write_record(self._trust_file(digest), json.dumps(self._stat_key(path)).encode())
+        except OSError as e:
+            if is_disk_full(e):
+                raise disk_full_error(
+                    self.trust_dir, what=f"recording {digest} as verified", code=e.errno
+                ) from e
+            raise
+
+    def _trust_record(self, digest: str) -> dict[str, object] | None:
+        try:
+            rec = json.loads(self._trust_file(digest).read_text())
+        except (OSError, ValueError):
+            return None
+        return rec if isinstance(rec, dict) else None
 
     def mark_verified(self, digest: str) -> None:
         """Record that the stored blob was just hashed and found right (after an external re-hash)."""
         self._record_trust(digest, self.path(digest))
 
     def unchanged(self, digest: str) -> bool:
-        """Stricter than ``is_trusted``: the stored blob has the inode, size, mtime *and* ctime it had
-        when last hashed.
+        """The strict check, cheap enough for every reuse: the stored blob has the size, mtime, inode
+        *and* ctime it had when last hashed (or re-recorded by ``relinked``).
 
         A write changes the ctime and nothing can set it back, so this
-        catches an edit whose mtime was restored. Linking the blob (a
-        snapshot, a stage) changes the ctime too, which is why re-staging
-        relies on ``is_trusted`` and only ``cache verify`` pays for this
-        check: a blob that fails it is re-hashed once and re-recorded.
+        catches an edit whose mtime was restored (``touch -r``), which
+        ``is_trusted`` does not. Linking or unlinking the blob changes the
+        ctime too: call ``relinked`` after our own links, and expect a blob
+        whose links someone else changed (a deleted stage dir) to fail this
+        once and be re-hashed (``verify``), which records it again.
         """
+        rec = self._trust_record(digest)
         try:
-            rec = json.loads(self._trust_file(digest).read_text())
             key = self._stat_key(self.path(digest))
-        except (OSError, ValueError):
+        except OSError:
             return False
-        return isinstance(rec, dict) and all(rec.get(k) == v for k, v in key.items())
+        return rec is not None and all(rec.get(k) == key[k] for k in _STAT_FIELDS)
+
+    def relinked(self, digests: Iterable[str]) -> list[str]:
+        """Re-record the ctime of ``digests`` after this process linked them; returns those refreshed.
+
+        Only a blob whose size, mtime and inode still match its record is
+        refreshed, so an edit that moved any of those stays caught. Call it
+        right after linking blobs that passed ``unchanged`` just before the
+        link: a byte flipped with ``touch -r`` in that window (between two
+        of our own syscalls) looks exactly like our link and is re-recorded;
+        ``cache verify --full`` still finds it. An edit made *before* the
+        check fails the check, and is never blessed here.
+        """
+        refreshed = []
+        for digest in digests:
+            rec = self._trust_record(digest)
+            try:
+                key = self._stat_key(self.path(digest))
+            except OSError:
+                continue
+            if rec is None or any(rec.get(k) != key[k] for k in ("size", "mtime_ns", "ino")):
+                continue
+            if rec.get("ctime_ns") != key["ctime_ns"]:
+                try:
+                    _write_record(self._trust_file(digest), json.dumps(key).encode())
+                except OSError:
+                    continue  # no record: re-hashed on its next reuse
+            refreshed.append(digest)
+        return refreshed
+
+    @contextlib.contextmanager
+    def linking(self, digests: Iterable[str]) -> Iterator[set[str]]:
+        """``unchanged``, then the caller's links, then ``relinked``, in the order that keeps it safe.
+
+        Yields the digests that pass the strict check now; the block links
+        them (and must re-hash the others, e.g. ``verify(d, full=True)``,
+        before relying on them); on a clean exit only those are re-recorded.
+        """
+        passed = {d for d in digests if self.unchanged(d)}
+        yield passed
+        self.relinked(sorted(passed))
 
     def is_trusted(self, digest: str, path: Path | None = None) -> bool:
         """Fast check: does ``path`` (default: the stored blob) still look as when verified?
@@ -473,12 +753,12 @@ class BlobStore:
         must be re-hashed.
         """
         path = path or self.path(digest)
+        rec = self._trust_record(digest)
         try:
-            rec = json.loads(self._trust_file(digest).read_text())
             st = path.stat()
-        except (OSError, ValueError):
+        except OSError:
             return False
-        return st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns")
+        return rec is not None and st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns")
 
     def verify(self, digest: str, full: bool = False, path: Path | None = None) -> bool:
         """True when the blob's bytes are what its name says.
@@ -510,7 +790,26 @@ class BlobStore:
         with contextlib.suppress(FileNotFoundError):
             self._trust_file(digest).unlink()
 
-    def remove(self, digest: str) -> None:
-        for p in (self.path(digest), self._trust_file(digest)):
+    def remove(self, digest: str) -> Removal:
+        """Delete a stored blob unless a live process pins it ("in use": left alone, not an error).
+
+        The pin is taken exclusively for the unlink, without waiting, so a
+        process that pins the blob meanwhile waits and then finds it gone
+        (and fetches it again) instead of relying on a name about to vanish.
+        Callers that also guard against a writer re-fetching it hold
+        ``lock(digest)`` around this.
+        """
+        guard = (
+            self._pin_file.exclusive(_pin_offset(digest)) if self._pin_file else contextlib.nullcontext(True)
+        )
+        with guard as free:
+            if not free:
+                return "in use"
+            try:
+                self.path(digest).unlink()
+                removed = True
+            except FileNotFoundError:
+                removed = False
             with contextlib.suppress(FileNotFoundError):
-                p.unlink()
+                self._trust_file(digest).unlink()
+        return "removed" if removed else "absent"

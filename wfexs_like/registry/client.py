@@ -82,6 +82,12 @@ LOCK_POLL = 0.2
 #: A mirror that could not be reached is not asked again for this long (seconds).
 MIRROR_DOWN_FOR = 60.0
 
+#: Where a manifest's digest came from. ``registry``: the registry named it (``Docker-Content-Digest``)
+#: and the bytes hash to it; ``pinned``: the reference itself named it (``@sha256:``) and the bytes hash
+#: to it; ``tofu``: fetched by tag with no digest from the registry, so the digest is only that of the
+#: bytes that arrived (trust on first use: nothing but the connection vouches that they are the tag's).
+DigestSource = Literal["registry", "pinned", "tofu"]
+
 
 @dataclass(frozen=True)
 class ProgressEvent:
@@ -114,6 +120,8 @@ class PullResult:
     #: Which host (``host[:port]``) sent what this pull fetched: ``"index"``, ``"manifest"`` (the host
     #: that resolved them) and each downloaded blob's digest. A mirror's name here, never in the image's.
     served_by: dict[str, str] = field(default_factory=dict)
+    #: Who vouches for ``manifest_digest`` (of the index, when there is one): see ``DigestSource``.
+    digest_source: DigestSource = "registry"
 
 
 def image_label(registry: str, repository: str, reference: str) -> str:
@@ -228,6 +236,20 @@ class ManifestChoice:
     index: Index | None
     #: ``"index"`` / ``"manifest"`` -> the host that resolved it (absent: it came from the store).
     served_by: Mapping[str, str] = field(default_factory=dict, compare=False)
+    #: Who vouches for the digest of what the reference named (the index's, when there is one).
+    digest_source: DigestSource = field(default="registry", compare=False)
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """One manifest or index as one host answered for it."""
+
+    digest: str
+    media_type: str
+    raw: bytes
+    #: The host that answered; None when the store alone did (a digest already stored).
+    host: str | None
+    digest_source: DigestSource
 
 
 def check_platform(
@@ -269,6 +291,7 @@ class _Plan:
     #: Blobs fetched while planning (the config), with what it took.
     prefetched: dict[str, _BlobOutcome]
     served_by: dict[str, str]
+    digest_source: DigestSource
 
     @property
     def blobs(self) -> list[Descriptor]:
@@ -304,6 +327,10 @@ class RegistryClient:
     to the primary, on any error; every digest is checked whichever host sent
     the bytes, a wrong blob is discarded before it is published, and results
     keep the name asked for (``PullResult.served_by`` says who sent what).
+
+    A manifest fetched by tag whose registry sent no ``Docker-Content-Digest``
+    is trusted on first use and said so (``PullResult.digest_source ==
+    "tofu"``); with ``require_digest`` it is refused instead.
     """
 
     def __init__(
@@ -322,6 +349,7 @@ class RegistryClient:
         cert_dir: Path | None = None,
         mirrors: Mapping[str, Sequence[str]] | None = None,
         registries_conf: Path | Literal[False] | None = None,
+        require_digest: bool = False,
     ) -> None:
         if auth_file is not None and not Path(auth_file).is_file():
             raise RegistryError(
@@ -344,10 +372,12 @@ class RegistryClient:
             "cert_dir": cert_dir,
             "mirrors": mirrors,
             "registries_conf": registries_conf,
+            "require_digest": require_digest,
         }
         self.mirrors = MirrorConfig.load(mirrors, registries_conf)
         self.insecure_registries = self._options["insecure_registries"]
         self.platform = platform
+        self.require_digest = require_digest
         self.max_workers = max(1, max_workers)
         self.policy = RetryPolicy(retries=retries, backoff=backoff)
         self.tls = HostTls(insecure=self._insecure, cert_dir=cert_dir, ca_bundle=ca_bundle)
@@ -404,15 +434,13 @@ class RegistryClient:
         """
         label = image_label(registry, repository, reference)
         sources = self._sources(registry, repository, reference)
-        digest, media_type, raw, _host = self._first(
+        got = self._first(
             sources, label, "resolving it", lambda src: self._resolve_at(src, src.reference, label, store)
         )
-        return digest, media_type, raw
+        return got.digest, got.media_type, got.raw
 
-    def _resolve_at(
-        self, src: _Source, reference: str, label: str, store: BlobStore | None
-    ) -> tuple[str, str, bytes, str | None]:
-        """``resolve`` on one host; the last item is that host, or None when the store answered alone.
+    def _resolve_at(self, src: _Source, reference: str, label: str, store: BlobStore | None) -> _Resolved:
+        """``resolve`` on one host.
 
         A manifest that does not match its digest is fetched once more (see ``_fetch_again``).
         """
@@ -427,14 +455,12 @@ class RegistryClient:
                 log.warning("%s: %s; fetching it once more", label, e)
                 pause(src.endpoint.policy.delay(0))
 
-    def _resolve_once(
-        self, src: _Source, reference: str, label: str, store: BlobStore | None
-    ) -> tuple[str, str, bytes, str | None]:
+    def _resolve_once(self, src: _Source, reference: str, label: str, store: BlobStore | None) -> _Resolved:
         ep, repository = src.endpoint, src.repository
         if is_digest(reference):
             cached = _from_store(store, reference)
             if cached is not None:
-                return reference, detect_media_type(cached), cached, None
+                return _Resolved(reference, detect_media_type(cached), cached, None, "pinned")
             raw, header_digest, ctype = self._get_manifest(ep, repository, reference, label)
             actual = sha256_bytes(raw)
             if actual != reference:
@@ -445,13 +471,13 @@ class RegistryClient:
                     actual=actual,
                 )
             _check_header_digest(header_digest, actual, label)
-            return actual, detect_media_type(raw, ctype), raw, src.host
+            return _Resolved(actual, detect_media_type(raw, ctype), raw, src.host, "pinned")
 
         head_digest = self._head_manifest(ep, repository, reference, label)
         if head_digest is not None:
             cached = _from_store(store, head_digest)
             if cached is not None:
-                return head_digest, detect_media_type(cached), cached, src.host
+                return _Resolved(head_digest, detect_media_type(cached), cached, src.host, "registry")
         raw, header_digest, ctype = self._get_manifest(ep, repository, reference, label)
         actual = sha256_bytes(raw)
         _check_header_digest(header_digest, actual, label)
@@ -462,7 +488,16 @@ class RegistryClient:
                 expected=head_digest,
                 actual=actual,
             )
-        return actual, detect_media_type(raw, ctype), raw, src.host
+        vouched = actual in (head_digest, (header_digest or "").strip())
+        if not vouched and self.require_digest:
+            raise RegistryError(
+                f"the registry sent the manifest of {label} without a Docker-Content-Digest header, so "
+                f"nothing but the connection vouches that {actual} is what the tag names; refused because "
+                "--require-digest is set. Drop --require-digest to accept it (recorded as trust on first "
+                "use), pin the image by digest, or use a registry (or proxy) that sends the header."
+            )
+        source: DigestSource = "registry" if vouched else "tofu"
+        return _Resolved(actual, detect_media_type(raw, ctype), raw, src.host, source)
 
     def pull(
         self,
@@ -599,13 +634,14 @@ class RegistryClient:
         label = image_label(registry, repository, reference)
         sources = self._sources(registry, repository, reference)
 
-        def top(src: _Source) -> tuple[Manifest | Index, str | None]:
-            _digest, _mt, raw, host = self._resolve_at(src, src.reference, label, store)
-            return parse_manifest_or_index(raw), host
+        def top(src: _Source) -> tuple[Manifest | Index, _Resolved]:
+            got = self._resolve_at(src, src.reference, label, store)
+            return parse_manifest_or_index(got.raw), got
 
-        doc, host = self._first(sources, label, "resolving it", top)
+        doc, got = self._first(sources, label, "resolving it", top)
+        host, vouched_by = got.host, got.digest_source
         if isinstance(doc, Manifest):
-            return ManifestChoice(doc, None, {"manifest": host} if host else {})
+            return ManifestChoice(doc, None, {"manifest": host} if host else {}, vouched_by)
         try:
             chosen = doc.select(want)
         except PlatformMismatchError as e:
@@ -615,12 +651,13 @@ class RegistryClient:
                 "Choose one with --platform os/arch[/variant].",
                 available=e.available,
             ) from None
-        _d, _m, child_raw, child_host = self._first(
+        child_got = self._first(
             sources,
             label,
             f"fetching manifest {chosen.digest}",
             lambda src: self._resolve_at(src, chosen.digest, label, store),
         )
+        child_raw, child_host = child_got.raw, child_got.host
         if len(child_raw) != chosen.size:
             raise IntegrityError(
                 f"manifest {chosen.digest} of {label} is {len(child_raw)} bytes, its index says "
@@ -631,7 +668,8 @@ class RegistryClient:
         if not isinstance(child, Manifest):
             raise ManifestError(f"index entry {chosen.digest} of {label} is not an image manifest")
         served = {"index": host, "manifest": child_host}
-        return ManifestChoice(child, doc, {k: v for k, v in served.items() if v})
+        # The index pins the child by digest: the image is as vouched for as the index is.
+        return ManifestChoice(child, doc, {k: v for k, v in served.items() if v}, vouched_by)
 
     def _plan(
         self,
@@ -667,6 +705,7 @@ class RegistryClient:
             platform=actual,
             prefetched={cfg.digest: outcome},
             served_by=dict(chosen.served_by),
+            digest_source=chosen.digest_source,
         )
 
     def _finish(
@@ -710,6 +749,7 @@ class RegistryClient:
             downloaded_blobs=dl_blobs,
             reused_blobs=reused,
             served_by=served_by,
+            digest_source=plan.digest_source,
         )
 
     # -- blobs ------------------------------------------------------------------
@@ -720,7 +760,11 @@ class RegistryClient:
     def _fetch_blob_locked(
         self, sources: Sequence[_Source], desc: Descriptor, store: BlobStore, label: str
     ) -> _BlobOutcome:
-        """Download unless present; the per-digest file lock makes other processes wait, not repeat."""
+        """Download unless present; the per-digest file lock makes other processes wait, not repeat.
+
+        Pinned first, so a blob found present (or downloaded here) stays until the pins are released.
+        """
+        store.pin(desc.digest)
         if store.has(desc.digest):
             self._emit(desc.digest, "reused", desc.size, desc.size, label)
             return _BlobOutcome(False, 0)
@@ -1109,7 +1153,11 @@ def _park(writer: BlobWriter) -> None:
 
 
 def _from_store(store: BlobStore | None, digest: str) -> bytes | None:
-    if store is None or not store.has(digest):
+    """The stored bytes of ``digest`` if present and right, pinned: the pull relies on them staying."""
+    if store is None:
+        return None
+    store.pin(digest)
+    if not store.has(digest):
         return None
     try:
         raw = store.path(digest).read_bytes()
@@ -1146,6 +1194,7 @@ def _fetch_again(ep: _Endpoint, wrong: int, policy: RetryPolicy) -> bool:
 
 
 def _put_if_missing(store: BlobStore, raw: bytes, digest: str) -> None:
+    store.pin(digest)
     if not store.has(digest):
         store.put_bytes(raw, digest)
 

@@ -33,6 +33,7 @@ from ..images.manifest import Descriptor, Index, Platform, parse_manifest_or_ind
 from ..progress import check_cancelled
 from .client import (
     STREAM_CHUNK,
+    DigestSource,
     ManifestChoice,
     PullResult,
     RegistryClient,
@@ -99,6 +100,11 @@ class RemoteImage(BaseImage):
         """The index the manifest was chosen from; None when the reference names a single manifest."""
         index = self._chosen().index
         return index.digest if index is not None else None
+
+    @property
+    def digest_source(self) -> DigestSource:
+        """Who vouches for the digest the reference resolved to (``tofu``: nobody but the connection)."""
+        return self._chosen().digest_source
 
     @property
     def manifest_digest(self) -> str:
@@ -208,12 +214,19 @@ class RemoteImage(BaseImage):
         if choice is None:
             with self._lock:
                 if self._choice is None:
-                    self._choice = ManifestChoice(result.manifest, _stored_index(store, result.index_digest))
+                    self._choice = ManifestChoice(
+                        result.manifest,
+                        _stored_index(store, result.index_digest),
+                        digest_source=result.digest_source,
+                    )
         return result.manifest_digest
 
     def _seed_config(self, store: BlobStore, choice: ManifestChoice) -> bool:
         digest = choice.manifest.config.digest
-        if self._raw_config is None or store.has(digest):
+        if self._raw_config is None:
+            return False
+        store.pin(digest)
+        if store.has(digest):
             return False
         with store.lock(digest):
             if store.has(digest):
