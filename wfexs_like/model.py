@@ -166,6 +166,18 @@ class ImageMetadata:
     snapshot_kind: str = "oci-layout"
     extra: Mapping[str, Any] = field(default_factory=dict)
 
+    @property
+    def digest_source(self) -> str | None:
+        """Who vouched for ``manifest_digest`` when the image was fetched, as ``extra`` records it.
+
+        ``registry`` (its ``Docker-Content-Digest``), ``pinned`` (the tag's own
+        ``@sha256:``) or ``tofu``: trust on first use, the registry named no
+        digest. None when the snapshot was made from another source (a file,
+        the engine, the cache) or by an older version.
+        """
+        value = self.extra.get("digest_source")
+        return value if isinstance(value, str) else None
+
     def to_json(self) -> dict[str, Any]:
         return {
             "tagged_name": self.tagged_name,

@@ -3,7 +3,7 @@
 Real registries, CDNs and corporate proxies do all of these, and a client
 that has never seen them will publish a wrong blob or give up too early:
 corrupted bytes, bodies cut short, 429 with ``Retry-After``, bursts of 500,
-a ``Docker-Content-Digest`` that does not match the body, a Range request
+a ``Docker-Content-Digest`` that does not match the body or is missing, a Range request
 answered with the whole blob, blob GETs redirected to another host
 (storage), a slow link, a connection reset before any answer. Each fault is a rule
 matching a path substring, optionally only the first N times; every request
@@ -53,7 +53,8 @@ HOP_BY_HOP = {
 
 @dataclass
 class Rule:
-    kind: str  # status | corrupt | truncate | lie_digest | ignore_range | redirect | throttle | reset | hold
+    #: status | corrupt | truncate | lie_digest | strip | ignore_range | redirect | throttle | reset | hold
+    kind: str
     match: str
     times: int | None = None  # None: always
     status: int = 0
@@ -63,6 +64,7 @@ class Rule:
     fired: int = 0
     next_at: float = 0.0  # throttle: when the link is free for the next slice
     gate: threading.Event | None = None  # hold: set it to let the waiting requests through
+    header: str = ""  # strip: the response header removed
 
     def wants(self, method: str, path: str) -> bool:
         if self.match not in path:
@@ -139,6 +141,10 @@ class FaultProxy:
     def lie_digest(self, match: str = "/manifests/") -> Rule:
         """Replace ``Docker-Content-Digest`` with the digest of something else."""
         return self._add(Rule("lie_digest", match))
+
+    def strip_header(self, header: str = "Docker-Content-Digest", match: str = "/manifests/") -> Rule:
+        """Remove a response header (any case) from every matching answer, as some proxies and CDNs do."""
+        return self._add(Rule("strip", match, header=header.lower()))
 
     def ignore_range(self, match: str = "/blobs/", times: int | None = None) -> Rule:
         """Drop the Range header, so the registry answers 200 with the whole blob."""
@@ -249,6 +255,10 @@ class FaultProxy:
             conn.close()
         seen.status = status
 
+        strip = self._take("strip", method, path)
+        if strip is not None and any(k.lower() == strip.header for k in headers):
+            headers = {k: v for k, v in headers.items() if k.lower() != strip.header}
+            seen.faults.append(f"strip {strip.header}")
         if self._take("lie_digest", method, path) and any(
             k.lower() == "docker-content-digest" for k in headers
         ):
