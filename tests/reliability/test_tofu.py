@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +34,8 @@ from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.images.manifest import Platform
 from wfexs_like.model import ContainerTaggedName, ContainerType
 from wfexs_like.registry.client import RegistryClient
+
+WFEXS_LIKE = Path(sys.executable).parent / "wfexs-like"
 
 
 @dataclass(frozen=True)
@@ -174,3 +178,29 @@ def test_the_sidecar_records_tofu_and_registry(
             materialize(tmp_path / "cache-c", tmp_path / "wf-c", tag, strict)
     finally:
         strict.close()
+
+
+def test_the_command_refuses_tofu_with_require_digest(
+    stripped: FaultProxy, pushed: Pushed, tmp_path: Path
+) -> None:
+    """``materialize --require-digest`` exits 1 naming the image and stages nothing; without it,
+    the same pull succeeds and its record's sidecar says tofu."""
+    tag = f"{stripped.host}/{pushed.repo}:1"
+
+    def run(stage: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(WFEXS_LIKE), "materialize", "--engine", "podman", "--cache-dir", str(tmp_path / "cache"),
+               "--stage-dir", str(tmp_path / stage), "-o", str(tmp_path / f"{stage}.yaml"), "--retry-times",
+               "0", *extra, tag]  # fmt: skip
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+
+    refused = run("strict", "--require-digest")
+    assert refused.returncode == 1, refused.stderr
+    assert "--require-digest" in refused.stderr and pushed.repo in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not (tmp_path / "strict.yaml").exists()
+    assert not any((tmp_path / "strict").rglob("*_meta.json"))
+
+    accepted = run("loose")
+    assert accepted.returncode == 0, accepted.stderr
+    [meta] = (tmp_path / "loose").rglob("*_meta.json")
+    assert json.loads(meta.read_text())["extra"]["digest_source"] == "tofu"

@@ -136,6 +136,12 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         "--force", action="store_true", help="fetch and stage again even when the cache has the image"
     )
     m.add_argument(
+        "--require-digest",
+        action="store_true",
+        help="refuse an image whose digest nothing vouches for: fetched by tag from a registry that "
+        "sent no Docker-Content-Digest header (trust on first use; recorded as such otherwise)",
+    )
+    m.add_argument(
         "--snapshot-format",
         choices=("oci-layout", "docker-archive"),
         default=None,
@@ -252,6 +258,7 @@ def run(args: argparse.Namespace) -> int:
         auth_file=args.authfile,
         cert_dir=args.cert_dir,
         retries=args.retry_times,
+        require_digest=args.require_digest,
         snapshot_format=args.snapshot_format,
         mirrors=args.mirrors,
         registries_conf=args.registries_conf,

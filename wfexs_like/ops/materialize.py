@@ -350,6 +350,7 @@ def materialize(
     auth_file: Path | None = None,
     cert_dir: Path | None = None,
     retries: int | None = None,
+    require_digest: bool = False,
     snapshot_format: str | None = None,
     mirrors: Mapping[str, Sequence[str]] | None = None,
     registries_conf: Path | Literal[False] | None = None,
@@ -367,6 +368,8 @@ def materialize(
     come before those of ``registries_conf`` (None: the files podman reads; False: none).
     ``library_dirs`` (read-only) and ``remote_cache`` (``s3://BUCKET/PREFIX?endpoint=URL``) are
     read before any registry, also ``offline``; ``no_remote`` leaves the remote cache out.
+    ``require_digest`` refuses a manifest fetched by tag without a ``Docker-Content-Digest``
+    header instead of recording it as trusted on first use.
     """
     stage_dir = Path(stage_dir).absolute()
     plat = parse_platform(platform) if platform is not None else None
@@ -387,6 +390,7 @@ def materialize(
             cert_dir=cert_dir,
             mirrors=mirrors,
             registries_conf=registries_conf,
+            require_digest=require_digest,
             **options,
         )
     try:
