@@ -51,6 +51,7 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import re
 import secrets
 import tempfile
@@ -98,6 +99,50 @@ def _still_to_write(writer: BlobWriter) -> tuple[int, int]:
     return sum(max(w.expected_size - w.written, 0) for w in others), len(others)  # type: ignore[operator]
 
 
+#: A blob at least this big is hashed on a second thread while the first writes it (both drop the GIL).
+PIPELINE_MIN = 8 << 20
+#: Chunks queued for that thread at most: bounds the memory it holds (x the caller's chunk size).
+PIPELINE_DEPTH = 16
+
+
+class _PipelinedHash:
+    """sha256 on a worker thread, fed in order: hashing overlaps the network read and the file write.
+
+    On one large layer (the usual base image) the writer's thread spends as
+    long hashing as reading and writing together; a second core halves that.
+    Only immutable ``bytes`` are queued (a caller may reuse a buffer it
+    passed); anything else is hashed inline after the queue has drained.
+    """
+
+    def __init__(self, state: hashlib._Hash) -> None:
+        self._hash = state
+        self._queue: queue.Queue[bytes | None] = queue.Queue(PIPELINE_DEPTH)
+        self._thread = threading.Thread(target=self._run, name="blob-hash", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._hash.update(chunk)
+            self._queue.task_done()
+        self._queue.task_done()
+
+    def update(self, chunk: bytes | bytearray | memoryview) -> None:
+        if type(chunk) is bytes:
+            self._queue.put(chunk)
+        else:
+            self._queue.join()
+            self._hash.update(chunk)
+
+    def hexdigest(self) -> str:
+        self._queue.join()
+        return self._hash.hexdigest()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+
 class BlobWriter:
     """Streams bytes into a temp file, hashing as it goes; ``commit`` publishes.
 
@@ -143,6 +188,9 @@ class BlobWriter:
                 self._fh.seek(0, os.SEEK_END)
         self.written = self.offset
         self._room_checked = expected_size is None
+        self._pipe: _PipelinedHash | None = None
+        if expected_size is not None and expected_size - self.offset >= PIPELINE_MIN:
+            self._pipe = _PipelinedHash(self._hash)
         if not self.resumable:
             with self._on_disk_full():
                 fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="blob-", suffix=".tmp")
@@ -196,7 +244,7 @@ class BlobWriter:
             self._check_room()
         with self._on_disk_full():
             self._fh.write(chunk)
-        self._hash.update(chunk)
+        (self._pipe or self._hash).update(chunk)
         self.written += len(chunk)
         if self.expected_size is not None and self.written > self.expected_size:
             raise IntegrityError(
@@ -209,16 +257,24 @@ class BlobWriter:
         with self._on_disk_full():
             self._fh.seek(0)
             self._fh.truncate(0)
+        self._stop_pipe()
         self._hash = hashlib.sha256()
         self.offset = self.written = 0
 
     @property
     def digest(self) -> str:
-        return "sha256:" + self._hash.hexdigest()
+        return "sha256:" + (self._pipe or self._hash).hexdigest()
+
+    def _stop_pipe(self) -> None:
+        """Hash on this thread from now on (the worker's state is complete once it has stopped)."""
+        if self._pipe is not None:
+            self._pipe.close()
+            self._pipe = None
 
     def commit(self) -> str:
         """Check digest and size, then fsync and rename into place. Returns the digest."""
         digest = self.digest
+        self._stop_pipe()
         try:
             if self.expected_size is not None and self.written != self.expected_size:
                 raise IntegrityError(
@@ -247,6 +303,7 @@ class BlobWriter:
 
     def discard(self) -> None:
         """Close and remove the temp or partial file; safe to call at any point, any number of times."""
+        self._stop_pipe()
         self._close_quietly()
         if hasattr(self, "tmp_path"):
             with contextlib.suppress(FileNotFoundError):
@@ -254,6 +311,7 @@ class BlobWriter:
 
     def _close_quietly(self) -> bool:
         """Close the file; False if buffered bytes could not be written (they are lost with it)."""
+        self._stop_pipe()
         if self._closed:
             return True
         self._closed = True  # first: a close() that raises has still closed the file
