@@ -53,7 +53,6 @@ import logging
 import os
 import queue
 import re
-import secrets
 import tempfile
 import threading
 import weakref
@@ -490,17 +489,27 @@ class PinSet:
         self.release()
 
 
+#: Trust records are padded to this many bytes, so rewriting one in place never needs a truncate.
+RECORD_WIDTH = 256
+
+
 def _write_record(path: Path, data: bytes) -> None:
-    """Rename a small record into place, no fsync: losing one in a crash only costs a re-hash."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    """Overwrite a small record in place: no temp file, no rename, no fsync.
+
+    It is re-recorded on every re-stage (a link moves the blob's ctime), so
+    it must be cheap: a rename over an existing file makes ext4 flush it.
+    What can go wrong is only ever a record that does not parse or match
+    (a crash mid-write, two writers at once), which costs one re-hash of
+    the blob, never a wrong trust. Padding keeps every record the same
+    length (JSON ignores trailing spaces).
+    """
+    data = data.ljust(RECORD_WIDTH)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))  # the same length as before: drops only an older, longer tail
+    finally:
+        os.close(fd)
 
 
 class BlobStore:
