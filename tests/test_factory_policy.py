@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import os
 import shutil
 import subprocess
 import uuid
@@ -269,3 +270,64 @@ def test_docker_archive_snapshot_format_is_what_wfexs_stages(tmp_path: Path, lay
     assert ImageCache(tmp_path / "cache").lookup(
         f"oci:{tag.split(':', 1)[1].rsplit(':', 1)[0]}:v1", "docker-archive"
     )
+
+
+# -- bit rot: one retry, never a loop (issue 13, item 1) ------------------------------------------
+
+
+def _flip_keep_mtime(path: Path) -> None:
+    st = path.stat()
+    path.chmod(0o644)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    with open(path, "r+b") as fh:
+        fh.write(bytes(data))
+    path.chmod(st.st_mode)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_deploy_heals_rot_once_and_rot_that_comes_back_is_an_error_not_a_loop(
+    tmp_path: Path, layout_tag
+) -> None:
+    tag, img = layout_tag
+    engine = FakeEngine("docker")
+    f = _factory(tmp_path, engine)
+    [c] = f.materializeContainers([ContainerTaggedName(tag, DOCKER)], tmp_path / "wf")
+    layer = img.manifest.layers[-1].digest
+    stored = f.store.path(layer)
+    fetches: list[str | None] = []
+    real_fetch = f.sources.fetch
+
+    def fetch_then_rot_again(ref, pin):  # the source is fine; the disk rots what it writes
+        fetches.append(pin)
+        got = real_fetch(ref, pin)
+        _flip_keep_mtime(stored)
+        return got
+
+    _flip_keep_mtime(stored)
+    f.sources.fetch = fetch_then_rot_again  # type: ignore[method-assign]
+    with pytest.raises(IntegrityError) as ei:
+        f.deploySingleContainer(c)
+    assert fetches == [img.digest], "fetched again exactly once, for exactly the record's image"
+    assert layer in str(ei.value)  # the retry's failure is final, and says which blob
+    assert engine.image_ids == set()
+
+    f.sources.fetch = real_fetch  # type: ignore[method-assign]
+    assert f.deploySingleContainer(c)[1] is True  # healed for real this time: one fetch, then loaded
+    assert engine.image_ids == {img.image_id}
+    assert sha256_file(stored) == layer
+
+
+def test_offline_deploy_of_a_rotten_layer_names_it_and_fetches_nothing(tmp_path: Path, layout_tag) -> None:
+    tag, img = layout_tag
+    engine = FakeEngine("docker")
+    f = _factory(tmp_path, engine)
+    [c] = f.materializeContainers([ContainerTaggedName(tag, DOCKER)], tmp_path / "wf")
+    layer = img.manifest.layers[-1].digest
+    _flip_keep_mtime(f.store.path(layer))
+    f.sources.fetch = lambda *a: pytest.fail("offline deploy fetched")  # type: ignore[method-assign]
+    with pytest.raises(IntegrityError) as ei:
+        f.deploySingleContainer(c, offline=True)
+    assert layer in str(ei.value) and "network access" in str(ei.value) and "verify --repair" in str(ei.value)
+    assert (tmp_path / "cache" / "corrupt" / layer.split(":")[1]).is_file()
+    assert engine.image_ids == set()

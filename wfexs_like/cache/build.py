@@ -125,7 +125,12 @@ def build_snapshot(
         ).to_json()
         if kind == "docker-archive":
             meta.update(_wfexs_sidecar(image, snapshot, name))
-        return cache.put(reference, kind, snapshot, meta, platform=platform, move=True)
+        hit = cache.put(reference, kind, snapshot, meta, platform=platform, move=True)
+    if getattr(image, "store", None) is cache.store:
+        # A ``StoreImage`` vouched for each blob (strict check) as it was linked; the links, and the
+        # work dir's removal, changed their ctime: re-record it, or the next reuse re-hashes them.
+        cache.store.relinked(image.blob_digests())
+    return hit
 
 
 def _wfexs_sidecar(image: Image, archive: Path, name: str) -> dict[str, Any]:

@@ -32,6 +32,17 @@ writing it and keep it until ``release_holds`` or the end of the process, so
 materialize looked up, built or staged, including between its lookup and
 its stage. ``stage`` also records the entry's last use and the stage dir.
 
+**The strict check on every reuse.** A snapshot's blobs are the store's own
+files (hard links), and ``verify_snapshot`` vouches for them with
+``BlobStore.unchanged`` (size, mtime, inode *and* ctime as recorded), which
+an edit whose mtime was put back with ``touch -r`` fails; ``is_trusted``
+(size and mtime) only vouches for copies. A blob that fails the strict
+check is hashed once: a link someone else made or removed is then recorded
+again, and rotten bytes are moved to ``corrupt/`` and reported. Our own
+links and unlinks change the ctime too, so ``stage`` and ``put`` re-record
+it (``relinked``, one ``stat`` and a small unsynced write per blob) right
+after they link, and a warm re-stage stays a ``stat`` per blob.
+
 **Beyond this machine** (``tiered.TieredImageCache``): ``find``,
 ``resolved``, ``fetch_image`` and ``share`` are where library dirs and the
 remote cache come in; here they answer from the local cache alone, so code
@@ -59,7 +70,7 @@ from ..digests import is_digest, normalize_fingerprint, sha256_file, split_diges
 from ..errors import CacheError, DiskFullError, IntegrityError
 from ..fsutil import atomic_write_bytes, fsync_dir, reword_disk_full
 from ..images.blobstore import BlobStore
-from ..images.layout import is_blob_path, verify_oci_layout
+from ..images.layout import is_blob_path, trusted_by, verify_oci_layout
 from ..images.manifest import Manifest, ManifestError, parse_manifest_or_index
 from ..images.staging import link_or_copy, link_tree, remove_path, sweep_temps, write_file
 from ..model import META_JSON_POSTFIX, ImageMetadata
@@ -122,6 +133,41 @@ def _metadata(reference: str, fingerprint: str, raw: Mapping[str, Any]) -> Image
     return ImageMetadata.from_json({**defaults, **raw})
 
 
+def vouch(store: BlobStore, digest: str) -> bool:
+    """Is the stored blob ``digest`` intact? The strict check, else one full hash (which re-records
+    a blob only our or someone's links touched, and moves rotten bytes to ``corrupt/``)."""
+    if store.unchanged(digest):
+        return True
+    if store.readonly:  # nothing can be re-recorded there: size and mtime, as before
+        return store.is_trusted(digest)
+    return store.verify(digest, full=True)
+
+
+class StrictTrust:
+    """The store as ``layout.trusted_by`` asks it: the strict check (``vouch``) for the store's own
+    files, size and mtime (``is_trusted``) for a copy elsewhere, whose ctime is its own."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self.store = store
+
+    def path(self, digest: str) -> Path:
+        return self.store.path(digest)
+
+    def is_trusted(self, digest: str, path: Path | None = None) -> bool:
+        if path is None:
+            return vouch(self.store, digest)
+        return self.store.is_trusted(digest, path)
+
+
+def layout_blobs(layout: Path) -> list[str]:
+    """The digests of the blob files an OCI layout dir holds (one listing: what a stage linked)."""
+    try:
+        names = os.listdir(layout / "blobs" / "sha256")
+    except OSError:
+        return []
+    return ["sha256:" + name for name in names if len(name) == 64]
+
+
 @dataclass(frozen=True)
 class CacheHit:
     """A verified cached snapshot of ``reference``."""
@@ -168,9 +214,10 @@ class ImageCache:
                     logger.debug("cannot mark %s in use: %s", reference, e)
 
     def release_holds(self) -> None:
-        """Let prune/rm remove what this process used (a long-lived caller between two runs)."""
+        """Let prune/rm/gc remove what this process used (a long-lived caller between two runs)."""
         with self._holds_lock:
             _close_all(self._holds)
+        self.store.release_pins()
 
     # -- resolution: reference -> manifest digest, for every kind ------------------------
     def _tag_file(self, reference: str, platform: str | None) -> Path:
@@ -368,6 +415,26 @@ class ImageCache:
         with contextlib.suppress(FileNotFoundError):
             self._ref_file(reference, kind, platform).unlink()
 
+    def evict(self, reference: str, kind: SnapshotKind, platform: str | None = None) -> None:
+        """Drop ``reference``'s entry of ``kind`` and, when it is damaged, the snapshot it names.
+
+        For a snapshot built from a blob found rotten (and already moved to
+        ``corrupt/`` by the store): the next materialize builds it again from
+        what it fetches instead of finding the damaged one. A snapshot that
+        still verifies (a SIF, made before the blob rotted) is kept.
+        """
+        fingerprint = self.entry(reference, kind, platform)
+        self.forget(reference, kind, platform)
+        if fingerprint is None:
+            return
+        canonical = self.snapshot_path(fingerprint)
+        with self.store.lock(f"snapshot-{fingerprint}"):
+            if os.path.lexists(canonical) and self.verify_snapshot(canonical, fingerprint):
+                logger.warning(
+                    "removing cached snapshot %s of %s: it holds rotten bytes", canonical, reference
+                )
+                self._retire(canonical)
+
     # -- staging ------------------------------------------------------------------------------
     def stage(self, hit: CacheHit, path: Path, meta_path: Path, *, force: bool = False) -> tuple[Path, Path]:
         """Put the snapshot and its sidecar at ``path``/``meta_path``: links for blobs, copies of the rest.
@@ -393,8 +460,13 @@ class ImageCache:
                 if force or not self._staged_matches(path, hit.fingerprint):
                     if hit.snapshot.is_dir():
                         link_tree(hit.snapshot, path, force=True, share=is_blob_path, sync=False)
+                        # Layers only: manifests and configs are re-hashed on every check anyway.
+                        linked = list(hit.metadata.layers) or layout_blobs(hit.snapshot)
                     else:  # a SIF or an archive: the snapshot file is a link of its blob
                         link_or_copy(hit.snapshot, path, sync=False)
+                        linked = [hit.fingerprint]
+                    # Vouched for by the lookup that gave ``hit``, just before these links.
+                    self.store.relinked(linked)
                 meta_bytes = hit.metadata_path.read_bytes()
                 try:
                     current = meta_path.read_bytes()
@@ -431,20 +503,21 @@ class ImageCache:
         """Problems found in ``snapshot`` (empty when it is intact).
 
         Without ``full``, blobs that still look as when they were verified
-        (trust records: size and mtime) are not re-hashed.
+        are not re-hashed: the store's own files by the strict check (see the
+        module docstring), copies by size and mtime.
         """
         fingerprint = normalize_fingerprint(fingerprint)
         if snapshot.is_dir():
             if not (snapshot / "index.json").is_file():
                 return [f"{snapshot}: missing index.json"]
-            return verify_oci_layout(snapshot, self.store, full, fingerprint=fingerprint)
+            return verify_oci_layout(snapshot, StrictTrust(self.store), full, fingerprint=fingerprint)  # type: ignore[arg-type]
         if not snapshot.is_file():
             return [f"{snapshot}: missing"]
         # path().is_file(), not has(): a trust shortcut must not fetch the blob from a tier.
         if (
             not full
             and self.store.path(fingerprint).is_file()
-            and self.store.is_trusted(fingerprint, snapshot)
+            and trusted_by(StrictTrust(self.store), fingerprint, snapshot)  # type: ignore[arg-type]
         ):
             return []
         actual = sha256_file(snapshot)
@@ -466,6 +539,7 @@ class ImageCache:
             # A blob the store verified (``stored_digest``): linking it is all there is to do.
             link_or_copy(src, canonical)
             fsync_dir(self.snapshots_dir)
+            self.store.relinked([fingerprint])
             return
         if src.is_dir():
             same_fs = src.stat().st_dev == self.snapshots_dir.stat().st_dev
@@ -487,6 +561,7 @@ class ImageCache:
                 f"snapshot {canonical} changed while it was being cached; retry the operation",
                 expected=fingerprint,
             )
+        self.store.relinked(layout_blobs(canonical) if canonical.is_dir() else [fingerprint])
 
     def _retire(self, path: Path) -> None:
         """Move a damaged entry out of the way atomically, then delete it."""

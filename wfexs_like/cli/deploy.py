@@ -46,6 +46,12 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     )
     add_cache_dir(d)
     d.add_argument("--force", action="store_true", help="load again even when the engine has the image")
+    d.add_argument(
+        "--offline",
+        action="store_true",
+        help="never touch the network: a snapshot found rotten is an error naming the blob, "
+        "not fetched again",
+    )
     d.add_argument("--json", action="store_true", help="print the rows as a JSON list instead of a table")
     d.set_defaults(run=run)
 
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
         stage_dir=stage_dir,
         cache_dir=args.cache_dir,
         force=args.force,
+        offline=args.offline,
     )
     rows = [dataclasses.asdict(r) for r in result.rows]
     if args.json:

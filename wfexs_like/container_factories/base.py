@@ -163,10 +163,13 @@ class ContainerFactory(ReferenceIdentity):
         containers_list: Sequence[Container],
         containers_dir: Path | str | None = None,
         force: bool = False,
+        *,
+        offline: bool = False,
     ) -> list[Container]:
+        """``offline``: a snapshot found rotten is not fetched again (an error says what to run)."""
         cdir = self.containers_dir(containers_dir)
         return [
-            self.deploySingleContainer(c, containers_dir=cdir, force=force)[0]
+            self.deploySingleContainer(c, containers_dir=cdir, force=force, offline=offline)[0]
             for c in containers_list
             if self.AcceptsContainer(c)
         ]
@@ -177,5 +180,10 @@ class ContainerFactory(ReferenceIdentity):
         container: Container,
         containers_dir: Path | None = None,
         force: bool = False,
+        *,
+        offline: bool = False,
     ) -> tuple[Container, bool]:
-        """Make ``container`` runnable by the engine; the bool says whether anything was loaded."""
+        """Make ``container`` runnable by the engine; the bool says whether anything was loaded.
+
+        A staged snapshot whose cached bytes rotted is evicted and, unless
+        ``offline``, fetched again once."""

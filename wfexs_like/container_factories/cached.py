@@ -15,24 +15,39 @@ here does not change per tier. What changes with the mode is who may say
 what a tag means: offline or for a pinned digest, any cache; online, for a
 tag, only a site library (it pins the site's images) and otherwise the
 registry.
+
+Bit rot (``healing``): ``--force`` hashes in full every blob it would reuse
+from the store, before and after the pull, so a rotten one is moved aside
+and fetched again. A failure that the cheap checks let through (a build
+that breaks on a layer) is settled by hashing the image's blobs: rotten
+ones are evicted with the snapshot built from them and, online, fetched
+again and the build retried once; offline it is a clear error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, NoReturn
 
 from ..cache import CacheHit, ImageCache
 from ..cache.build import build_snapshot
+from ..digests import normalize_fingerprint
 from ..engines.base import Engine
 from ..engines.docker import DockerEngine
-from ..errors import CacheError, ContainerFactoryException, ContainerNotFoundException
+from ..errors import (
+    CacheError,
+    ContainerEngineException,
+    ContainerFactoryException,
+    ContainerNotFoundException,
+)
 from ..images.blobstore import BlobStore
-from ..images.store import StoreImage
+from ..images.store import StoreImage, rehash_image, stored_image_blobs
 from ..model import Container, ContainerTaggedName
 from ..references import Reference
 from .base import ContainerFactory
+from .healing import downloaded_by, may_be_rot, rot_error
 from .injected import has_staged_snapshot, injected_image
 from .sources import ImageSources, pin_from_fingerprint
 from .staged import StagedSnapshots
@@ -69,6 +84,10 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
             allow_tag_fallback=allow_tag_fallback,
             engine_fallback=self.ENGINE_FALLBACK,
         )
+        #: Blobs ``--force`` hashed in full during this materialize call (each is hashed once per call).
+        self._rehashed: set[str] = set()
+        self._in_call = False
+        self._healing = False
 
     # -- collaborators ---------------------------------------------------------------------------
     @property
@@ -107,6 +126,13 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
     def _pin(tag: ContainerTaggedName, ref: Reference) -> str | None:
         return ref.digest or (pin_from_fingerprint(tag.fingerprint) if isinstance(tag, Container) else None)
 
+    def materializeContainers(self, *args: Any, **kwargs: Any) -> list[Container]:
+        self._rehashed, self._in_call = set(), True
+        try:
+            return super().materializeContainers(*args, **kwargs)
+        finally:
+            self._rehashed, self._in_call = set(), False
+
     def _prefetch(self, tags: Sequence[ContainerTaggedName], *, offline: bool, force: bool) -> None:
         if offline:
             return
@@ -118,6 +144,8 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
                 continue
             pin = self._pin(tag, ref)
             if self._fetches(tag, ref) and not self._available(tag, ref, pin, force):
+                if force:  # before the pool reuses them
+                    self._rehash_known(ref, pin)
                 wanted.append((ref, pin))
         self.sources.prefetch(wanted)
 
@@ -135,11 +163,13 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
         cdir = self.containers_dir(containers_dir)
         ref = self.parse_tag(tag)
         pin = self._pin(tag, ref)
+        if not self._in_call:
+            self._rehashed = set()
         # In use from before the first blob is looked at: a concurrent prune/rm skips this entry.
         self.cache.hold(ref.canonical(), self.platform_key)
         injected = injected_image(tag, self.cache) if isinstance(tag, Container) else None
         if injected is not None:
-            hit = self._snapshot(ref, *injected, force=force)
+            hit = self._snapshot(ref, *injected, force=force, offline=offline)
         elif offline and not ref.is_local:
             hit = self._known(tag, ref, pin, offline=True) or self._not_cached(tag, ref)
         else:
@@ -164,9 +194,53 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
         return hit if hit is not None and hit.metadata.manifest_digest == pin else None
 
     def _fetch(self, tag: ContainerTaggedName, ref: Reference, pin: str | None, force: bool) -> CacheHit:
+        if force:
+            self._rehash_known(ref, pin)
         manifest_digest, source = self.sources.fetch(ref, pin)
+        if force and self._rehash(manifest_digest, skip=downloaded_by(source)):
+            # A blob the pull reused was rotten (now moved aside): fetch exactly that image once more.
+            self.logger.warning("%s: fetching the blobs found corrupt in the cache again", ref.canonical())
+            manifest_digest, source = self.sources.fetch(ref, manifest_digest)
         self.cache.record_resolution(ref.canonical(), self.platform_key, manifest_digest)
-        return self._snapshot(ref, manifest_digest, source, force=force)
+        return self._snapshot(ref, manifest_digest, source, force=force, offline=False)
+
+    # -- integrity: --force, and failures found after the cheap checks ------------------------------
+    def _rehash_known(self, ref: Reference, pin: str | None) -> None:
+        """--force, before a pull: hash the blobs of the image ``ref`` named last time (or ``pin``),
+        so the pull fetches the rotten ones again instead of reusing them."""
+        known = pin or self.cache.resolved(ref.canonical(), self.platform_key)
+        if known is not None and self.store.has(known):
+            self._rehash(known)
+
+    def _rehash(self, manifest_digest: str, skip: frozenset[str] = frozenset()) -> list[str]:
+        """Hash the image's stored blobs in full (each once per call); the rotten ones, moved aside."""
+        bad = rehash_image(self.store, manifest_digest, done=self._rehashed, skip=skip)
+        for digest in bad:
+            self.logger.warning("blob %s of image %s was corrupt in the cache", digest, manifest_digest)
+        return bad
+
+    def _heal(
+        self, ref: Reference, manifest_digest: str, error: ContainerFactoryException, *, offline: bool
+    ) -> tuple[str, dict[str, Any]]:
+        """After ``error``: evict what is rotten and fetch it again; re-raise when nothing is rotten.
+
+        The image's blobs are hashed in full to tell bit rot from any other
+        failure. Rotten ones are moved aside and this reference's snapshot
+        entry is dropped; online the image is fetched again (exactly
+        ``manifest_digest``) for the caller's one retry, offline it ends here.
+        """
+        if self._healing or not may_be_rot(error):
+            raise error
+        bad = rehash_image(self.store, manifest_digest)
+        if not bad:
+            raise error
+        self.cache.evict(ref.canonical(), self.kind, self.platform_key)
+        if offline:
+            raise rot_error(ref.canonical(), manifest_digest, bad, self.store) from error
+        self.logger.warning(
+            "%s: %s was corrupt in the cache (moved aside); fetching it again", ref.canonical(), bad[0]
+        )
+        return self.sources.fetch(ref, manifest_digest)
 
     def _known(
         self, tag: ContainerTaggedName, ref: Reference, pin: str | None, *, offline: bool
@@ -197,15 +271,75 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
             return None
         try:
             self.cache.fetch_image(manifest_digest)
-            return self._snapshot(ref, manifest_digest, {"source": "cache"}, force=False)
+            return self._snapshot(ref, manifest_digest, {"source": "cache"}, force=False, offline=offline)
         except CacheError as e:
             if not offline:
                 self.logger.warning("%s: %s; asking the registry", reference, e)
                 return None
+            rotten = self._quarantined(manifest_digest)
+            if rotten:
+                raise rot_error(reference, manifest_digest, rotten, self.store) from e
             raise ContainerNotFoundException(
                 f"{tag.origTaggedName} ({reference}) is only partly in the cache at "
                 f"{self.containersCacheDir} ({e}); materialize it once with network access"
             ) from e
+
+    def heal_staged(
+        self,
+        container: Container,
+        cdir: Path,
+        error: ContainerFactoryException,
+        *,
+        offline: bool,
+        engine_failed: bool = False,
+    ) -> None:
+        """A deploy of ``container`` failed with ``error``: if the cache holds rotten bytes of its image,
+        evict them and (online) materialize it again for the caller's one retry; else re-raise.
+
+        ``engine_failed``: the engine refused the stream (Docker reports a
+        corrupt layer only as a failed load), so hashing may tell why.
+        """
+        if not (may_be_rot(error) or (engine_failed and isinstance(error, ContainerEngineException))):
+            raise error
+        ref = self.parse_tag(container)
+        manifest_digest = self._record_manifest(container)
+        bad = rehash_image(self.store, manifest_digest) if manifest_digest else []
+        signature = container.image_signature
+        if signature and "=" not in signature:  # a SIF or an archive is a stored blob of its own
+            sig = normalize_fingerprint(signature)
+            if self.store.has(sig) and not self.store.verify(sig, full=True):
+                bad.append(sig)
+        if not bad:
+            raise error
+        self.cache.evict(ref.canonical(), self.kind, self.platform_key)
+        if offline:
+            raise rot_error(ref.canonical(), manifest_digest or str(signature), bad, self.store) from error
+        self.logger.warning(
+            "%s: %s was corrupt in the cache (moved aside); fetching it again", ref.canonical(), bad[0]
+        )
+        # Not the staged copy (it holds the rotten bytes): the record's pinned image, from its source.
+        again = dataclasses.replace(container, localPath=None, metadataLocalPath=None)
+        self._healing = True  # this is the one retry: a build that breaks again is not healed again
+        try:
+            self.materializeSingleContainer(again, cdir, offline=False, force=False)
+        finally:
+            self._healing = False
+
+    def _record_manifest(self, container: Container) -> str | None:
+        """The manifest digest a record pins (its fingerprint), else what the cache resolved its tag to."""
+        pinned = pin_from_fingerprint(container.fingerprint)
+        if pinned is not None:
+            return pinned
+        return self.cache.resolved(self.parse_tag(container).canonical(), self.platform_key)
+
+    def _quarantined(self, manifest_digest: str) -> list[str]:
+        """The image's blobs that are missing from the store because they were found rotten."""
+        try:
+            image_blobs = stored_image_blobs(self.store, manifest_digest)
+        except CacheError:
+            return []
+        corrupt = self.store.root / "corrupt"
+        return [d for d in image_blobs if not self.store.has(d) and (corrupt / d.split(":", 1)[1]).exists()]
 
     def _not_cached(self, tag: ContainerTaggedName, ref: Reference) -> NoReturn:
         tiers = self.cache.elsewhere()
@@ -216,14 +350,26 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
         )
 
     def _snapshot(
-        self, ref: Reference, manifest_digest: str, source: dict[str, Any], *, force: bool
+        self, ref: Reference, manifest_digest: str, source: dict[str, Any], *, force: bool, offline: bool
     ) -> CacheHit:
-        """The cached snapshot of this kind of that exact image, built from the store if needed."""
+        """The cached snapshot of this kind of that exact image, built from the store if needed.
+
+        A build that fails on rotten blobs evicts them and (online) fetches
+        them again and builds once more (``_heal``).
+        """
         reference = ref.canonical()
         if not force:
             hit = self.cache.find(reference, self.kind, self.platform_key, manifest=manifest_digest)
             if hit is not None:
                 return hit
+        try:
+            return self._build(ref, manifest_digest, source)
+        except ContainerFactoryException as e:
+            digest, source = self._heal(ref, manifest_digest, e, offline=offline)
+        return self._build(ref, digest, source)
+
+    def _build(self, ref: Reference, manifest_digest: str, source: dict[str, Any]) -> CacheHit:
+        reference = ref.canonical()
         return build_snapshot(
             self.cache,
             reference,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ..cache import CacheHit, SnapshotKind
-from ..engines.base import Engine, normalize_image_id
+from ..engines.base import Engine, EngineImageInfo, normalize_image_id
 from ..errors import ContainerEngineException, ContainerFactoryException, IntegrityError
 from ..images.base import Image
 from ..images.docker_archive import DockerArchiveImage
@@ -96,8 +96,16 @@ class DockerLikeContainerFactory(CachedImageFactory):
         container: Container,
         containers_dir: Path | None = None,
         force: bool = False,
+        *,
+        offline: bool = False,
     ) -> tuple[Container, bool]:
-        """Load the staged snapshot only if the engine lacks that image id; verify it first."""
+        """Load the staged snapshot only if the engine lacks that image id; verify it first.
+
+        A snapshot found to hold rotten cached bytes (by the verification or
+        by a load that breaks) is healed once: the rotten blobs are evicted
+        and, unless ``offline``, fetched again and the load retried
+        (``heal_staged``).
+        """
         if not container.signature:
             raise ContainerFactoryException(
                 f"{container.origTaggedName}: the record lacks its image id (signature); "
@@ -109,19 +117,42 @@ class DockerLikeContainerFactory(CachedImageFactory):
         present = None if force else self.engine.inspect(image_id)
         loaded = False
         if present is None:
-            image = self._staged_image(container, cdir)
-            if normalize_image_id(image.config_name()) != image_id:
-                raise IntegrityError(
-                    f"refusing to deploy {container.origTaggedName}: the snapshot holds image "
-                    f"{image.config_name()}, the record says {image_id}",
-                    expected=image_id,
-                    actual=image.config_name(),
-                )
-            present = self.engine.load(image, tag)
+            present = self._load(container, cdir, image_id, tag, offline=offline)
             loaded = True
         if tag not in present.repo_tags:
             self.engine.tag(image_id, tag)
         return container, loaded
+
+    def _load(
+        self, container: Container, cdir: Path, image_id: str, tag: str, *, offline: bool
+    ) -> EngineImageInfo:
+        """Verify and load; a failure is offered to ``heal_staged`` once, then the retry's is final."""
+        for retry in (False, True):
+            try:
+                image = self._verified_image(container, cdir, image_id)
+            except ContainerFactoryException as e:
+                if retry:
+                    raise
+                self.heal_staged(container, cdir, e, offline=offline)
+                continue
+            try:
+                return self.engine.load(image, tag)
+            except ContainerFactoryException as e:
+                if retry:
+                    raise
+                self.heal_staged(container, cdir, e, offline=offline, engine_failed=True)
+        raise AssertionError("unreachable: the retry returns or raises")
+
+    def _verified_image(self, container: Container, cdir: Path, image_id: str) -> Image:
+        image = self._staged_image(container, cdir)
+        if normalize_image_id(image.config_name()) != image_id:
+            raise IntegrityError(
+                f"refusing to deploy {container.origTaggedName}: the snapshot holds image "
+                f"{image.config_name()}, the record says {image_id}",
+                expected=image_id,
+                actual=image.config_name(),
+            )
+        return image
 
     def _staged_image(self, container: Container, cdir: Path) -> Image:
         path, _ = self.staged_paths(container, cdir)

@@ -43,6 +43,8 @@ class NoContainerFactory(ContainerFactory):
         container: Container,
         containers_dir: Path | None = None,
         force: bool = False,
+        *,
+        offline: bool = False,
     ) -> tuple[Container, bool]:
         return container, False
 

@@ -152,11 +152,14 @@ class SingularityContainerFactory(CachedImageFactory):
         container: Container,
         containers_dir: Path | None = None,
         force: bool = False,
+        *,
+        offline: bool = False,
     ) -> tuple[Container, bool]:
         """Apptainer reads the SIF in place: make sure it is staged and intact. Nothing is loaded.
 
         A Docker/Podman record (an OCI layout, or WfExS's docker-archive) is
-        converted: its verified image becomes a SIF, staged beside it.
+        converted: its verified image becomes a SIF, staged beside it. A
+        failure caused by rotten cached bytes is healed once (``heal_staged``).
         """
         cdir = self.containers_dir(containers_dir)
         path, _ = self.staged_paths(container, cdir)
@@ -169,8 +172,18 @@ class SingularityContainerFactory(CachedImageFactory):
                     "(nor an OCI layout or docker-archive to convert); re-materialize it"
                 )
         if kind in ("oci-layout", "docker-archive"):
-            return self._convert(container, cdir), False
-        self.verified_staged_snapshot(container, cdir, restage=force)
+            try:
+                return self._convert(container, cdir), False
+            except ContainerFactoryException as e:
+                # Another engine's snapshot: rotten blobs are evicted and named, and that engine's
+                # materialize fetches them again (this factory stages SIFs, not layouts).
+                self.heal_staged(container, cdir, e, offline=True)
+                raise
+        try:
+            self.verified_staged_snapshot(container, cdir, restage=force)
+        except ContainerFactoryException as e:
+            self.heal_staged(container, cdir, e, offline=offline)
+            self.verified_staged_snapshot(container, cdir, restage=False)
         return container, False
 
     def _convert(self, container: Container, cdir: Path) -> Container:

@@ -67,6 +67,9 @@ def pull_source(result: PullResult) -> dict[str, Any]:
         "downloaded_bytes": result.downloaded_bytes,
         "downloaded_blobs": result.downloaded_blobs,
         "reused_blobs": result.reused_blobs,
+        # "registry" (its Docker-Content-Digest matched), "pinned" (asked by digest) or "tofu"
+        # (fetched by tag without that header: trusted on first use)
+        "digest_source": result.digest_source,
         # which host (a mirror, a pull-through cache, the registry itself) sent the index, the
         # manifest and each downloaded blob; the record keeps the upstream name
         "fetched_from": dict(result.served_by),

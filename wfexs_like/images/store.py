@@ -7,6 +7,14 @@ checks that every blob the manifest names is present, so a half-evicted
 image fails here with the missing digest named, not halfway through an
 engine load.
 
+A blob is vouched for by the store's strict check (``BlobStore.unchanged``:
+size, mtime, inode and ctime as recorded), which an edit whose mtime was
+put back with ``touch -r`` fails. A blob that fails it is hashed once
+before it is used: a link made by someone else is then recorded again, and
+rotten bytes are moved to ``corrupt/`` and reported by digest, so whoever
+built from it can evict what it made and fetch the blob again
+(``rehash_image`` settles a later failure the same way).
+
 ``write_to_store`` is the sink every other source is copied into: each
 blob streams through a verifying ``BlobWriter`` under its per-digest lock,
 blobs already present are skipped, and the manifest is published last, so
@@ -16,14 +24,23 @@ a manifest in the store always means a complete image.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from pathlib import Path
 from typing import BinaryIO
 
-from ..digests import CHUNK, sha256_bytes
+from .. import progress
+from ..digests import CHUNK, sha256_bytes, sha256_file
 from ..errors import CacheError, IntegrityError
 from .base import Image, LoadedImage
 from .blobstore import BlobStore
-from .manifest import INDEX_TYPES, Descriptor, ManifestError, detect_media_type
+from .manifest import (
+    INDEX_TYPES,
+    Descriptor,
+    Manifest,
+    ManifestError,
+    detect_media_type,
+    parse_manifest_or_index,
+)
 
 
 def _missing(store: BlobStore, digest: str, what: str, manifest_digest: str) -> CacheError:
@@ -88,7 +105,16 @@ class StoreImage(LoadedImage):
         return self.store.path(digest)
 
     def blob_trusted(self, digest: str) -> bool:
-        return self.store.is_trusted(digest)
+        """The strict check, else one full hash; rotten bytes raise ``IntegrityError`` (moved aside)."""
+        if self.store.unchanged(digest):
+            return True
+        if self.store.readonly:  # nothing can be recorded or moved there: size and mtime, as before
+            return self.store.is_trusted(digest)
+        if not self.store.has(digest):
+            return False  # open_blob names it
+        if self.store.verify(digest, full=True):
+            return True
+        raise rotten(self.store, digest, self._digest)
 
     def blob_mismatch(self, digest: str) -> None:
         if not self.store.readonly:
@@ -99,6 +125,74 @@ class StoreImage(LoadedImage):
 
     def describe_source(self) -> str:
         return f"blob store {self.store.root}"
+
+
+def rotten(store: BlobStore, digest: str, manifest_digest: str) -> IntegrityError:
+    """The error for a stored blob whose bytes turned out wrong (and that ``verify`` moved aside)."""
+    return IntegrityError(
+        f"blob {digest} of image {manifest_digest} does not hash to its name: it rotted on disk in "
+        f"the cache at {store.root} and was moved to {store.root / 'corrupt'}; fetch the image again "
+        "(materialize it with network access), or run 'wfexs-like cache verify --repair'",
+        expected=digest,
+    )
+
+
+def stored_image_blobs(store: BlobStore, manifest_digest: str) -> list[str]:
+    """The config and layer digests the stored manifest names (CacheError: it is absent or unreadable)."""
+    try:
+        doc = parse_manifest_or_index(store.path(manifest_digest).read_bytes())
+    except (OSError, ManifestError) as e:
+        raise CacheError(
+            f"manifest {manifest_digest} is not readable in the cache at {store.root}: {e}"
+        ) from e
+    if not isinstance(doc, Manifest):
+        return []
+    return list(dict.fromkeys([doc.config.digest, *(layer.digest for layer in doc.layers)]))
+
+
+def rehash_image(
+    store: BlobStore,
+    manifest_digest: str,
+    *,
+    done: set[str] | None = None,
+    skip: Collection[str] = (),
+) -> list[str]:
+    """Hash every stored blob of an image in full; return those that must be fetched again.
+
+    For ``--force`` and for a failure the cheap checks let through (a build
+    or a load that broke): it says whether the cache is to blame. Wrong
+    blobs are moved to ``corrupt/`` (in a read-only store only reported).
+    A blob the manifest names that is no longer stored is reported too: a
+    caller that just used the image had it, so it was moved aside meanwhile.
+    ``done``: digests already hashed by this caller (skipped, and added to);
+    ``skip``: digests not to hash (just downloaded, verified on arrival).
+    """
+    try:
+        raw = store.path(manifest_digest).read_bytes()
+    except FileNotFoundError:
+        return [manifest_digest]
+    if sha256_bytes(raw) != manifest_digest:
+        if not store.readonly:
+            store.quarantine(manifest_digest)
+        return [manifest_digest]
+    try:
+        blobs = stored_image_blobs(store, manifest_digest)
+    except CacheError:
+        return []
+    done = set() if done is None else done
+    bad: list[str] = []
+    for digest in blobs:
+        if not store.has(digest):
+            bad.append(digest)
+            continue
+        if digest in done or digest in skip:
+            continue
+        progress.check_cancelled()
+        ok = sha256_file(store.path(digest)) == digest if store.readonly else store.verify(digest, full=True)
+        done.add(digest)
+        if not ok:
+            bad.append(digest)
+    return bad
 
 
 def write_to_store(image: Image, store: BlobStore) -> str:

@@ -71,7 +71,7 @@ def stage_dir_for(containers_file: Path, stage_dir: Path | None = None) -> Path:
 
 
 def _deploy_one(
-    factory: ContainerFactory, container: Container, stage_dir: Path, force: bool, engine: str
+    factory: ContainerFactory, container: Container, stage_dir: Path, force: bool, engine: str, offline: bool
 ) -> DeployRow:
     tag = container.origTaggedName
     if not factory.AcceptsContainer(container):
@@ -79,7 +79,9 @@ def _deploy_one(
         return DeployRow(tag, "skipped", container.taggedName, container.signature, reason)
     logger.info("%s: deploying into %s", tag, engine)
     try:
-        deployed, loaded = factory.deploySingleContainer(container, containers_dir=stage_dir, force=force)
+        deployed, loaded = factory.deploySingleContainer(
+            container, containers_dir=stage_dir, force=force, offline=offline
+        )
     except ContainerFactoryException as e:
         return DeployRow(tag, "failed", container.taggedName, container.signature, str(e))
     state: DeployState = "loaded" if loaded else ("converted" if deployed is not container else "present")
@@ -94,12 +96,15 @@ def deploy(
     stage_dir: Path | None = None,
     cache_dir: Path | None = None,
     force: bool = False,
+    offline: bool = False,
 ) -> DeployResult:
     """Load (or verify in place, or convert) every record of ``containers_file`` for ``engine``.
 
     Only what the engine lacks is loaded; a snapshot whose bytes no longer
     match its record fails that record. Records of another engine's kind
-    are skipped (a SIF record for Docker), each with its reason.
+    are skipped (a SIF record for Docker), each with its reason. A
+    snapshot whose cached bytes rotted is evicted and fetched again once;
+    ``offline`` forbids that fetch, and the record fails naming the blob.
     """
     containers_file = Path(containers_file)
     cdir = stage_dir_for(containers_file, stage_dir)
@@ -108,5 +113,5 @@ def deploy(
     rows: list[DeployRow] = []
     for container in containers:
         check_cancelled()
-        rows.append(_deploy_one(factory, container, cdir, force, engine))
+        rows.append(_deploy_one(factory, container, cdir, force, engine, offline))
     return DeployResult(rows, cdir)
