@@ -7,26 +7,27 @@ Docker SDK are imported only by the code that needs them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
-    "META_JSON_POSTFIX": "model",
-    "Container": "model",
-    "ContainerEngineException": "errors",
-    "ContainerFactoryException": "errors",
-    "ContainerNotFoundException": "errors",
-    "ContainerTaggedName": "model",
-    "ContainerType": "model",
-    "Reference": "references",
-    "dump_containers": "provenance",
-    "load_containers": "provenance",
-    "parse_reference": "references",
-    "read_containers_file": "provenance",
-    "write_containers_file": "provenance",
+    "META_JSON_POSTFIX": ".model",
+    "Container": ".model",
+    "ContainerEngineException": ".errors",
+    "ContainerFactoryException": ".errors",
+    "ContainerNotFoundException": ".errors",
+    "ContainerTaggedName": ".model",
+    "ContainerType": ".model",
+    "Reference": ".references",
+    "dump_containers": ".provenance",
+    "load_containers": ".provenance",
+    "parse_reference": ".references",
+    "read_containers_file": ".provenance",
+    "write_containers_file": ".provenance",
 }
 
 __all__ = [
@@ -46,17 +47,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'wfexs_like' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_EXPORTS])
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:
