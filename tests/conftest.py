@@ -133,6 +133,16 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS3]:
         yield server
 
 
+@pytest.fixture
+def s3_env(s3_server: RunningS3, monkeypatch: pytest.MonkeyPatch) -> RunningS3:
+    """The session's SeaweedFS, with this process's AWS variables pointing at it."""
+    for k, v in s3_server.env().items():
+        if k.startswith("AWS_"):
+            monkeypatch.setenv(k, v)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    return s3_server
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--reliability-full",

@@ -19,21 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.rot import flip_keep_mtime
 from wfexs_like.digests import sha256_file
 from wfexs_like.images.blobstore import BlobStore
-
-
-def flip_byte_keep_mtime(path: Path) -> None:
-    """Edit one byte in place and restore the mtime (and mode), as ``touch -r`` would."""
-    st = path.stat()
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as fh:
-        fh.seek(st.st_size // 2)
-        b = fh.read(1)
-        fh.seek(st.st_size // 2)
-        fh.write(bytes([b[0] ^ 0xFF]))
-    os.chmod(path, st.st_mode)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 @pytest.fixture
@@ -46,7 +34,7 @@ def test_an_edit_with_the_mtime_restored_fools_size_and_mtime_but_not_the_strict
 ) -> None:
     digest = store.put_bytes(b"a layer" * 1000)
     assert store.unchanged(digest) and store.is_trusted(digest)
-    flip_byte_keep_mtime(store.path(digest))
+    flip_keep_mtime(store.path(digest))
     assert sha256_file(store.path(digest)) != digest
     assert store.is_trusted(digest)  # what re-staging relied on: fooled
     assert not store.unchanged(digest)  # the ctime moved
@@ -85,7 +73,7 @@ def test_an_edit_with_the_mtime_restored_between_link_and_relinked_is_blessed_an
     """The documented window: only a full re-hash can tell such an edit from our own link."""
     digest = store.put_bytes(b"window" * 100)
     os.link(store.path(digest), tmp_path / "staged")
-    flip_byte_keep_mtime(store.path(digest))
+    flip_keep_mtime(store.path(digest))
     assert store.relinked([digest]) == [digest]
     assert store.unchanged(digest)
     assert not store.verify(digest, full=True)
@@ -97,7 +85,7 @@ def test_linking_re_records_only_what_passed_the_check_before_the_links(
     """An edit made before the check (``touch -r``) fails it and is never re-recorded by the links after."""
     clean = store.put_bytes(b"clean")
     rotten = store.put_bytes(b"rotten" * 10)
-    flip_byte_keep_mtime(store.path(rotten))
+    flip_keep_mtime(store.path(rotten))
     with store.linking([clean, rotten]) as ok:
         assert ok == {clean}
         for d in (clean, rotten):

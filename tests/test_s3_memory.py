@@ -35,15 +35,6 @@ WFEXS_LIKE = Path(sys.executable).parent / "wfexs-like"
 PEAK_LIMIT_KB = 100 * 1024
 
 
-@pytest.fixture
-def s3_env(s3_server: RunningS3, monkeypatch: pytest.MonkeyPatch) -> RunningS3:
-    for k, v in s3_server.env().items():
-        if k.startswith("AWS_"):
-            monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return s3_server
-
-
 def test_upload_peak_stays_far_below_one_part(s3_server: RunningS3, tmp_path: Path) -> None:
     """Against the process's baseline with a warm client, a 4-part upload adds less than half a part."""
     big = tmp_path / "big"

@@ -65,15 +65,6 @@ def test_parse_s3_url() -> None:
         parse_s3_url("s3://bucket/p?endpont=x")
 
 
-@pytest.fixture
-def s3_env(s3_server: RunningS3, monkeypatch: pytest.MonkeyPatch) -> RunningS3:
-    for k, v in s3_server.env().items():
-        if k.startswith("AWS_"):
-            monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return s3_server
-
-
 def test_s3_small_and_multipart_uploads_are_verified_and_ranged(
     s3_env: RunningS3, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,16 +39,6 @@ DOCKER = ContainerType.Docker
 
 
 @pytest.fixture
-def s3_env(s3_server: RunningS3, monkeypatch: pytest.MonkeyPatch) -> RunningS3:
-    """The session's SeaweedFS, with this process's AWS variables pointing at it."""
-    for k, v in s3_server.env().items():
-        if k.startswith("AWS_"):
-            monkeypatch.setenv(k, v)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    return s3_server
-
-
-@pytest.fixture
 def origin(tmp_path: Path) -> Iterator[RunningRegistry]:
     """A registry of this test's own: it is stopped mid-test, and its log counts every request."""
     reg = start_registry(tmp_path / "origin")

@@ -26,7 +26,6 @@ and the real Docker engine:
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 import uuid
@@ -38,6 +37,7 @@ import pytest
 from tests.reliability.test_disk_full import push_random_image
 from tests.support.imagegen import BuiltImage
 from tests.support.registry import RunningRegistry
+from tests.support.rot import flip_keep_mtime
 from wfexs_like.digests import sha256_file
 from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.ops.deploy import deploy
@@ -53,20 +53,6 @@ def rot_image(registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactor
     repo = f"wl-bitrot-{uuid.uuid4().hex[:8]}/img"
     image = push_random_image(registry.url, store, repo, [300 * KiB, 200 * KiB], seed=13)
     return f"{registry.host}/{repo}:1", image
-
-
-def flip_keep_mtime(path: Path) -> None:
-    """Flip one byte in place, then put the mode and the mtime back (``touch -r``)."""
-    st = path.stat()
-    os.chmod(path, 0o644)
-    with open(path, "r+b") as fh:
-        fh.seek(st.st_size // 2)
-        b = fh.read(1)
-        fh.seek(st.st_size // 2)
-        fh.write(bytes([b[0] ^ 0x55]))
-    os.chmod(path, st.st_mode)
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-    assert path.stat().st_mtime_ns == st.st_mtime_ns and path.stat().st_size == st.st_size
 
 
 def run(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -104,6 +90,22 @@ def absent_from_docker(client: docker.DockerClient, image_id: str) -> None:
         client.images.remove(image_id, force=True)
     with pytest.raises(docker.errors.ImageNotFound):
         client.images.get(image_id)
+
+
+def staged_then_rotted(
+    rot_image: tuple[str, BuiltImage], tmp_path: Path, docker_client: docker.DockerClient, made: list[str]
+) -> tuple[str, Path, Path, str, str]:
+    """Materialize, make sure Docker lacks the image, then rot its biggest layer in the cache:
+    (tag, cache, stage dir, layer digest, image id)."""
+    tag, image = rot_image
+    cache, stage, digest = tmp_path / "cache", tmp_path / "wf", layer(image)
+    assert materialize(cache, stage, tag).returncode == 0
+    [c] = read_containers_file(stage / "c.yaml", containers_dir=stage)
+    assert c.signature is not None
+    made.append(c.signature)
+    absent_from_docker(docker_client, c.signature)
+    flip_keep_mtime(blob(cache, digest))
+    return tag, cache, stage, digest, c.signature
 
 
 def no_temps(*dirs: Path) -> list[Path]:
@@ -172,19 +174,13 @@ def test_docker_deploy_of_a_rotten_blob_evicts_refetches_and_loads(
     docker_client: docker.DockerClient,
     docker_made: list[str],
 ) -> None:
-    tag, image = rot_image
-    cache, stage, digest = tmp_path / "cache", tmp_path / "wf", layer(image)
-    assert materialize(cache, stage, tag).returncode == 0
-    [c] = read_containers_file(stage / "c.yaml", containers_dir=stage)
-    assert c.signature is not None
-    docker_made.append(c.signature)
-    absent_from_docker(docker_client, c.signature)
-    flip_keep_mtime(blob(cache, digest))  # the staged blob is the same inode: it rotted too
+    # the staged blob is the same inode as the cache's: it rots too
+    _tag, cache, stage, digest, image_id = staged_then_rotted(rot_image, tmp_path, docker_client, docker_made)
 
     deployed = run("deploy", "--cache-dir", cache, stage / "c.yaml")
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "loaded" in deployed.stdout
-    assert docker_client.images.get(c.signature).id == c.signature
+    assert docker_client.images.get(image_id).id == image_id
     assert corrupt(cache, digest).is_file()
     assert sha256_file(blob(cache, digest)) == digest
     assert sha256_file(staged_layer(stage, digest)) == digest
@@ -221,14 +217,7 @@ def test_offline_deploy_of_a_rotten_blob_is_a_clear_error_and_loads_nothing(
     docker_client: docker.DockerClient,
     docker_made: list[str],
 ) -> None:
-    tag, image = rot_image
-    cache, stage, digest = tmp_path / "cache", tmp_path / "wf", layer(image)
-    assert materialize(cache, stage, tag).returncode == 0
-    [c] = read_containers_file(stage / "c.yaml", containers_dir=stage)
-    assert c.signature is not None
-    docker_made.append(c.signature)
-    absent_from_docker(docker_client, c.signature)
-    flip_keep_mtime(blob(cache, digest))
+    tag, cache, stage, digest, image_id = staged_then_rotted(rot_image, tmp_path, docker_client, docker_made)
 
     result = deploy(stage / "c.yaml", engine="docker", cache_dir=cache, offline=True)
     [row] = result.rows
@@ -236,7 +225,7 @@ def test_offline_deploy_of_a_rotten_blob_is_a_clear_error_and_loads_nothing(
     assert row.reason is not None and digest in row.reason and "network access" in row.reason
     assert tag in row.reason
     with pytest.raises(docker.errors.ImageNotFound):
-        docker_client.images.get(c.signature)
+        docker_client.images.get(image_id)
     assert corrupt(cache, digest).is_file() and not blob(cache, digest).exists()
     assert no_temps(cache / "tmp", stage) == []
 
@@ -248,18 +237,11 @@ def test_the_command_deploy_offline_names_the_rotten_blob(
     docker_made: list[str],
 ) -> None:
     """``wfexs-like deploy --offline``: exit 1, one line naming the blob, nothing loaded or fetched."""
-    tag, image = rot_image
-    cache, stage, digest = tmp_path / "cache", tmp_path / "wf", layer(image)
-    assert materialize(cache, stage, tag).returncode == 0
-    [c] = read_containers_file(stage / "c.yaml", containers_dir=stage)
-    assert c.signature is not None
-    docker_made.append(c.signature)
-    absent_from_docker(docker_client, c.signature)
-    flip_keep_mtime(blob(cache, digest))
+    tag, cache, stage, digest, image_id = staged_then_rotted(rot_image, tmp_path, docker_client, docker_made)
 
     done = run("deploy", stage / "c.yaml", "--engine", "docker", "--cache-dir", cache, "--offline")
     assert done.returncode == 1, done.stdout + done.stderr
-    assert digest in done.stderr and "Traceback" not in done.stderr
+    assert digest in done.stderr and tag in done.stderr and "Traceback" not in done.stderr
     with pytest.raises(docker.errors.ImageNotFound):
-        docker_client.images.get(c.signature)
+        docker_client.images.get(image_id)
     assert corrupt(cache, digest).is_file()

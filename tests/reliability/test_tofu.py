@@ -67,6 +67,13 @@ def client() -> Iterator[RegistryClient]:
         yield c
 
 
+@pytest.fixture
+def strict(client: RegistryClient) -> Iterator[RegistryClient]:
+    """The same client with ``require_digest`` (what ``--require-digest`` builds)."""
+    with client.copy_with(require_digest=True) as c:
+        yield c
+
+
 def manifest_answers(proxy: FaultProxy) -> list[tuple[str, bool]]:
     """(method, whether the header reached us) for each manifest request the proxy forwarded."""
     return [(s.method, not any(f.startswith("strip") for f in s.faults)) for s in proxy.hits("/manifests/")]
@@ -85,15 +92,11 @@ def test_a_tag_without_the_header_is_pulled_and_marked_tofu(
 
 
 def test_require_digest_refuses_it_with_what_to_do(
-    stripped: FaultProxy, pushed: Pushed, client: RegistryClient, tmp_path: Path
+    stripped: FaultProxy, pushed: Pushed, strict: RegistryClient, tmp_path: Path
 ) -> None:
     store = BlobStore(tmp_path / "cache")
-    strict = client.copy_with(require_digest=True)
-    try:
-        with pytest.raises(RegistryError) as err:
-            strict.pull(stripped.host, pushed.repo, "1", store)
-    finally:
-        strict.close()
+    with pytest.raises(RegistryError) as err:
+        strict.pull(stripped.host, pushed.repo, "1", store)
     msg = str(err.value)
     assert f"{stripped.host}/{pushed.repo}:1" in msg
     assert "Docker-Content-Digest" in msg and "--require-digest" in msg
@@ -104,28 +107,20 @@ def test_require_digest_refuses_it_with_what_to_do(
 
 
 def test_with_the_header_the_registry_vouches(
-    registry_proxy: FaultProxy, pushed: Pushed, client: RegistryClient, tmp_path: Path
+    registry_proxy: FaultProxy, pushed: Pushed, strict: RegistryClient, tmp_path: Path
 ) -> None:
     store = BlobStore(tmp_path / "cache")
-    strict = client.copy_with(require_digest=True)
-    try:
-        result = strict.pull(registry_proxy.host, pushed.repo, "1", store)
-    finally:
-        strict.close()
+    result = strict.pull(registry_proxy.host, pushed.repo, "1", store)
     assert result.digest_source == "registry" and result.manifest_digest == pushed.image.digest
     assert all(kept for _m, kept in manifest_answers(registry_proxy))
 
 
 def test_a_digest_pin_needs_no_header(
-    stripped: FaultProxy, pushed: Pushed, client: RegistryClient, tmp_path: Path
+    stripped: FaultProxy, pushed: Pushed, strict: RegistryClient, tmp_path: Path
 ) -> None:
     """The reference names the digest and the bytes are hashed against it: nothing is taken on trust."""
     store = BlobStore(tmp_path / "cache")
-    strict = client.copy_with(require_digest=True)
-    try:
-        result = strict.pull(stripped.host, pushed.repo, pushed.image.digest, store)
-    finally:
-        strict.close()
+    result = strict.pull(stripped.host, pushed.repo, pushed.image.digest, store)
     assert result.digest_source == "pinned" and result.manifest_digest == pushed.image.digest
 
 
@@ -160,7 +155,7 @@ def materialize(cache: Path, stage: Path, tag: str, client: RegistryClient) -> d
 
 
 def test_the_sidecar_records_tofu_and_registry(
-    registry_proxy: FaultProxy, pushed: Pushed, client: RegistryClient, tmp_path: Path
+    registry_proxy: FaultProxy, pushed: Pushed, client: RegistryClient, strict: RegistryClient, tmp_path: Path
 ) -> None:
     tag = f"{registry_proxy.host}/{pushed.repo}:1"
     vouched = materialize(tmp_path / "cache-a", tmp_path / "wf-a", tag, client)
@@ -172,12 +167,8 @@ def test_the_sidecar_records_tofu_and_registry(
     assert tofu["manifest_digest"] == pushed.image.digest
     assert tofu["extra"]["digest_source"] == "tofu"
 
-    strict = client.copy_with(require_digest=True)
-    try:
-        with pytest.raises(Exception, match="--require-digest"):
-            materialize(tmp_path / "cache-c", tmp_path / "wf-c", tag, strict)
-    finally:
-        strict.close()
+    with pytest.raises(Exception, match="--require-digest"):
+        materialize(tmp_path / "cache-c", tmp_path / "wf-c", tag, strict)
 
 
 def test_the_command_refuses_tofu_with_require_digest(
