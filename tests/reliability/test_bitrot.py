@@ -108,6 +108,14 @@ def staged_then_rotted(
     return tag, cache, stage, digest, c.signature
 
 
+def assert_healed(done: subprocess.CompletedProcess[str], cache: Path, stage: Path, digest: str) -> None:
+    """The run succeeded, staged and cached the right bytes, and moved the rotten ones aside."""
+    assert done.returncode == 0, done.stderr
+    assert sha256_file(staged_layer(stage, digest)) == digest
+    assert sha256_file(blob(cache, digest)) == digest
+    assert corrupt(cache, digest).is_file()
+
+
 def no_temps(*dirs: Path) -> list[Path]:
     return [p for d in dirs for p in d.rglob("*.tmp")]
 
@@ -122,11 +130,8 @@ def test_online_materialize_catches_the_flip_refetches_and_stages_the_right_byte
     flip_keep_mtime(blob(cache, digest))
     assert sha256_file(blob(cache, digest)) != digest
 
-    again = materialize(cache, tmp_path / "wf2", tag)
-    assert again.returncode == 0, again.stderr
-    assert sha256_file(staged_layer(tmp_path / "wf2", digest)) == digest
-    assert sha256_file(blob(cache, digest)) == digest
-    assert corrupt(cache, digest).is_file()  # the strict check caught it, not a lucky re-hash
+    # the strict check caught it (corrupt/ holds the bad bytes), not a lucky re-hash
+    assert_healed(materialize(cache, tmp_path / "wf2", tag), cache, tmp_path / "wf2", digest)
 
 
 def test_force_rehashes_every_reused_blob_even_when_the_cheap_check_is_fooled(
@@ -140,11 +145,7 @@ def test_force_rehashes_every_reused_blob_even_when_the_cheap_check_is_fooled(
     BlobStore(cache).relinked([digest])  # the record now vouches for the rotten bytes
     assert BlobStore(cache).unchanged(digest)
 
-    forced = materialize(cache, tmp_path / "wf2", tag, "--force")
-    assert forced.returncode == 0, forced.stderr
-    assert sha256_file(staged_layer(tmp_path / "wf2", digest)) == digest
-    assert sha256_file(blob(cache, digest)) == digest
-    assert corrupt(cache, digest).is_file()
+    assert_healed(materialize(cache, tmp_path / "wf2", tag, "--force"), cache, tmp_path / "wf2", digest)
 
 
 def test_offline_materialize_refuses_a_rotten_blob_with_a_clear_error(
