@@ -119,6 +119,14 @@ class RegistryError(ContainerFactoryException):
         super().__init__(message)
 
 
+class UnvouchedDigestError(RegistryError):
+    """``--require-digest``: nothing but the connection vouches for a manifest fetched by tag.
+
+    Its own class so that no fallback (the engine's copy of the same name)
+    quietly replaces what the user asked to be refused.
+    """
+
+
 class AuthenticationError(RegistryError):
     """The registry refused our credentials, or demanded some we lack."""
 

@@ -195,3 +195,9 @@ def test_the_command_refuses_tofu_with_require_digest(
     assert accepted.returncode == 0, accepted.stderr
     [meta] = (tmp_path / "loose").rglob("*_meta.json")
     assert json.loads(meta.read_text())["extra"]["digest_source"] == "tofu"
+    # offline, what the cache holds as trusted on first use is refused the same way
+    offline = run("offline", "--offline", "--require-digest")
+    assert offline.returncode == 1, offline.stderr
+    assert "--require-digest" in offline.stderr and "trust on first use" in offline.stderr
+    assert not (tmp_path / "offline.yaml").exists()
+    assert run("offline-loose", "--offline").returncode == 0

@@ -41,6 +41,7 @@ from ..errors import (
     ContainerEngineException,
     ContainerFactoryException,
     ContainerNotFoundException,
+    UnvouchedDigestError,
 )
 from ..images.blobstore import BlobStore
 from ..images.store import StoreImage, rehash_image, stored_image_blobs
@@ -68,10 +69,13 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
         registry_client: RegistryClient | None = None,
         allow_tag_fallback: bool = False,
         engine: Engine | None = None,
+        require_digest: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
         self._client = registry_client
+        #: Offline, refuse a cached image that was trusted on first use (online the client refuses it).
+        self.require_digest = require_digest
         self._engine = engine
         self._docker_daemon: Engine | None = None
         self.sources = ImageSources(
@@ -172,6 +176,14 @@ class CachedImageFactory(ContainerFactory, StagedSnapshots):
             hit = self._snapshot(ref, *injected, force=force, offline=offline)
         elif offline and not ref.is_local:
             hit = self._known(tag, ref, pin, offline=True) or self._not_cached(tag, ref)
+            if self.require_digest and pin is None and hit.metadata.digest_source == "tofu":
+                raise UnvouchedDigestError(
+                    f"{tag.origTaggedName} ({ref.canonical()}): the cached image "
+                    f"{hit.metadata.manifest_digest} was fetched from a registry that sent no "
+                    "Docker-Content-Digest header (trust on first use); refused because --require-digest "
+                    "is set. Materialize it with network access from a registry that sends the header, "
+                    "or pin it by digest."
+                )
         else:
             hit = self._available(tag, ref, pin, force) or self._fetch(tag, ref, pin, force)
         return self._stage(tag, ref, hit, cdir, force)

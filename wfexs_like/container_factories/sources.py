@@ -33,6 +33,7 @@ from ..errors import (
     IntegrityError,
     ManifestUnknownError,
     RegistryError,
+    UnvouchedDigestError,
 )
 from ..images.base import Image
 from ..images.blobstore import BlobStore
@@ -138,6 +139,8 @@ class ImageSources:
             )
         try:
             result = self._pull(ref, pin)
+        except UnvouchedDigestError:
+            raise  # the engine's copy of that name is vouched for by nothing either
         except RegistryError as e:
             pinned_and_gone = isinstance(e, ManifestUnknownError) and pin is not None
             engine_img = None if pinned_and_gone else self.engine.image(ref.canonical())

@@ -228,6 +228,7 @@ def _factory(
     client: RegistryClient | None,
     snapshot_format: str | None,
     tiers: Tiers | None = None,
+    require_digest: bool = False,
 ) -> ContainerFactory:
     kwargs: dict[str, Any] = {
         "containersCacheDir": cache_dir,
@@ -246,6 +247,8 @@ def _factory(
         kwargs["registry_client"] = client
     if tiers is not None:
         kwargs["tiers"] = tiers
+    if require_digest and _uses_registry(engine):
+        kwargs["require_digest"] = True
     return make_factory(engine, **kwargs)
 
 
@@ -403,6 +406,7 @@ def materialize(
             client=client,
             snapshot_format=snapshot_format,
             tiers=tiers,
+            require_digest=require_digest,
         )
         return _run(
             factory, tags, engine, stage_dir, bridge, offline=offline, force=force, keep_going=keep_going

@@ -34,6 +34,7 @@ from ..errors import (
     ManifestUnknownError,
     PlatformMismatchError,
     RegistryError,
+    UnvouchedDigestError,
 )
 from ..images.blobstore import BlobStore, BlobWriter
 from ..images.manifest import (
@@ -490,7 +491,7 @@ class RegistryClient:
             )
         vouched = actual in (head_digest, (header_digest or "").strip())
         if not vouched and self.require_digest:
-            raise RegistryError(
+            raise UnvouchedDigestError(
                 f"the registry sent the manifest of {label} without a Docker-Content-Digest header, so "
                 f"nothing but the connection vouches that {actual} is what the tag names; refused because "
                 "--require-digest is set. Drop --require-digest to accept it (recorded as trust on first "
