@@ -45,8 +45,9 @@ def test_an_edit_with_the_mtime_restored_fools_size_and_mtime_but_not_the_strict
 def test_relinked_keeps_a_clean_blob_trusted_after_our_own_link(store: BlobStore, tmp_path: Path) -> None:
     digest = store.put_bytes(b"staged")
     os.link(store.path(digest), tmp_path / "staged")
-    assert not store.unchanged(digest)  # the link bumped the ctime
+    assert not store.unchanged(digest, strict=True)  # the link bumped the ctime
     assert store.relinked([digest]) == [digest]
+    assert store.unchanged(digest, strict=True)
     assert store.unchanged(digest)
     assert store.relinked([digest]) == [digest]  # nothing to re-record: still reported as fine
 
@@ -90,8 +91,37 @@ def test_linking_re_records_only_what_passed_the_check_before_the_links(
         assert ok == {clean}
         for d in (clean, rotten):
             os.link(store.path(d), tmp_path / d.split(":")[1])
-    assert store.unchanged(clean)
-    assert not store.unchanged(rotten)
+    assert store.unchanged(clean, strict=True)
+    assert not store.unchanged(rotten, strict=True)
+
+
+def test_links_made_or_removed_by_others_pass_the_reuse_check_but_not_a_write(
+    store: BlobStore, tmp_path: Path
+) -> None:
+    """A deleted stage dir (fewer links) must not cost a re-hash of every layer it shared; a write
+    with the mtime restored and the same links still fails. The gap, a write in the same interval
+    as a link change, is left to ``cache verify --full``."""
+    staged = store.put_bytes(b"staged then the stage dir was deleted")
+    link = tmp_path / "wf" / "blob"
+    link.parent.mkdir()
+    os.link(store.path(staged), link)
+    assert store.relinked([staged]) == [staged]
+    link.unlink()  # the workflow's clean-up: the ctime moves, the link count drops
+    assert not store.unchanged(staged, strict=True)
+    assert store.unchanged(staged)  # ... and the record now says so
+    assert store.unchanged(staged, strict=True)
+
+    written = store.put_bytes(b"written in place" * 10)
+    flip_keep_mtime(store.path(written))
+    assert not store.unchanged(written)
+
+    both = store.put_bytes(b"written, then its stage dir deleted" * 10)
+    os.link(store.path(both), tmp_path / "wf" / "both")
+    store.relinked([both])
+    flip_keep_mtime(store.path(both))
+    (tmp_path / "wf" / "both").unlink()
+    assert store.unchanged(both)  # the documented gap
+    assert not store.verify(both, full=True)
 
 
 def test_a_blob_with_no_record_is_never_trusted_and_relinked_does_not_invent_one(store: BlobStore) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -48,8 +49,13 @@ def is_digest(value: str) -> bool:
     return bool(m) and len(m.group(2)) == _HEX[m.group(1)]
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def split_digest(digest: str) -> tuple[str, str]:
-    """Return (algorithm, hex), refusing anything that could escape a path join."""
+    """Return (algorithm, hex), refusing anything that could escape a path join.
+
+    Cached: a re-stage asks it for the same few digests many times over, and
+    the answer for a string never changes (a refusal raises, and is not cached).
+    """
     m = _DIGEST_RE.match(digest)
     if not m or len(m.group(2)) != _HEX[m.group(1)]:
         raise IntegrityError(

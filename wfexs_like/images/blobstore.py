@@ -77,7 +77,6 @@ _PARTIAL = re.compile(r"sha256-([0-9a-f]{64})\.partial")
 #: What ``BlobStore.remove`` did: deleted it, found nothing to delete, or left it to the process pinning it.
 Removal = Literal["removed", "absent", "in use"]
 #: The trust record's fields, in the order ``unchanged`` compares them.
-_STAT_FIELDS = ("size", "mtime_ns", "ino", "ctime_ns")
 
 log = logging.getLogger(__name__)
 
@@ -522,6 +521,10 @@ class BlobStore:
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"
         self.trust_dir = self.root / "trust" / "sha256"
+        # plain strings for the per-blob hot paths (a re-stage checks every blob of every image)
+        self._blobs_s, self._trust_s = str(self.blobs_dir), str(self.trust_dir)
+        #: the records ``unchanged`` just accepted, so ``relinked`` right after need not read them again
+        self._accepted: dict[str, dict[str, object]] = {}
         self.pins_path = self.root / "pins"
         self.readonly = readonly
         for d in () if readonly else (self.blobs_dir, self.tmp_dir, self.locks_dir, self.trust_dir):
@@ -729,9 +732,15 @@ class BlobStore:
         return self.trust_dir / split_digest(digest)[1]
 
     @staticmethod
-    def _stat_key(path: Path) -> dict[str, int]:
-        st = path.stat()
-        return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "ino": st.st_ino, "ctime_ns": st.st_ctime_ns}
+    def _stat_key(path: Path | str) -> dict[str, int]:
+        st = os.stat(path)
+        return {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "ino": st.st_ino,
+            "ctime_ns": st.st_ctime_ns,
+            "nlink": st.st_nlink,
+        }
 
     def _record_trust(self, digest: str, path: Path) -> None:
         try:
@@ -745,32 +754,58 @@ class BlobStore:
 
     def _trust_record(self, digest: str) -> dict[str, object] | None:
         try:
-            rec = json.loads(self._trust_file(digest).read_text())
+            with open(f"{self._trust_s}/{split_digest(digest)[1]}", "rb") as fh:
+                rec = json.loads(fh.read())
         except (OSError, ValueError):
             return None
         return rec if isinstance(rec, dict) else None
+
+    def _blob_s(self, digest: str) -> str:
+        """``path(digest)`` as a string, without building a ``Path`` (same refusals)."""
+        algo, hexd = split_digest(digest)
+        if algo != "sha256":
+            self.path(digest)  # raises the usual error
+        return f"{self._blobs_s}/{hexd}"
 
     def mark_verified(self, digest: str) -> None:
         """Record that the stored blob was just hashed and found right (after an external re-hash)."""
         self._record_trust(digest, self.path(digest))
 
-    def unchanged(self, digest: str) -> bool:
-        """The strict check, cheap enough for every reuse: the stored blob has the size, mtime, inode
-        *and* ctime it had when last hashed (or re-recorded by ``relinked``).
+    def unchanged(self, digest: str, *, strict: bool = False) -> bool:
+        """The check on every reuse: the stored blob has the size, mtime, inode *and* ctime it had
+        when last hashed (or re-recorded by ``relinked``).
 
         A write changes the ctime and nothing can set it back, so this
         catches an edit whose mtime was restored (``touch -r``), which
-        ``is_trusted`` does not. Linking or unlinking the blob changes the
-        ctime too: call ``relinked`` after our own links, and expect a blob
-        whose links someone else changed (a deleted stage dir) to fail this
-        once and be re-hashed (``verify``), which records it again.
+        ``is_trusted`` does not. Linking or unlinking the blob moves the
+        ctime too, and workflows delete their stage dirs all the time: a
+        re-hash of every shared layer after each such delete would make
+        re-staging cost as much as the image is big. So, unless ``strict``,
+        a ctime that moved *together with the link count* is taken as links
+        made or removed and re-recorded; a ctime that moved with the same
+        link count (a write, a chmod) fails. What this lets through is a
+        write made in the same interval as a link change by someone else
+        (a root workflow that writes into a staged blob, then deletes its
+        stage dir); it is re-recorded then, and only ``cache verify --full``
+        finds it. ``strict`` (``cache verify``) re-hashes on any ctime move.
         """
         rec = self._trust_record(digest)
         try:
-            key = self._stat_key(self.path(digest))
+            key = self._stat_key(self._blob_s(digest))
         except OSError:
             return False
-        return rec is not None and all(rec.get(k) == key[k] for k in _STAT_FIELDS)
+        if rec is None or any(rec.get(k) != key[k] for k in ("size", "mtime_ns", "ino")):
+            return False
+        if rec.get("ctime_ns") != key["ctime_ns"]:
+            if strict or "nlink" not in rec or rec["nlink"] == key["nlink"]:
+                return False
+            with contextlib.suppress(OSError):  # no record: this check fails next time, a re-hash
+                _write_record(self._trust_file(digest), json.dumps(key).encode())
+            rec = key
+        if len(self._accepted) > 4096:
+            self._accepted.clear()
+        self._accepted[digest] = rec
+        return True
 
     def relinked(self, digests: Iterable[str]) -> list[str]:
         """Re-record the ctime of ``digests`` after this process linked them; returns those refreshed.
@@ -785,9 +820,9 @@ class BlobStore:
         """
         refreshed = []
         for digest in digests:
-            rec = self._trust_record(digest)
+            rec = self._accepted.pop(digest, None) or self._trust_record(digest)
             try:
-                key = self._stat_key(self.path(digest))
+                key = self._stat_key(self._blob_s(digest))
             except OSError:
                 continue
             if rec is None or any(rec.get(k) != key[k] for k in ("size", "mtime_ns", "ino")):
