@@ -196,3 +196,28 @@ def test_gc_spares_a_pinned_unreferenced_blob_as_in_use(tmp_path: Path) -> None:
     assert cache.store.has(pinned) and not cache.store.has(loose)
     again = collect_garbage(cache, grace=0)
     assert cache.store.path(pinned) in {i.path for i in again.removed} and not cache.store.has(pinned)
+
+
+def test_gc_spares_a_live_writers_temp_file_and_removes_a_dead_ones_at_once(tmp_path: Path) -> None:
+    """A blob writer's ``tmp/blob-*.tmp`` holds a flock while it lives: ``gc --min-age 0s`` must not
+    remove it under the writer, and must remove one whose process is gone, however young."""
+    cache = ImageCache(tmp_path / "cache")
+    data = b"in progress" * 1000
+    live = cache.store.writer(None, len(data))
+    live.write(data[:100])
+    # a writer killed mid-download: its temp file exists, and its lock went with its process
+    child = (
+        "import os, sys; from pathlib import Path; from wfexs_like.images.blobstore import BlobStore; "
+        "w = BlobStore(Path(sys.argv[1])).writer(None, 10); w.write(b'x'); w._fh.flush(); "
+        "print(w.tmp_path, flush=True); os._exit(0)"
+    )
+    out = subprocess.run([sys.executable, "-c", child, str(cache.store.root)], capture_output=True, text=True)
+    dead = Path(out.stdout.strip())
+    assert dead.is_file() and live.tmp_path.is_file()
+
+    collect_garbage(cache, grace=0)
+    assert live.tmp_path.is_file(), "gc removed the temp file of a live writer"
+    assert not dead.exists(), "gc kept the temp file of a dead writer"
+    live.write(data[100:])
+    digest = live.commit()
+    assert cache.store.verify(digest, full=True)

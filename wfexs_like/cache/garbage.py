@@ -36,11 +36,13 @@ from .usage import dir_claimed, flock_held, remove_unheld_lock
 DEFAULT_GRACE = 3600.0
 #: A lock file younger than this may be about to be locked by the process that just created it.
 _LOCK_GRACE = 60.0
-#: A temporary file younger than this (a record's, or a blob writer's in ``tmp/``, touched by every
-#: write) may be a live writer's, and nothing guards them: spared whatever ``--min-age`` says, or the
-#: writer's rename fails.
+#: A temporary file younger than this (a record's, or any in ``tmp/`` but a blob writer's, which holds
+#: a flock instead) may be a live writer's, and nothing guards it: spared whatever ``--min-age`` says,
+#: or the writer's rename fails.
 _TEMP_GRACE = 60.0
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
+#: What ``BlobWriter`` names its temp files (``tempfile.mkstemp(prefix="blob-", suffix=".tmp")``).
+_BLOB_TEMP = re.compile(r"blob-[A-Za-z0-9_]+\.tmp")
 
 
 @dataclass(frozen=True)
@@ -154,6 +156,13 @@ class _Gc:
                     self.remove(path, "abandoned work dir")
                 else:
                     self.spare(path, "recent work dir")
+            elif _BLOB_TEMP.fullmatch(name):  # a blob writer's: it holds a flock while it lives
+                if flock_held(path):
+                    self.spare(path, "temporary file of a running download")
+                elif self.old(path):
+                    self.remove(path, "temporary file of a dead process")
+                else:
+                    self.spare(path, "recent temporary file")
             elif self.old(path, max(self.grace, _TEMP_GRACE)):  # a live writer's: see _TEMP_GRACE
                 self.remove(path, "stale temporary file")
             else:

@@ -190,13 +190,32 @@ class BlobWriter:
         if expected_size is not None and expected_size - self.offset >= PIPELINE_MIN:
             self._pipe = _PipelinedHash(self._hash)
         if not self.resumable:
-            with self._on_disk_full():
-                fd, name = tempfile.mkstemp(dir=store.tmp_dir, prefix="blob-", suffix=".tmp")
+            fd, name = self._locked_temp()
             self.tmp_path = Path(name)
             self._fh = os.fdopen(fd, "wb")
             self._closed = False
         with _active_lock:
             _active.add(self)
+
+    def _locked_temp(self) -> tuple[int, str]:
+        """A new ``tmp/blob-*.tmp`` whose open file holds a shared flock until the blob is published.
+
+        ``cache gc`` removes a temp file only when it can take that lock
+        itself, so a live writer's file is never removed under it and a dead
+        one's is removed at once. A gc that removed the file between its
+        creation and our lock is noticed (the name no longer leads to our
+        file) and another is taken.
+        """
+        while True:
+            with self._on_disk_full():
+                fd, name = tempfile.mkstemp(dir=self.store.tmp_dir, prefix="blob-", suffix=".tmp")
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                if os.stat(name).st_ino == os.fstat(fd).st_ino:
+                    return fd, name
+            except FileNotFoundError:
+                pass
+            os.close(fd)
 
     def _what(self) -> str:
         if self.expected_digest is None:
@@ -291,9 +310,10 @@ class BlobWriter:
             with self._on_disk_full():
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
-                self._closed = True
-                self._fh.close()
+            # published while still open: the temp file's flock (see _locked_temp) lasts until renamed
             self.store._publish(self.tmp_path, digest)
+            self._closed = True
+            self._fh.close()
         except BaseException:
             self.discard()
             raise
