@@ -572,3 +572,34 @@ def test_claimed_dir_is_released_with_its_fd(tmp_path: Path) -> None:
     assert dir_claimed(d)
     os.close(fd)
     assert not dir_claimed(d)
+
+
+def test_a_work_dir_a_gc_swept_before_it_was_claimed_is_made_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The instant between ``mkdtemp`` and the claim: a gc that removed the dir then (both ways it can
+    happen) must not leave the run working in a dir that no longer exists."""
+    from wfexs_like.cache import usage
+
+    real_claim = usage.claim_dir
+    calls = {"n": 0}
+
+    def racing_claim(path: Path) -> int:
+        calls["n"] += 1
+        if calls["n"] == 1:  # gc removed it before we opened it
+            path.rmdir()
+        fd = real_claim(path)
+        if calls["n"] == 2:  # gc removed it after we opened it, before our lock could stop it
+            path.rmdir()
+        return fd
+
+    monkeypatch.setattr(usage, "claim_dir", racing_claim)
+    path, fd = usage.claimed_temp_dir(tmp_path, "factory-")
+    try:
+        assert calls["n"] == 3 and path.is_dir()
+        assert usage.hold_unclaimed(path) is None  # claimed: gc keeps its hands off
+    finally:
+        os.close(fd)
+    held = usage.hold_unclaimed(path)
+    assert held is not None
+    os.close(held)

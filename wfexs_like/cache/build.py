@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +30,7 @@ from ..fsutil import reword_disk_full
 from ..images.blobstore import FULL_CACHE_HINT
 from ..model import ImageMetadata
 from .snapshots import CacheHit, ImageCache, SnapshotKind
-from .usage import claim_dir
+from .usage import claimed_temp_dir
 
 if TYPE_CHECKING:
     from ..images.base import Image
@@ -43,8 +42,7 @@ if TYPE_CHECKING:
 @contextlib.contextmanager
 def work_dir(cache: ImageCache, prefix: str) -> Iterator[Path]:
     """A private directory inside the cache (same filesystem: publishing is a rename)."""
-    path = Path(tempfile.mkdtemp(prefix=prefix, dir=cache.store.tmp_dir))
-    claim = claim_dir(path)  # `cache gc` sweeps it only once this process is gone
+    path, claim = claimed_temp_dir(cache.store.tmp_dir, prefix)  # `cache gc` sweeps it once we are gone
     try:
         yield path
     except DiskFullError as e:

@@ -30,7 +30,7 @@ from ..model import META_JSON_POSTFIX
 from .inventory import ENTRY_KINDS, CacheEntry, blob_referrers, scan_entries
 from .lifecycle import extra_bytes, retire, store_inodes
 from .snapshots import SNAPSHOT_KINDS, ImageCache
-from .usage import dir_claimed, flock_held, remove_unheld_lock
+from .usage import flock_held, hold_unclaimed, remove_unheld_lock
 
 #: What gc spares: unreferenced blobs, temporary and partial files younger than this (seconds).
 DEFAULT_GRACE = 3600.0
@@ -150,12 +150,17 @@ class _Gc:
             elif name.endswith(".partial"):
                 self.partial(path)
             elif path.is_dir() and not path.is_symlink():
-                if dir_claimed(path):
+                held = hold_unclaimed(path)  # no claim can start while we hold it
+                if held is None:
                     self.spare(path, "work dir of a running process")
-                elif self.old(path):
-                    self.remove(path, "abandoned work dir")
-                else:
-                    self.spare(path, "recent work dir")
+                    continue
+                try:
+                    if self.old(path):
+                        self.remove(path, "abandoned work dir")
+                    else:
+                        self.spare(path, "recent work dir")
+                finally:
+                    os.close(held)
             elif _BLOB_TEMP.fullmatch(name):  # a blob writer's: it holds a flock while it lives
                 if flock_held(path):
                     self.spare(path, "temporary file of a running download")
@@ -335,8 +340,9 @@ class _Gc:
             self.removed.append(GcItem(path, what, 0))
 
 
-#: A work dir is claimed (``usage.claim_dir``) by its owner for as long as it lives, whatever its age;
-#: the grace only covers the instant between ``mkdtemp`` and the claim.
+#: A work dir is claimed (``usage.claimed_temp_dir``) by its owner for as long as it lives, whatever its
+#: age, and a claim lost to a sweep in the instant after ``mkdtemp`` is retried; the grace only spares
+#: a dir some other tool made there.
 WORK_DIR_GRACE = 10.0
 
 
@@ -349,8 +355,13 @@ def sweep_dead_work(cache: ImageCache, *, grace: float = WORK_DIR_GRACE) -> GcRe
     with contextlib.suppress(OSError):
         for name in sorted(os.listdir(tmp)):
             path = tmp / name
-            if path.is_dir() and not path.is_symlink() and not dir_claimed(path) and run.old(path):
-                run.remove(path, "abandoned work dir")
+            if not path.is_dir() or path.is_symlink() or (held := hold_unclaimed(path)) is None:
+                continue
+            try:
+                if run.old(path):
+                    run.remove(path, "abandoned work dir")
+            finally:
+                os.close(held)
     return GcReport(dry_run=False, removed=tuple(run.removed), spared=tuple(run.spared))
 
 

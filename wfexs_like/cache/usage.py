@@ -32,6 +32,7 @@ import errno
 import fcntl
 import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -226,6 +227,43 @@ def flock_held(path: Path, *, directory: bool = False) -> bool:
 def dir_claimed(path: Path) -> bool:
     """Does a live process hold a ``claim_dir`` on this work dir?"""
     return flock_held(path, directory=True)
+
+
+def claimed_temp_dir(parent: Path, prefix: str) -> tuple[Path, int]:
+    """A new work dir under ``parent``, already claimed (``claim_dir``): (its path, the claim's fd).
+
+    A gc may see the dir between its creation and the claim, find it
+    unclaimed and remove it (it takes the dir's lock exclusively while it
+    does, see ``hold_unclaimed``); such a dir is noticed here, because its
+    name no longer leads to the claimed one, and another is made.
+    """
+    while True:
+        path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        try:
+            fd = claim_dir(Path(path))
+        except FileNotFoundError:
+            continue
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return Path(path), fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def hold_unclaimed(path: Path) -> int | None:
+    """For gc: an fd holding ``path``'s work-dir lock exclusively, or None when a live process
+    claims it. Keep it open while removing the dir, so no claim can start meanwhile."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
 
 
 def claim_dir(path: Path) -> int:

@@ -14,14 +14,13 @@ import atexit
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..cache import ContainerCacheHandler, SnapshotKind, default_cache_dir
 from ..cache.garbage import sweep_dead_work
 from ..cache.handler import ENGINE_KINDS
-from ..cache.usage import claim_dir
+from ..cache.usage import claimed_temp_dir
 from ..errors import ContainerFactoryException, ContainerNotFoundException
 from ..images.manifest import Platform
 from ..model import Container, ContainerTaggedName
@@ -67,10 +66,10 @@ class ContainerFactory(ReferenceIdentity):
         )
         if tempDir is None:
             # Inside the cache, so a killed run leaves its litter where `cache gc` looks.
-            tempDir = tempfile.mkdtemp(prefix="factory-", dir=self.cc_handler.store.tmp_dir)
-            atexit.register(shutil.rmtree, tempDir, True)
             # Claimed for the factory's lifetime, so `cache gc` never sweeps a live factory's dir.
-            self._temp_claim = claim_dir(Path(tempDir))
+            claimed, self._temp_claim = claimed_temp_dir(self.cc_handler.store.tmp_dir, "factory-")
+            tempDir = str(claimed)
+            atexit.register(shutil.rmtree, tempDir, True)
             try:  # what killed runs left behind; never a reason to fail this one
                 sweep_dead_work(self.cc_handler.cache)
             except OSError as e:
