@@ -92,6 +92,17 @@ def absent_from_docker(client: docker.DockerClient, image_id: str) -> None:
         client.images.get(image_id)
 
 
+def cached_then_rotted(rot_image: tuple[str, BuiltImage], tmp_path: Path) -> tuple[str, Path, str]:
+    """Materialize into ``wf1``, then rot the biggest layer in the cache: (tag, cache, layer digest)."""
+    tag, image = rot_image
+    cache, digest = tmp_path / "cache", layer(image)
+    first = materialize(cache, tmp_path / "wf1", tag)
+    assert first.returncode == 0, first.stderr
+    flip_keep_mtime(blob(cache, digest))
+    assert sha256_file(blob(cache, digest)) != digest
+    return tag, cache, digest
+
+
 def staged_then_rotted(
     rot_image: tuple[str, BuiltImage], tmp_path: Path, docker_client: docker.DockerClient, made: list[str]
 ) -> tuple[str, Path, Path, str, str]:
@@ -123,12 +134,7 @@ def no_temps(*dirs: Path) -> list[Path]:
 def test_online_materialize_catches_the_flip_refetches_and_stages_the_right_bytes(
     rot_image: tuple[str, BuiltImage], tmp_path: Path
 ) -> None:
-    tag, image = rot_image
-    cache, digest = tmp_path / "cache", layer(image)
-    first = materialize(cache, tmp_path / "wf1", tag)
-    assert first.returncode == 0, first.stderr
-    flip_keep_mtime(blob(cache, digest))
-    assert sha256_file(blob(cache, digest)) != digest
+    tag, cache, digest = cached_then_rotted(rot_image, tmp_path)
 
     # the strict check caught it (corrupt/ holds the bad bytes), not a lucky re-hash
     assert_healed(materialize(cache, tmp_path / "wf2", tag), cache, tmp_path / "wf2", digest)
@@ -138,10 +144,7 @@ def test_force_rehashes_every_reused_blob_even_when_the_cheap_check_is_fooled(
     rot_image: tuple[str, BuiltImage], tmp_path: Path
 ) -> None:
     """The window the strict check cannot see (an edit re-recorded as our own link): --force hashes."""
-    tag, image = rot_image
-    cache, digest = tmp_path / "cache", layer(image)
-    assert materialize(cache, tmp_path / "wf1", tag).returncode == 0
-    flip_keep_mtime(blob(cache, digest))
+    tag, cache, digest = cached_then_rotted(rot_image, tmp_path)
     BlobStore(cache).relinked([digest])  # the record now vouches for the rotten bytes
     assert BlobStore(cache).unchanged(digest)
 
@@ -151,10 +154,7 @@ def test_force_rehashes_every_reused_blob_even_when_the_cheap_check_is_fooled(
 def test_offline_materialize_refuses_a_rotten_blob_with_a_clear_error(
     rot_image: tuple[str, BuiltImage], tmp_path: Path
 ) -> None:
-    tag, image = rot_image
-    cache, digest = tmp_path / "cache", layer(image)
-    assert materialize(cache, tmp_path / "wf1", tag).returncode == 0
-    flip_keep_mtime(blob(cache, digest))
+    tag, cache, digest = cached_then_rotted(rot_image, tmp_path)
 
     offline = materialize(cache, tmp_path / "wf2", tag, "--offline")
     assert offline.returncode == 1, offline.stdout
