@@ -57,6 +57,7 @@ from .snapshots import ImageCache, read_json
 from .usage import IMAGE_KIND
 
 if TYPE_CHECKING:
+    from ..images.blobstore import BlobStore
     from ..registry.client import RegistryClient
 
 _LABEL = "cache verify"
@@ -314,31 +315,13 @@ def _links_intact(entry: CacheEntry, good: Mapping[str, tuple[int, int]]) -> boo
     return True
 
 
-def _unchanged(store: Any, digests: Sequence[str]) -> dict[str, tuple[int, int]]:
-    """The blobs of ``digests`` that look exactly as when last hashed (``BlobStore.unchanged``: the
-    trust record's size, mtime, inode and ctime), with their (device, inode).
-
-    The same test as ``unchanged``, on plain string paths: it runs once per
-    blob of the store, and ``pathlib`` would cost more than the two system
-    calls. A trust record it cannot read counts as changed (the blob is
-    hashed, never trusted blindly)."""
-    blobs, trust = str(store.blobs_dir), str(store.trust_dir)
+def _unchanged(store: BlobStore, digests: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """The blobs of ``digests`` that pass the store's strict check (any ctime move fails it: what
+    verify is asked for), with their (device, inode). The others are hashed."""
     out: dict[str, tuple[int, int]] = {}
     for d in digests:
-        hexd = d[7:]
-        try:
-            with open(f"{trust}/{hexd}", "rb") as fh:
-                rec = json.loads(fh.read())
-            st = os.stat(f"{blobs}/{hexd}")
-        except (OSError, ValueError):
-            continue
-        if (
-            isinstance(rec, dict)
-            and rec.get("size") == st.st_size
-            and rec.get("mtime_ns") == st.st_mtime_ns
-            and rec.get("ino") == st.st_ino
-            and rec.get("ctime_ns") == st.st_ctime_ns
-        ):
+        st = store.unchanged_stat(d, strict=True)
+        if st is not None:
             out[d] = (st.st_dev, st.st_ino)
     return out
 

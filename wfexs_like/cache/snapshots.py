@@ -133,32 +133,6 @@ def _metadata(reference: str, fingerprint: str, raw: Mapping[str, Any]) -> Image
     return ImageMetadata.from_json({**defaults, **raw})
 
 
-def vouch(store: BlobStore, digest: str) -> bool:
-    """Is the stored blob ``digest`` intact? The strict check, else one full hash (which re-records
-    a blob only our or someone's links touched, and moves rotten bytes to ``corrupt/``)."""
-    if store.unchanged(digest):
-        return True
-    if store.readonly:  # nothing can be re-recorded there: size and mtime, as before
-        return store.is_trusted(digest)
-    return store.verify(digest, full=True)
-
-
-class StrictTrust:
-    """The store as ``layout.trusted_by`` asks it: the strict check (``vouch``) for the store's own
-    files, size and mtime (``is_trusted``) for a copy elsewhere, whose ctime is its own."""
-
-    def __init__(self, store: BlobStore) -> None:
-        self.store = store
-
-    def path(self, digest: str) -> Path:
-        return self.store.path(digest)
-
-    def is_trusted(self, digest: str, path: Path | None = None) -> bool:
-        if path is None:
-            return vouch(self.store, digest)
-        return self.store.is_trusted(digest, path)
-
-
 def layout_blobs(layout: Path) -> list[str]:
     """The digests of the blob files an OCI layout dir holds (one listing: what a stage linked)."""
     try:
@@ -510,14 +484,14 @@ class ImageCache:
         if snapshot.is_dir():
             if not (snapshot / "index.json").is_file():
                 return [f"{snapshot}: missing index.json"]
-            return verify_oci_layout(snapshot, StrictTrust(self.store), full, fingerprint=fingerprint)  # type: ignore[arg-type]
+            return verify_oci_layout(snapshot, self.store, full, fingerprint=fingerprint, strict=True)
         if not snapshot.is_file():
             return [f"{snapshot}: missing"]
         # path().is_file(), not has(): a trust shortcut must not fetch the blob from a tier.
         if (
             not full
             and self.store.path(fingerprint).is_file()
-            and trusted_by(StrictTrust(self.store), fingerprint, snapshot)  # type: ignore[arg-type]
+            and trusted_by(self.store, fingerprint, snapshot, strict=True)
         ):
             return []
         actual = sha256_file(snapshot)

@@ -65,7 +65,7 @@ from filelock import FileLock, Timeout
 
 from ..digests import CHUNK, sha256_file, split_digest
 from ..errors import CacheError, DiskFullError, IntegrityError
-from ..fsutil import disk_full_error, free_bytes, fsync_dir, human_bytes, is_disk_full
+from ..fsutil import disk_full_error, free_bytes, fsync_dir, human_bytes, is_disk_full, names_open_file
 
 BLOB_MODE = 0o444
 #: What a user can do about a full cache, appended to every ``DiskFullError`` the store raises.
@@ -210,11 +210,8 @@ class BlobWriter:
             with self._on_disk_full():
                 fd, name = tempfile.mkstemp(dir=self.store.tmp_dir, prefix="blob-", suffix=".tmp")
             fcntl.flock(fd, fcntl.LOCK_SH)
-            try:
-                if os.stat(name).st_ino == os.fstat(fd).st_ino:
-                    return fd, name
-            except FileNotFoundError:
-                pass
+            if names_open_file(name, fd):
+                return fd, name
             os.close(fd)
 
     def _what(self) -> str:
@@ -753,7 +750,10 @@ class BlobStore:
 
     @staticmethod
     def _stat_key(path: Path | str) -> dict[str, int]:
-        st = os.stat(path)
+        return BlobStore._key_of(os.stat(path))
+
+    @staticmethod
+    def _key_of(st: os.stat_result) -> dict[str, int]:
         return {
             "size": st.st_size,
             "mtime_ns": st.st_mtime_ns,
@@ -792,7 +792,12 @@ class BlobStore:
         self._record_trust(digest, self.path(digest))
 
     def unchanged(self, digest: str, *, strict: bool = False) -> bool:
-        """The check on every reuse: the stored blob has the size, mtime, inode *and* ctime it had
+        """See ``unchanged_stat``."""
+        return self.unchanged_stat(digest, strict=strict) is not None
+
+    def unchanged_stat(self, digest: str, *, strict: bool = False) -> os.stat_result | None:
+        """The check on every reuse (the blob's ``stat`` when it passes, for callers that also want
+        its inode): the stored blob has the size, mtime, inode *and* ctime it had
         when last hashed (or re-recorded by ``relinked``).
 
         A write changes the ctime and nothing can set it back, so this
@@ -811,21 +816,32 @@ class BlobStore:
         """
         rec = self._trust_record(digest)
         try:
-            key = self._stat_key(self._blob_s(digest))
+            st = os.stat(self._blob_s(digest))
         except OSError:
-            return False
+            return None
+        key = self._key_of(st)
         if rec is None or any(rec.get(k) != key[k] for k in ("size", "mtime_ns", "ino")):
-            return False
+            return None
         if rec.get("ctime_ns") != key["ctime_ns"]:
             if strict or "nlink" not in rec or rec["nlink"] == key["nlink"]:
-                return False
+                return None
             with contextlib.suppress(OSError):  # no record: this check fails next time, a re-hash
                 _write_record(self._trust_file(digest), json.dumps(key).encode())
             rec = key
         if len(self._accepted) > 4096:
             self._accepted.clear()
         self._accepted[digest] = rec
-        return True
+        return st
+
+    def vouch(self, digest: str) -> bool:
+        """Is the stored blob intact? ``unchanged``, else one full hash (which re-records a blob only
+        links touched, and moves rotten bytes to ``corrupt/``). A read-only store can record and
+        move nothing: size and mtime decide there (``is_trusted``)."""
+        if self.unchanged(digest):
+            return True
+        if self.readonly:
+            return self.is_trusted(digest)
+        return self.verify(digest, full=True)
 
     def relinked(self, digests: Iterable[str]) -> list[str]:
         """Re-record the ctime of ``digests`` after this process linked them; returns those refreshed.

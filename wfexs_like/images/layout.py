@@ -257,10 +257,14 @@ def read_oci_layout(
     return idx, digest, name
 
 
-def trusted_by(store: BlobStore, digest: str, p: Path, st: os.stat_result | None = None) -> bool:
+def trusted_by(
+    store: BlobStore, digest: str, p: Path, st: os.stat_result | None = None, *, strict: bool = False
+) -> bool:
     """Does ``store`` vouch for the file ``p`` holding ``digest``? (same inode, or recorded size+mtime)
 
-    ``st``: ``p``'s ``stat`` when the caller has it already.
+    ``st``: ``p``'s ``stat`` when the caller has it already. ``strict``: the
+    store's own inode must pass ``BlobStore.vouch`` (the ctime check, else a
+    re-hash); a copy elsewhere has a ctime of its own, so size and mtime decide.
     """
     try:
         st = st or p.stat()
@@ -268,7 +272,7 @@ def trusted_by(store: BlobStore, digest: str, p: Path, st: os.stat_result | None
     except OSError:
         return store.is_trusted(digest, p)
     if (st.st_dev, st.st_ino) == (sst.st_dev, sst.st_ino):
-        return store.is_trusted(digest)
+        return store.vouch(digest) if strict else store.is_trusted(digest)
     return store.is_trusted(digest, p)
 
 
@@ -411,7 +415,12 @@ def _write_small(path: Path, data: bytes) -> None:
 
 
 def verify_oci_layout(
-    path: Path, store: BlobStore | None = None, full: bool = False, *, fingerprint: str | None = None
+    path: Path,
+    store: BlobStore | None = None,
+    full: bool = False,
+    *,
+    fingerprint: str | None = None,
+    strict: bool = False,
 ) -> list[str]:
     """List what is wrong with a layout (empty list: it is intact).
 
@@ -421,6 +430,7 @@ def verify_oci_layout(
     mtime match the store's record (``BlobStore.is_trusted``); ``full``
     re-hashes everything regardless. ``fingerprint``: what ``index.json``
     must hash to (the snapshot's fingerprint), checked on the bytes read here.
+    ``strict``: as for ``trusted_by``.
     """
     path = Path(path)
     within = _Within(path)
@@ -492,7 +502,7 @@ def verify_oci_layout(
         if desc.digest in checked:
             return None
         checked.add(desc.digest)
-        if not full and store is not None and trusted_by(store, desc.digest, p, st):
+        if not full and store is not None and trusted_by(store, desc.digest, p, st, strict=strict):
             return None
         actual = sha256_file(p)
         if actual != desc.digest:
