@@ -597,9 +597,9 @@ def test_a_work_dir_a_gc_swept_before_it_was_claimed_is_made_again(
     path, fd = usage.claimed_temp_dir(tmp_path, "factory-")
     try:
         assert calls["n"] == 3 and path.is_dir()
-        assert usage.hold_unclaimed(path) is None  # claimed: gc keeps its hands off
+        assert usage.hold_unlocked(path, directory=True) is None  # claimed: gc keeps its hands off
     finally:
         os.close(fd)
-    held = usage.hold_unclaimed(path)
+    held = usage.hold_unlocked(path, directory=True)
     assert held is not None
     os.close(held)

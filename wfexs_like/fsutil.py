@@ -169,6 +169,18 @@ def translate_disk_full(directory: Path, *, what: str, needed: int | None = None
         raise disk_full_error(directory, what=what, needed=needed, code=e.errno) from e
 
 
+def names_open_file(path: str | Path, fd: int) -> bool:
+    """Does ``path`` still lead to the file open as ``fd``? False once a sweep has removed it.
+
+    What a creator checks after locking a fresh temp file or dir that a
+    concurrent ``cache gc`` may have removed between its creation and the lock.
+    """
+    try:
+        return os.stat(path).st_ino == os.fstat(fd).st_ino
+    except FileNotFoundError:
+        return False
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename durable; some filesystems refuse to fsync a directory, which is fine."""
     try:

@@ -30,7 +30,7 @@ from ..model import META_JSON_POSTFIX
 from .inventory import ENTRY_KINDS, CacheEntry, blob_referrers, scan_entries
 from .lifecycle import extra_bytes, retire, store_inodes
 from .snapshots import SNAPSHOT_KINDS, ImageCache
-from .usage import flock_held, hold_unclaimed, remove_unheld_lock
+from .usage import flock_held, hold_unlocked, remove_unheld_lock
 
 #: What gc spares: unreferenced blobs, temporary and partial files younger than this (seconds).
 DEFAULT_GRACE = 3600.0
@@ -150,28 +150,30 @@ class _Gc:
             elif name.endswith(".partial"):
                 self.partial(path)
             elif path.is_dir() and not path.is_symlink():
-                held = hold_unclaimed(path)  # no claim can start while we hold it
-                if held is None:
-                    self.spare(path, "work dir of a running process")
-                    continue
-                try:
-                    if self.old(path):
-                        self.remove(path, "abandoned work dir")
-                    else:
-                        self.spare(path, "recent work dir")
-                finally:
-                    os.close(held)
+                self.unless_locked(path, True, "work dir of a running process", "abandoned work dir")
             elif _BLOB_TEMP.fullmatch(name):  # a blob writer's: it holds a flock while it lives
-                if flock_held(path):
-                    self.spare(path, "temporary file of a running download")
-                elif self.old(path):
-                    self.remove(path, "temporary file of a dead process")
-                else:
-                    self.spare(path, "recent temporary file")
+                self.unless_locked(
+                    path, False, "temporary file of a running download", "temporary file of a dead process"
+                )
             elif self.old(path, max(self.grace, _TEMP_GRACE)):  # a live writer's: see _TEMP_GRACE
                 self.remove(path, "stale temporary file")
             else:
                 self.spare(path, "recent temporary file")
+
+    def unless_locked(self, path: Path, directory: bool, live: str, dead: str) -> None:
+        """Remove ``path`` (once older than the grace) unless its owner's flock says it lives; the
+        lock is held while removing, so no owner can take it in between."""
+        held = hold_unlocked(path, directory=directory)
+        if held is None:
+            self.spare(path, live)
+            return
+        try:
+            if self.old(path):
+                self.remove(path, dead)
+            else:
+                self.spare(path, "recent " + ("work dir" if directory else "temporary file"))
+        finally:
+            os.close(held)
 
     def partial(self, path: Path) -> None:
         m = re.fullmatch(r"sha256-([0-9a-f]{64})\.partial", path.name)
@@ -355,13 +357,8 @@ def sweep_dead_work(cache: ImageCache, *, grace: float = WORK_DIR_GRACE) -> GcRe
     with contextlib.suppress(OSError):
         for name in sorted(os.listdir(tmp)):
             path = tmp / name
-            if not path.is_dir() or path.is_symlink() or (held := hold_unclaimed(path)) is None:
-                continue
-            try:
-                if run.old(path):
-                    run.remove(path, "abandoned work dir")
-            finally:
-                os.close(held)
+            if path.is_dir() and not path.is_symlink():
+                run.unless_locked(path, True, "work dir of a running process", "abandoned work dir")
     return GcReport(dry_run=False, removed=tuple(run.removed), spared=tuple(run.spared))
 
 

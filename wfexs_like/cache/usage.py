@@ -38,6 +38,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..fsutil import names_open_file
+
 #: A stage of an entry already recorded within this many seconds is not written again.
 TOUCH_INTERVAL = 60.0
 #: The kind of a tag resolution: the registry image (manifest, config, layers) in the blob store.
@@ -208,20 +210,28 @@ def remove_unheld_lock(path: Path) -> bool:
     return True
 
 
-def flock_held(path: Path, *, directory: bool = False) -> bool:
-    """Does a live process hold an flock on ``path`` (a lock file, or a claimed work dir)? Creates nothing."""
-    flags = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (os.O_DIRECTORY if directory else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return False
+def _lock_flags(directory: bool) -> int:
+    return os.O_RDONLY | getattr(os, "O_CLOEXEC", 0) | (os.O_DIRECTORY if directory else 0)
+
+
+def _lock_exclusive_now(fd: int) -> bool:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
-        return True
+        return False
+    return True
+
+
+def flock_held(path: Path, *, directory: bool = False) -> bool:
+    """Does a live process hold an flock on ``path`` (a lock file, or a claimed work dir)? Creates nothing."""
+    try:
+        fd = os.open(path, _lock_flags(directory))
+    except OSError:
+        return False
+    try:
+        return not _lock_exclusive_now(fd)
     finally:
         os.close(fd)
-    return False
 
 
 def dir_claimed(path: Path) -> bool:
@@ -234,7 +244,7 @@ def claimed_temp_dir(parent: Path, prefix: str) -> tuple[Path, int]:
 
     A gc may see the dir between its creation and the claim, find it
     unclaimed and remove it (it takes the dir's lock exclusively while it
-    does, see ``hold_unclaimed``); such a dir is noticed here, because its
+    does, see ``hold_unlocked``); such a dir is noticed here, because its
     name no longer leads to the claimed one, and another is made.
     """
     while True:
@@ -243,27 +253,23 @@ def claimed_temp_dir(parent: Path, prefix: str) -> tuple[Path, int]:
             fd = claim_dir(Path(path))
         except FileNotFoundError:
             continue
-        try:
-            if os.stat(path).st_ino == os.fstat(fd).st_ino:
-                return Path(path), fd
-        except FileNotFoundError:
-            pass
+        if names_open_file(path, fd):
+            return Path(path), fd
         os.close(fd)
 
 
-def hold_unclaimed(path: Path) -> int | None:
-    """For gc: an fd holding ``path``'s work-dir lock exclusively, or None when a live process
-    claims it. Keep it open while removing the dir, so no claim can start meanwhile."""
+def hold_unlocked(path: Path, *, directory: bool = False) -> int | None:
+    """For gc: an fd holding ``path``'s flock exclusively, or None when a live process holds it (a
+    claimed work dir, a blob writer's temp file) or it is gone. Keep the fd open while removing
+    ``path``, so no owner can lock it meanwhile."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(path, _lock_flags(directory))
     except OSError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
+    if _lock_exclusive_now(fd):
+        return fd
+    os.close(fd)
+    return None
 
 
 def claim_dir(path: Path) -> int:
