@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import os
 import ssl
 import threading
@@ -283,7 +284,7 @@ def test_credentials_do_not_follow_a_redirect_to_another_host(origin: Origin, tm
     assert second.status == 200 and "Authorization" not in second.headers
 
 
-def test_tls_is_verified_with_the_ca_bundle(tmp_path: Path) -> None:
+def test_tls_is_verified_with_the_ca_bundle(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     certs = tmp_path / "certs"
     certs.mkdir()
     cert, key = make_tls_cert(certs)
@@ -297,8 +298,10 @@ def test_tls_is_verified_with_the_ca_bundle(tmp_path: Path) -> None:
             assert c.download(url, out / "tool.sif", expected_digest=SIF_DIGEST) == SIF_DIGEST
         with client(retries=0) as c, pytest.raises(RegistryError, match="--cert-dir"):
             c.download(url, out / "untrusted.sif")
-        with pytest.warns(Warning), client(insecure_registries=["127.0.0.1"]) as c:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING), client(insecure_registries=["127.0.0.1"]) as c:
             assert c.download(url, out / "insecure.sif") == SIF_DIGEST
+        assert any("TLS certificate not verified" in r.getMessage() for r in caplog.records)
     finally:
         secure.stop()
     assert leftovers(out) == ["insecure.sif", "tool.sif"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import subprocess
 import threading
@@ -510,7 +511,7 @@ fi
     assert asked.read_text().split() == [auth_registry.host], "asked once, with the bare host"
 
 
-def test_tls_certificate_is_verified(auth_registry, src_store, blob_store, tmp_path) -> None:
+def test_tls_certificate_is_verified(auth_registry, src_store, blob_store, tmp_path, caplog) -> None:
     _push_private(auth_registry, src_store, "private/tls")
     user, pw = next(iter(auth_registry.users.items()))
     cfg = write_docker_config(
@@ -519,8 +520,14 @@ def test_tls_certificate_is_verified(auth_registry, src_store, blob_store, tmp_p
     with client(docker_config=cfg, retries=0) as c, pytest.raises(RegistryError, match="--cert-dir"):
         c.pull(f"https://{auth_registry.host}", "private/tls", "v1", blob_store)
     # Declared insecure: TLS is still used, but not verified.
-    with pytest.warns(Warning), client(docker_config=cfg, insecure_registries=[auth_registry.host]) as c:
+    caplog.clear()
+    with (
+        caplog.at_level(logging.WARNING),
+        client(docker_config=cfg, insecure_registries=[auth_registry.host]) as c,
+    ):
         assert c.pull(auth_registry.host, "private/tls", "v1", blob_store).manifest_digest
+    said = [r.getMessage() for r in caplog.records if "not verified" in r.getMessage()]
+    assert said == [f"{auth_registry.host}: TLS certificate not verified (declared an insecure registry)"]
 
 
 def test_bearer_token_anonymous_and_with_credentials(token_registry, src_store, blob_store, tmp_path) -> None:

@@ -1,9 +1,10 @@
 """What a re-stage loads: a warm, offline ``materialize`` imports no HTTP stack and no engine SDK.
 
 Start-up is most of what a warm re-stage costs (issue 12), and the HTTP
-stack (requests, urllib3, ssl) and the Docker SDK are the largest imports
-the package has. Offline, no registry is asked and no engine is touched, so
-none of them may load; online, the registry serves the images and the
+stack (http.client, ssl) and the Docker SDK are the largest imports the
+package has. Offline, no registry is asked and no engine is touched, so
+none of them may load; online, the registry serves the images through our
+own client on http.client (requests and urllib3 are never loaded) and the
 Docker SDK is needed only to deploy or to fall back to the engine. This is
 checked on the real command, as a subprocess, by what ``-X importtime``
 reports it imported (every module, whoever imported it): a behaviour, not
@@ -25,7 +26,8 @@ from tests.support.push import push_image
 from tests.support.registry import RunningRegistry
 from wfexs_like.images.blobstore import BlobStore
 
-NETWORK = ("requests", "urllib3", "ssl", "http.client", "charset_normalizer", "idna")
+CLIENT = "wfexs_like.registry.httpio"
+NETWORK = ("requests", "urllib3", "ssl", "http.client", "charset_normalizer", "idna", CLIENT)
 SDKS = ("docker", "boto3", "botocore", "spython")
 _IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")
 
@@ -68,7 +70,7 @@ def test_an_offline_restage_imports_no_network_code_and_no_sdk(
     cache = tmp_path / "cache"
     common = ["--engine", engine, "--cache-dir", str(cache)]
     first = imported_by("materialize", *tags, *common, "--stage-dir", str(tmp_path / "warm"), "-q")
-    assert loaded(first, ("requests",)), "the warming run did not use the registry client"
+    assert loaded(first, (CLIENT,)), "the warming run did not use the registry client"
 
     modules = imported_by(
         "materialize", *tags, *common, "--offline", "--stage-dir", str(tmp_path / "again"),
@@ -85,5 +87,5 @@ def test_an_online_materialize_served_by_the_registry_never_loads_the_docker_sdk
         "materialize", *tags, "--engine", "docker", "--cache-dir", str(tmp_path / "cache"),
         "--stage-dir", str(tmp_path / "wf"), "-q",
     )  # fmt: skip
-    assert loaded(modules, ("requests",)), "the run did not use the registry client"
-    assert loaded(modules, SDKS) == []
+    assert loaded(modules, (CLIENT,)), "the run did not use the registry client"
+    assert loaded(modules, (*SDKS, "requests", "urllib3")) == []

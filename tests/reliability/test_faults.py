@@ -117,7 +117,7 @@ REGISTRY_FAULTS: tuple[Fault, ...] = (
     Fault("wrong-manifest-once", "manifests", lambda p, m: [p.corrupt(m, times=1)], True),
     # persistent: one line that says what is wrong, and nothing published
     Fault("reset-always", "blobs", lambda p, m: [p.reset(m, times=None)], False,
-          r"could not reach .* blob {layer} .* after \d+ attempts: the connection broke off"),
+          r"could not reach .* blob {layer} .* after \d+ attempts: the connection was reset"),
     Fault("truncated-always", "blobs", lambda p, m: [p.truncate(m, times=None)], False,
           r"blob {layer} .* kept breaking off .* after \d+ attempts"),
     Fault("500-always", "blobs", lambda p, m: [p.fail(500, m, 10_000)], False,

@@ -23,10 +23,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
-import requests
-
 from ..errors import AuthenticationError, RegistryError
 from .credentials import CredentialResolver, Credentials
+from .httpio import Response
 from .transport import Transport
 
 _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
@@ -142,7 +141,7 @@ class RegistryAuth:
 
     def challenged(
         self,
-        resp: requests.Response,
+        resp: Response,
         repository: str,
         what: str,
         sent: str | None = None,

@@ -10,7 +10,7 @@ that works with ``podman pull`` works here with no extra flag; ``--cert-dir
 DIR`` (skopeo's flag) names one such directory for every registry instead.
 
 The CA certificates are added to the usual trust store, as those tools do,
-not put in its place. ``requests`` wants one bundle file, so the store and
+not put in its place. A TLS context loads one bundle file, so the store and
 the directory's certificates are concatenated into a file in a private
 temporary directory, once per host, removed when the client is closed.
 """
@@ -42,7 +42,7 @@ def user_cert_root() -> Path:
 
 @dataclass(frozen=True)
 class TlsSettings:
-    """What ``requests`` needs for one URL: ``verify`` (True, False or a bundle path) and ``cert``."""
+    """TLS for one URL: ``verify`` (True, False or a bundle path) and ``cert`` (client cert, key)."""
 
     verify: bool | str = True
     cert: tuple[str, str] | None = None
@@ -80,13 +80,14 @@ def read_cert_dir(path: Path, flag: str) -> CertDir:
 
 
 def default_ca_bundle() -> str | None:
-    """The bundle ``requests`` verifies against when told nothing (its environment variables first)."""
+    """The bundle verified against when told nothing: ``REQUESTS_CA_BUNDLE``/``CURL_CA_BUNDLE``, then
+    certifi's when installed, else None (the system's store)."""
     for var in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"):
         if os.environ.get(var):
             return os.environ[var]
     try:
         import certifi
-    except ImportError:  # pragma: no cover - requests depends on certifi
+    except ImportError:
         return None
     return certifi.where()
 
@@ -144,6 +145,8 @@ class HostTls:
         found = self._find_dir(hostport, port)
         cert = (str(found.client_cert[0]), str(found.client_cert[1])) if found and found.client_cert else None
         if self._insecure(hostport):
+            # Said once per host: the user chose it, but a log of the run should show it.
+            log.warning("%s: TLS certificate not verified (declared an insecure registry)", hostport)
             return TlsSettings(False, cert)
         if found is None or not found.cas:
             return TlsSettings(self._ca_bundle or True, cert)

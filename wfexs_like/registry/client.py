@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-import requests
 from filelock import FileLock, Timeout
 
 from ..digests import is_digest, sha256_bytes
@@ -52,6 +51,7 @@ from ..progress import cancel_requested, check_cancelled, request_cancel, reset_
 from .auth import RegistryAuth
 from .certs import HostTls
 from .credentials import DOCKER_HUB_HOSTS, CredentialResolver
+from .httpio import Response
 from .mirrors import MirrorConfig
 from .pool import DaemonPool
 from .transport import (
@@ -903,7 +903,7 @@ class RegistryClient:
         url: str | None,
         headers: dict[str, str],
         what: str,
-    ) -> requests.Response:
+    ) -> Response:
         """A blob's GET response (any status), from the registry or, for a foreign layer, its ``url``."""
         if url is None:
             return self._blob_response(ep, repository, digest, headers, what)
@@ -911,7 +911,7 @@ class RegistryClient:
 
     def _open_blob_at(
         self, ep: _Endpoint, repository: str, desc: Descriptor, url: str | None, offset: int, label: str
-    ) -> requests.Response:
+    ) -> Response:
         """A streaming 200/206 answer for ``desc`` from byte ``offset``; any other answer raises.
 
         ``ep`` names the image's registry: its mirrors are asked first. Only
@@ -921,7 +921,7 @@ class RegistryClient:
         what = f"reading blob {desc.digest} of {label}" + (f" from {safe_url(url)}" if url else "")
         headers = {"Range": f"bytes={offset}-"} if offset else {}
 
-        def attempt(src: _Source) -> requests.Response:
+        def attempt(src: _Source) -> Response:
             resp = self._blob_get(src.endpoint, src.repository, desc.digest, url, headers, what)
             if resp.status_code not in (200, 206):
                 with resp:
@@ -934,7 +934,7 @@ class RegistryClient:
 
     def _blob_response(
         self, ep: _Endpoint, repository: str, digest: str, headers: dict[str, str], what: str
-    ) -> requests.Response:
+    ) -> Response:
         self._ping(ep, what)
         url = f"{ep.base}/v2/{repository}/blobs/{digest}"
         auth_h = ep.auth.headers(repository, what)
@@ -992,14 +992,14 @@ class RegistryClient:
         label: str,
         *,
         stream: bool = False,
-    ) -> requests.Response:
+    ) -> Response:
         """A registry API call with the Accept header for manifests and one re-authentication on 401."""
         what = f"{'checking' if method == 'HEAD' else 'fetching'} the manifest of {label}"
         self._ping(ep, label)
         url = ep.base + path
         headers = {"Accept": ACCEPT_MANIFESTS}
 
-        def send(auth_headers: dict[str, str]) -> requests.Response:
+        def send(auth_headers: dict[str, str]) -> Response:
             return ep.transport.get_following_redirects(
                 url,
                 headers=headers,
@@ -1211,7 +1211,7 @@ def _check_header_digest(header: str | None, actual: str, label: str) -> None:
         )
 
 
-def _read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
+def _read_limited(resp: Response, limit: int, what: str) -> bytes:
     buf = bytearray()
     for chunk in resp.iter_content(64 << 10):
         check_cancelled()
@@ -1223,7 +1223,7 @@ def _read_limited(resp: requests.Response, limit: int, what: str) -> bytes:
     return bytes(buf)
 
 
-def _error_codes(resp: requests.Response) -> list[tuple[str, str]]:
+def _error_codes(resp: Response) -> list[tuple[str, str]]:
     try:
         data: Any = resp.json()
     except ValueError:
@@ -1236,10 +1236,10 @@ def _error_codes(resp: requests.Response) -> list[tuple[str, str]]:
     return out
 
 
-def _raise_for(resp: requests.Response, what: str, *, kind: str, label: str) -> None:
+def _raise_for(resp: Response, what: str, *, kind: str, label: str) -> None:
     """Turn a final non-success answer into the error a user can act on."""
     status = resp.status_code
-    codes = _error_codes(resp) if resp.request.method != "HEAD" else []
+    codes = _error_codes(resp) if resp.method != "HEAD" else []
     detail = "; ".join(f"{c}: {m}" if m else c for c, m in codes)
     names = {c for c, _ in codes}
     suffix = f" ({detail})" if detail else ""

@@ -1,6 +1,6 @@
 """Plain files over http(s) — a SIF at a URL — through the registry client's transport.
 
-Why not a bare ``requests.get``: a URL download deserves what an image pull
+Why not a bare GET: a URL download deserves what an image pull
 gets — the same retries and back-off, CA bundle and insecure-host rules, and
 redirect handling (credentials in the URL go to its own origin only) — plus
 what a multi-GB SIF needs: a broken body continues with a Range request into
@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import requests
-
 from ..digests import CHUNK, normalize_fingerprint
 from ..errors import ContainerNotFoundException, IntegrityError, RegistryError
 from ..fsutil import fsync_dir
 from ..progress import check_cancelled, current
+from .httpio import Response
 from .transport import (
     STREAM_ERRORS,
     ShortRead,
@@ -200,12 +199,10 @@ class _Download:
             if not self._accept(resp, fh):
                 return True
             self._remember_validator(resp)
-            # Raw bytes: the file as served, never "helpfully" decompressed (a .gz stays a .gz).
-            # A short body is checked below, after keeping every byte that did arrive (urllib3's
-            # own check would raise and drop the last read, which the resume then fetches again).
-            resp.raw.enforce_content_length = False
+            # Raw bytes: the file as served, never decompressed (a .gz stays a .gz). A short body
+            # is checked below, after keeping every byte that did arrive.
             reporter = current()
-            for chunk in resp.raw.stream(NET_CHUNK, decode_content=False):
+            for chunk in resp.iter_content(NET_CHUNK):
                 fh.write(chunk)
                 self.hash.update(chunk)
                 self.offset += len(chunk)
@@ -215,7 +212,7 @@ class _Download:
             raise ShortRead(f"got {self.offset} of the {self.total} bytes announced")
         return True
 
-    def _accept(self, resp: requests.Response, fh: BinaryIO) -> bool:
+    def _accept(self, resp: Response, fh: BinaryIO) -> bool:
         """Check the status and size headers; False when there is no body to read (already complete)."""
         status = resp.status_code
         if status == 200:
@@ -259,7 +256,7 @@ class _Download:
             hint = " (the server kept failing after all retries; try later)"
         raise RegistryError(f"{self.what}: HTTP {status}{hint}", status=status, url=self.shown)
 
-    def _remember_validator(self, resp: requests.Response) -> None:
+    def _remember_validator(self, resp: Response) -> None:
         if self.validator is not None:
             return
         etag = resp.headers.get("ETag", "")

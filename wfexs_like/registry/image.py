@@ -24,8 +24,6 @@ import threading
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-import requests
-
 from ..errors import RegistryError
 from ..images.base import BaseImage, VerifyingReader, buffered
 from ..images.blobstore import BlobStore
@@ -41,6 +39,7 @@ from .client import (
     foreign_urls,
     image_label,
 )
+from .httpio import Response
 from .transport import STREAM_ERRORS, RetryPolicy, ShortRead, content_range_start, describe, pause, safe_url
 
 log = logging.getLogger(__name__)
@@ -153,7 +152,7 @@ class RemoteImage(BaseImage):
         failed: list[str] = []
         for url in [*foreign_urls(descriptor), None]:
 
-            def open_at(offset: int, url: str | None = url) -> requests.Response:
+            def open_at(offset: int, url: str | None = url) -> Response:
                 return self.client._open_blob_at(ep, self.repository, descriptor, url, offset, self.label)
 
             what = f"reading blob {descriptor.digest} of {self.label}"
@@ -253,7 +252,7 @@ class _ResumingBody(io.RawIOBase):
 
     def __init__(
         self,
-        open_at: Callable[[int], requests.Response],
+        open_at: Callable[[int], Response],
         size: int,
         what: str,
         policy: RetryPolicy,
@@ -266,7 +265,7 @@ class _ResumingBody(io.RawIOBase):
         self._attempt = 0
         self._skip = 0
         self._pending = memoryview(b"")
-        self._resp: requests.Response | None = None
+        self._resp: Response | None = None
         self._chunks: Any = None
         self._eof = False
         self._connect()

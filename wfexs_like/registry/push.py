@@ -35,8 +35,6 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlencode, urljoin, urlsplit, urlunsplit
 
-import requests
-
 from ..digests import CHUNK, sha256_bytes
 from ..errors import AuthenticationError, CacheError, IntegrityError, RegistryError
 from ..images.blobstore import BlobStore
@@ -52,8 +50,9 @@ from ..images.manifest import (
 from ..progress import check_cancelled, current
 from .auth import repository_scope
 from .client import RegistryClient, image_label
+from .httpio import BodyBroken, ConnectFailure, Readable, Response, TlsFailure
 from .pool import DaemonPool
-from .transport import RETRY_STATUSES, Readable, describe, hopeless, origin, pause, safe_url
+from .transport import RETRY_STATUSES, describe, hopeless, origin, pause, safe_url
 
 log = logging.getLogger(__name__)
 
@@ -231,10 +230,10 @@ class _Progress:
 
 
 class _FileBody:
-    """``length`` bytes of a blob file from ``start``, as a request body ``requests`` streams.
+    """``length`` bytes of a blob file from ``start``, as a streamed request body.
 
     Every read polls the cancellation flag, so a Ctrl-C stops an upload
-    within one block. ``__len__`` gives ``requests`` the Content-Length.
+    within one block. ``__len__`` gives the Content-Length.
     """
 
     def __init__(self, path: Path, start: int, length: int, progress: _Progress) -> None:
@@ -274,8 +273,8 @@ def _with_digest(location: str, digest: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, parts.fragment))
 
 
-def _error_codes(resp: requests.Response) -> list[tuple[str, str]]:
-    if resp.request is not None and resp.request.method == "HEAD":
+def _error_codes(resp: Response) -> list[tuple[str, str]]:
+    if resp.method == "HEAD":
         return []
     try:
         data: Any = resp.json()
@@ -285,7 +284,7 @@ def _error_codes(resp: requests.Response) -> list[tuple[str, str]]:
     return [(str(e.get("code", "")), str(e.get("message", ""))) for e in errors or [] if isinstance(e, dict)]
 
 
-def _raise_for(resp: requests.Response, what: str) -> None:
+def _raise_for(resp: Response, what: str) -> None:
     """A final refusal, in words a user can act on."""
     status = resp.status_code
     codes = _error_codes(resp)
@@ -314,9 +313,9 @@ def _raise_for(resp: requests.Response, what: str) -> None:
 def _transient(e: RegistryError) -> str | None:
     """Why a request failed for a reason another attempt may fix (a reset, a timeout); else None."""
     cause = e.__cause__
-    if isinstance(cause, requests.exceptions.SSLError):
+    if isinstance(cause, TlsFailure):
         return None
-    if isinstance(cause, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+    if isinstance(cause, ConnectFailure | BodyBroken):
         if hopeless(cause):
             return None
         return describe(cause, e.url or "")
@@ -661,7 +660,7 @@ class Pusher:
                 raise _Retry(f"HTTP {resp.status_code} {' '.join(sorted(names))}".strip())
             _raise_for(resp, what)
 
-    # -- requests ---------------------------------------------------------------------------
+    # -- HTTP calls ---------------------------------------------------------------------------
     def _call(
         self,
         method: str,
@@ -673,7 +672,7 @@ class Pusher:
         body: bytes | Callable[[], bytes | Readable] | None = None,
         mount_from: str | None = None,
         retries: int | None = None,
-    ) -> requests.Response:
+    ) -> Response:
         """One request with ``pull,push`` credentials (sent to the registry's own origin only).
 
         ``body`` may be a function making a fresh body: a 401 answered with a
@@ -685,7 +684,7 @@ class Pusher:
         extra = (repository_scope(mount_from, "pull"),) if mount_from else ()
         made: list[Any] = []
 
-        def send(auth_headers: dict[str, str]) -> requests.Response:
+        def send(auth_headers: dict[str, str]) -> Response:
             data = body() if callable(body) else body
             if hasattr(data, "close"):
                 made.append(data)

@@ -1,4 +1,4 @@
-"""HTTP plumbing shared by every registry call: one session, retries, redirects, TLS per host.
+"""HTTP plumbing shared by every registry call: one connection pool, retries, redirects, TLS per host.
 
 Why it lives apart from the client: which failures are worth another try
 (connection resets, 408, 429, 5xx) and which are final (401/403/404, a TLS
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import http.client
 import logging
 import random
 import socket
@@ -26,16 +27,14 @@ import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Protocol
 from urllib.parse import urljoin, urlsplit, urlunsplit
-
-import requests
-import urllib3
-from requests.adapters import HTTPAdapter
 
 from ..errors import RegistryError
 from ..progress import check_cancelled
-from .certs import TlsSettings
+from .certs import TlsSettings, default_ca_bundle
+from .httpio import BodyBroken, ConnectFailure, Pool, Readable, Response, TlsFailure, basic_auth
+
+__all__ = ["Readable", "Response", "Transport"]
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +44,11 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 USER_AGENT = "wfexs-like/0.1 (+OCI distribution client)"
 #: What a body that breaks off mid-stream raises; each is worth resuming with a Range request.
-STREAM_ERRORS = (
-    requests.exceptions.ChunkedEncodingError,
-    requests.exceptions.ConnectionError,
-    requests.exceptions.Timeout,
-    urllib3.exceptions.ProtocolError,
-    urllib3.exceptions.ReadTimeoutError,
-)
+STREAM_ERRORS = (BodyBroken, ConnectFailure)
 #: A refused connection is tried once more after this long (a registry restarting), never with back-off.
 REFUSED_RETRY_DELAY = 0.1
 #: How often a back-off sleep looks at the cancellation flag.
 PAUSE_SLICE = 0.05
-
-
-class Readable(Protocol):
-    """A request body streamed from a file (an upload): ``requests`` reads it in blocks."""
-
-    def read(self, size: int = -1) -> bytes: ...
 
 
 class ShortRead(Exception):
@@ -77,7 +64,7 @@ def safe_url(url: str) -> str:
 
 
 def scrub(text: str, url: str) -> str:
-    """Remove ``url``'s secrets from an exception text that may quote it (requests' messages do)."""
+    """Remove ``url``'s secrets from an exception text that may quote it."""
     parts = urlsplit(url)
     if parts.query:
         text = text.replace(parts.query, "<redacted>")
@@ -86,7 +73,7 @@ def scrub(text: str, url: str) -> str:
     return text
 
 
-def content_range_start(resp: requests.Response) -> int | None:
+def content_range_start(resp: Response) -> int | None:
     """Where a 206 body starts (``Content-Range: bytes 100-999/1000`` -> 100); None if unreadable."""
     unit, _, rng = resp.headers.get("Content-Range", "").partition(" ")
     if unit.strip().lower() != "bytes":
@@ -97,7 +84,7 @@ def content_range_start(resp: requests.Response) -> int | None:
         return None
 
 
-def content_range_total(resp: requests.Response) -> int | None:
+def content_range_total(resp: Response) -> int | None:
     """The full size a 206 names (``.../1000`` -> 1000); None when absent or ``*``."""
     total = resp.headers.get("Content-Range", "").rpartition("/")[2].strip()
     return int(total) if total.isdigit() else None
@@ -161,7 +148,7 @@ def pause(seconds: float) -> None:
 
 
 def _causes(e: BaseException) -> Iterator[BaseException]:
-    """``e`` and everything it wraps: requests -> urllib3 MaxRetryError -> its reason -> the OSError."""
+    """``e`` and everything it wraps: our failure -> the OSError or ssl error that caused it."""
     stack: list[BaseException] = [e]
     seen: set[int] = set()
     while stack:
@@ -177,7 +164,7 @@ def _causes(e: BaseException) -> Iterator[BaseException]:
 def hopeless(e: BaseException) -> str | None:
     """``"dns"`` or ``"refused"`` for connection failures that waiting a few seconds will not fix."""
     for x in _causes(e):
-        if isinstance(x, urllib3.exceptions.NameResolutionError | socket.gaierror):
+        if isinstance(x, socket.gaierror):
             return "dns"
         if isinstance(x, ConnectionRefusedError):
             return "refused"
@@ -185,7 +172,7 @@ def hopeless(e: BaseException) -> str | None:
 
 
 def describe(e: BaseException, url: str) -> str:
-    """A short reason in plain words for a connection-level failure (not urllib3's pool dump)."""
+    """A short reason in plain words for a connection-level failure."""
     parts = urlsplit(url)
     kind = hopeless(e)
     if kind == "dns":
@@ -198,25 +185,21 @@ def describe(e: BaseException, url: str) -> str:
             return f"its certificate is not trusted ({x.verify_message or x.reason})"
         if isinstance(x, ConnectionResetError):
             return "the connection was reset"
-        if isinstance(x, socket.timeout | urllib3.exceptions.ReadTimeoutError | requests.exceptions.Timeout):
+        if isinstance(x, socket.timeout):
             return "no answer in time"
-        if isinstance(x, urllib3.exceptions.IncompleteRead | urllib3.exceptions.ProtocolError):
+        if isinstance(x, http.client.IncompleteRead | http.client.RemoteDisconnected | BrokenPipeError):
             return "the connection broke off"
         if isinstance(x, ssl.SSLError):
             return f"TLS error: {x.reason or x}"
         if isinstance(x, OSError) and x.errno and x.strerror:
             return x.strerror[:1].lower() + x.strerror[1:]  # "network is unreachable"
+    if isinstance(e, BodyBroken):
+        return "the connection broke off"
     return scrub(str(e), url)
 
 
-def _stream_socket(resp: requests.Response) -> socket.socket | None:
-    conn = getattr(resp.raw, "connection", None) or getattr(resp.raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
-    return sock if isinstance(sock, socket.socket) else None
-
-
 class Transport:
-    """A pooled ``requests`` session plus the retry, redirect and TLS rules above.
+    """A pool of keep-alive connections plus the retry, redirect and TLS rules above.
 
     ``tls_for(url)`` decides verification and client certificate per URL (a
     CA bundle for one host, no verification for a host the user declared
@@ -235,16 +218,12 @@ class Transport:
         self.policy = policy
         self.timeout = timeout
         self.tls_for = tls_for or (lambda url: TlsSettings())
-        self.session = requests.Session()
-        adapter = HTTPAdapter(pool_connections=16, pool_maxsize=max(pool_size, 4), max_retries=0)
-        self.session.mount("http://", adapter)
-        self.session.mount("https://", adapter)
-        self.session.headers["User-Agent"] = USER_AGENT
-        self._streams: weakref.WeakSet[requests.Response] = weakref.WeakSet()
+        self.pool = Pool(timeout=timeout, default_bundle=default_ca_bundle, max_idle=max(pool_size, 4))
+        self._streams: weakref.WeakSet[Response] = weakref.WeakSet()
         self._streams_lock = threading.Lock()
 
     def close(self) -> None:
-        self.session.close()
+        self.pool.close()
 
     def abort_streams(self) -> None:
         """Cut the sockets of every streaming body still open, so the threads reading them return now.
@@ -257,7 +236,7 @@ class Transport:
         with self._streams_lock:
             streams = list(self._streams)
         for resp in streams:
-            sock = _stream_socket(resp)
+            sock = resp.socket
             if sock is not None:
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(sock, socket.SHUT_RDWR)
@@ -273,7 +252,7 @@ class Transport:
         data: bytes | Mapping[str, str] | Readable | None = None,
         auth: tuple[str, str] | None = None,
         retries: int | None = None,
-    ) -> requests.Response:
+    ) -> Response:
         """One request, retried on transient failures; never follows redirects itself.
 
         Returns the final response, whatever its status (callers decide what
@@ -290,26 +269,22 @@ class Transport:
         what = what or f"{method} {safe_url(url)}"
         host = urlsplit(safe_url(url)).netloc
         tls = self.tls_for(url)
+        hdrs = {"User-Agent": USER_AGENT, **(headers or {})}
+        if auth is not None:
+            hdrs["Authorization"] = basic_auth(*auth)
         attempt = 0
         while True:
             check_cancelled()
             try:
-                resp = self.session.request(
-                    method,
-                    url,
-                    headers=dict(headers or {}),
-                    stream=stream,
-                    verify=tls.verify,
-                    cert=tls.cert,
-                    timeout=self.timeout,
-                    allow_redirects=False,
-                    data=data,
-                    auth=auth,
+                resp = self.pool.request(
+                    method, url, headers=hdrs, data=data, verify=tls.verify, cert=tls.cert
                 )
-            except requests.exceptions.SSLError as e:
+                if not stream:
+                    resp.content  # noqa: B018 - read it now, so the connection serves the next request
+            except TlsFailure as e:
                 check_cancelled()
                 raise RegistryError(_tls_failure(host, what, e, url), url=safe_url(url)) from e
-            except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as e:
+            except (ConnectFailure, BodyBroken) as e:
                 check_cancelled()
                 kind = hopeless(e)
                 limit = 0 if kind == "dns" else min(1, retries) if kind else retries
@@ -359,7 +334,7 @@ class Transport:
         what: str,
         method: str = "GET",
         stream: bool = True,
-    ) -> requests.Response:
+    ) -> Response:
         """GET (or HEAD) ``url``, following redirects; ``auth_headers`` go only to ``url``'s own origin.
 
         Object storage behind a registry authenticates with a signed URL; sending it
