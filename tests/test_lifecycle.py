@@ -482,7 +482,7 @@ def test_prune_unused_keeps_what_a_stage_dir_still_holds(tmp_path: Path, images:
 LOCK_HOLDER = textwrap.dedent(
     """
     import sys
-    from filelock import FileLock
+    from wfexs_like.filelocks import FileLock
     from wfexs_like.cache import claim_dir
     lock = FileLock(sys.argv[1])
     lock.acquire()

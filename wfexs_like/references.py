@@ -358,11 +358,32 @@ def parse_reference(
             f"is longer than {REFERENCE_LENGTH_MAX} (is this a file's content instead of a tag?)"
         )
     try:
-        fields = _parse(tag, container_type, registries)
-        registry, repository, tag_ = _normalise(*fields)
-    except _Invalid as exc:
-        raise InvalidReferenceError(f"invalid container tag {_shown(tag)}: {exc}") from None
-    return Reference(fields[0], registry, repository, tag_, fields[4])
+        key: tuple[object, ...] | None = (
+            tag,
+            container_type,
+            None if registries is None else frozenset(registries.items()),
+        )
+        ref = _PARSED.get(key)  # type: ignore[arg-type]
+    except TypeError:  # a registries mapping of unhashable values: parsed every time
+        key, ref = None, None
+    if ref is None:
+        try:
+            fields = _parse(tag, container_type, registries)
+            registry, repository, tag_ = _normalise(*fields)
+        except _Invalid as exc:
+            raise InvalidReferenceError(f"invalid container tag {_shown(tag)}: {exc}") from None
+        ref = Reference(fields[0], registry, repository, tag_, fields[4])
+        if key is not None and registry is not None:  # a path (oci:...) is absolute against the cwd
+            if len(_PARSED) >= _PARSED_MAX:
+                _PARSED.clear()
+            _PARSED[key] = ref
+    return ref
+
+
+#: Registry tags already parsed in this process: a factory parses each tag of a run several times
+#: (its identity, its cache key, its staged name), and a Reference is immutable.
+_PARSED: dict[tuple[object, ...], Reference] = {}
+_PARSED_MAX = 4096
 
 
 def format_reference(ref: Reference) -> str:

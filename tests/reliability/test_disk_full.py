@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 from tests.support import tmpfs
 from tests.support.imagegen import BuiltImage, build_image, busybox_base_layer
 from tests.support.proxy import FaultProxy
 from tests.support.push import push_image
 from tests.support.registry import RunningRegistry
+from wfexs_like.filelocks import FileLock
 from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.provenance import read_containers_file
 

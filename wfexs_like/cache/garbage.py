@@ -22,8 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from filelock import Timeout
-
+from ..filelocks import Timeout
 from ..images.blobstore import Removal
 from ..images.staging import remove_path
 from ..model import META_JSON_POSTFIX

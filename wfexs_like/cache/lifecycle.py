@@ -24,16 +24,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import time
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from filelock import Timeout
-
 from ..errors import CacheError
+from ..filelocks import Timeout
 from ..images.staging import remove_path
 from .inventory import (
     ENTRY_KINDS,
@@ -156,7 +155,7 @@ def retire(cache: ImageCache, path: Path) -> None:
     """Rename ``path`` out of sight in one step, then delete it (a reader never sees half of it)."""
     if not (path.exists() or path.is_symlink()):
         return
-    graveyard = cache.store.tmp_dir / f"retired-{uuid.uuid4().hex}"
+    graveyard = cache.store.tmp_dir / f"retired-{secrets.token_hex(16)}"
     try:
         os.replace(path, graveyard)
     except FileNotFoundError:

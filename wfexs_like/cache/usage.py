@@ -21,7 +21,7 @@ Why it is shaped this way:
 - **Lock files can be deleted safely.** Whoever deletes one does it while
   holding it exclusively; a process that opened the old inode sees
   ``st_nlink == 0`` after it gets the lock and retries on a fresh file
-  (the protocol ``filelock`` also follows), so deleting never lets two
+  (the protocol ``filelocks.FileLock`` follows), so deleting never lets two
   holders disagree.
 """
 

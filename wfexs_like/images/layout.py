@@ -38,7 +38,6 @@ from typing import Any, BinaryIO
 from ..digests import CHUNK, is_digest, sha256_bytes, sha256_file, split_digest
 from ..errors import CacheError, IntegrityError, UnsafeArchiveError, quote, quote_list
 from ..fsutil import fsync_dir
-from .archive import SMALL_LIMIT, open_regular, read_regular
 from .base import Image, LoadedImage
 from .blobstore import BLOB_MODE, BlobStore
 from .manifest import (
@@ -51,6 +50,7 @@ from .manifest import (
     Platform,
     parse_manifest_or_index,
 )
+from .regular import SMALL_LIMIT, open_regular, read_regular
 from .staging import link_or_copy, make_temp_dir, publish_dir
 from .store import StoreImage
 
@@ -142,7 +142,7 @@ class _Within:
         self.root = os.fspath(layout)
         self._plain_dirs: dict[str, bool] = {}
 
-    def stat(self, rel: str) -> tuple[Path, os.stat_result]:
+    def stat(self, rel: str) -> tuple[str, os.stat_result]:
         """The file ``rel`` and its ``stat`` (symlinks followed); ``UnsafeArchiveError`` if it leads
         outside the layout, ``OSError`` if it is missing."""
         path = os.path.join(self.root, rel)
@@ -160,9 +160,9 @@ class _Within:
             head = head.rpartition("/")[0]
         st = os.lstat(path)
         if plain and not stat.S_ISLNK(st.st_mode):
-            return Path(path), st
+            return path, st
         inside_layout(self.layout, Path(path))
-        return Path(path), os.stat(path)
+        return path, os.stat(path)
 
 
 def read_layout_file(layout: Path, p: Path, what: str, limit: int = SMALL_LIMIT) -> bytes:
@@ -258,7 +258,7 @@ def read_oci_layout(
 
 
 def trusted_by(
-    store: BlobStore, digest: str, p: Path, st: os.stat_result | None = None, *, strict: bool = False
+    store: BlobStore, digest: str, p: Path | str, st: os.stat_result | None = None, *, strict: bool = False
 ) -> bool:
     """Does ``store`` vouch for the file ``p`` holding ``digest``? (same inode, or recorded size+mtime)
 
@@ -267,8 +267,8 @@ def trusted_by(
     re-hash); a copy elsewhere has a ctime of its own, so size and mtime decide.
     """
     try:
-        st = st or p.stat()
-        sst = store.path(digest).stat()
+        st = st or os.stat(p)
+        sst = os.stat(store.path_str(digest))
     except OSError:
         return store.is_trusted(digest, p)
     if (st.st_dev, st.st_ino) == (sst.st_dev, sst.st_ino):
@@ -494,7 +494,8 @@ def verify_oci_layout(
             if size > SMALL_LIMIT:
                 problems.append(f"blob {desc.digest}: {size} bytes, far too large for a manifest or config")
                 return None
-            raw = p.read_bytes()
+            with open(p, "rb") as fh:
+                raw = fh.read()
             if sha256_bytes(raw) != desc.digest:
                 problems.append(f"blob {desc.digest} does not hash to its name ({p}): altered")
                 return None

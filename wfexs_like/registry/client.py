@@ -25,8 +25,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from filelock import FileLock, Timeout
-
 from ..digests import is_digest, sha256_bytes
 from ..errors import (
     IntegrityError,
@@ -35,6 +33,7 @@ from ..errors import (
     RegistryError,
     UnvouchedDigestError,
 )
+from ..filelocks import FileLock, Timeout
 from ..images.blobstore import BlobStore, BlobWriter
 from ..images.manifest import (
     ACCEPT_MANIFESTS,

@@ -30,16 +30,15 @@ import hashlib
 import io
 import logging
 import os
+import secrets
 import threading
 import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from filelock import FileLock
-
 from ..digests import CHUNK
 from ..errors import IntegrityError
+from ..filelocks import FileLock
 from ..fsutil import fsync_dir
 from ..images.blobstore import BlobStore
 from ..progress import check_cancelled
@@ -327,7 +326,7 @@ def _link_in(store: BlobStore, path: Path, digest: str | None, *, trusted: bool)
     (no chmod: its mode is its owner's business). Returns the digest, or
     None when the filesystem cannot link (the caller copies instead).
     """
-    tmp = store.tmp_dir / f"link-{uuid.uuid4().hex}.tmp"
+    tmp = store.tmp_dir / f"link-{secrets.token_hex(16)}.tmp"
     try:
         os.link(path, tmp)
     except OSError as e:
