@@ -100,7 +100,6 @@ import contextlib
 import dataclasses
 import logging
 import os
-import reprlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, Literal, get_args
@@ -108,9 +107,19 @@ from typing import IO, Any, Literal, get_args
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .errors import ProvenanceError, UnsafeInputError, UnsafeRecordsError, quote
+from .errors import ProvenanceError, UnsafeInputError, UnsafeRecordsError
 from .fsutil import atomic_write_bytes
 from .model import Container, ContainerType
+from .records import (
+    _FIELDS,
+    _PATH_FIELDS,
+    _REQUIRED_STR,
+    FORMAT_KEY,
+    FORMAT_VERSION,
+    _shown,
+    container_to_dict,
+    dump_records,
+)
 from .safeyaml import compose_bounded
 
 __all__ = [
@@ -130,9 +139,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_KEY = "wfexs_like_containers"
-FORMAT_VERSION = 1
-
 #: The largest containers record read: 16 MiB is tens of thousands of records; a larger file is
 #: not one, and is refused from its size before a byte of it is read.
 RECORDS_MAX_BYTES = 16 << 20
@@ -145,9 +151,6 @@ RecordStyle = Literal["wfexs-like", "wfexs"]
 """What the writers emit: our plain format, or the reference's marshalled stage-state shape."""
 _STYLES: frozenset[str] = frozenset(get_args(RecordStyle))
 
-_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Container))
-_REQUIRED_STR = ("origTaggedName", "taggedName")
-_PATH_FIELDS = ("localPath", "metadataLocalPath")
 # Record types the reference's marshaller names in ``_type``; a tagged name is
 # a Container with nothing materialized yet.
 _WFEXS_RECORD_TYPES = frozenset({"Container", "ContainerTaggedName"})
@@ -206,79 +209,6 @@ _WFEXS_CONTAINER_TYPE_TAG = _PY + "object/apply:wfexs_backend.common.ContainerTy
 # Container <-> plain data
 
 
-def container_to_dict(c: Container, *, containers_dir: Path | None = None) -> dict[str, Any]:
-    """The record as plain YAML-safe data, so no tag ever reaches the file.
-
-    Values are checked rather than trusted: a field holding something other
-    than its declared type would not load back equal, and a provenance record
-    that silently differs from what ran is worse than none. Paths under
-    ``containers_dir`` become relative, so the record moves with that dir.
-    """
-    base = None if containers_dir is None else Path(containers_dir).absolute()
-    if not isinstance(c, Container):
-        raise ProvenanceError(f"cannot record {_shown(c)}: expected a Container, got {type(c).__name__}")
-    where = f"Container {_shown(getattr(c, 'origTaggedName', '?'))}"
-    out: dict[str, Any] = {}
-    for name in _FIELDS:
-        value = getattr(c, name)
-        if name == "type":
-            out[name] = _type_for_dump(value, where, name)
-        elif name == "source_type":
-            out[name] = None if value is None else _type_for_dump(value, where, name)
-        elif name == "registries":
-            if value is None:
-                out[name] = None
-            elif isinstance(value, Mapping):
-                regs: dict[str, str] = {}
-                for key, registry in value.items():
-                    if not isinstance(registry, str):
-                        raise ProvenanceError(
-                            f"cannot record {where}: registries[{_shown(key)}] is "
-                            f"{type(registry).__name__}, expected text"
-                        )
-                    regs[_type_for_dump(key, where, "registries key")] = registry
-                out[name] = regs
-            else:
-                raise ProvenanceError(
-                    f"cannot record {where}: registries is {type(value).__name__}, expected a mapping"
-                )
-        elif name in _PATH_FIELDS:
-            if value is None:
-                out[name] = None
-            elif isinstance(value, (str, os.PathLike)):
-                path = os.fspath(value)
-                if not isinstance(path, str):
-                    raise ProvenanceError(f"cannot record {where}: {name} is a bytes path, expected text")
-                out[name] = _portable_path(path, base)
-            else:
-                raise ProvenanceError(
-                    f"cannot record {where}: {name} is {type(value).__name__}, expected a path"
-                )
-        else:
-            optional = name not in _REQUIRED_STR
-            if not (isinstance(value, str) or (optional and value is None)):
-                raise ProvenanceError(
-                    f"cannot record {where}: {name} is {type(value).__name__}, expected text"
-                    + (" or None" if optional else "")
-                )
-            out[name] = value
-    return out
-
-
-def _portable_path(path: str, base: Path | None) -> str:
-    """Relative POSIX text for an absolute path under ``base``; any other path as given.
-
-    The test is lexical, as the reference's own: a path reaching ``base``
-    through a symlink is another place as far as the record is concerned.
-    A relative path is already relative to the containers dir.
-    """
-    if base is not None:
-        candidate = Path(path)
-        if candidate.is_absolute() and candidate.is_relative_to(base):
-            return candidate.relative_to(base).as_posix()
-    return path
-
-
 def container_from_dict(d: Mapping[str, Any]) -> Container:
     """Build a Container from one record, exactly as written (no defaults fixes).
 
@@ -286,12 +216,6 @@ def container_from_dict(d: Mapping[str, Any]) -> Container:
     ``load_containers`` decides which records also get the reference's fixes.
     """
     return _record_to_container(d, "record")
-
-
-def _type_for_dump(value: Any, where: str, what: str) -> str:
-    if isinstance(value, ContainerType):
-        return value.value
-    raise ProvenanceError(f"cannot record {where}: {what} is {_shown(value)}, expected a ContainerType")
 
 
 def _container_type(value: Any, where: str, what: str) -> ContainerType:
@@ -386,36 +310,8 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {_shown(value)}"
 
 
-class _ShortRepr(reprlib.Repr):
-    """A few items of a few levels, short strings: what a message needs to show a value read from a
-    file. The whole ``repr`` is never taken: a value holding aliases repeats them on every path, and
-    a 560-byte alias bomb once made a ``repr`` of billions of items."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel = 2
-        self.maxtuple = self.maxlist = self.maxdict = self.maxset = self.maxfrozenset = 3
-        self.maxstring = self.maxother = 40
-        self.maxlong = 40
-
-    def repr__TaggedRecord(self, value: _TaggedRecord, level: int) -> str:
-        return f"<Container record at line {value.line}>"
-
-    def repr_bytes(self, value: bytes, level: int) -> str:
-        return quote(value, self.maxstring)
-
-
-_REPR = _ShortRepr()
 # How many unknown field names a warning lists.
 _MAX_LISTED = 10
-
-
-def _shown(value: Any) -> str:
-    """``value`` as a message quotes it: bounded in size and in the work it takes, escaped."""
-    if isinstance(value, str):
-        return quote(value, 60)
-    text = _REPR.repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 # --------------------------------------------------------------------------
@@ -501,16 +397,16 @@ def dump_containers(
     """
     if style not in _STYLES:
         raise ValueError(f"unknown record style {style!r}; expected one of: {', '.join(sorted(_STYLES))}")
+    if style != "wfexs":
+        text = dump_records(containers, containers_dir=containers_dir)
+        if stream is None:
+            return text
+        stream.write(text)
+        return None
     plain = [container_to_dict(c, containers_dir=containers_dir) for c in containers]
-    document: dict[str, Any]
-    dumper: type[_Dumper]
-    if style == "wfexs":
-        document, dumper = {"containers": [_wfexs_record(p) for p in plain]}, _WfexsDumper
-    else:
-        document, dumper = {FORMAT_KEY: FORMAT_VERSION, "containers": plain}, _Dumper
     text = yaml.dump(
-        document,
-        Dumper=dumper,
+        {"containers": [_wfexs_record(p) for p in plain]},
+        Dumper=_WfexsDumper,
         sort_keys=False,
         allow_unicode=True,
         default_flow_style=False,

@@ -41,7 +41,7 @@ from ..fsutil import atomic_write_bytes
 from ..images.manifest import Platform
 from ..model import Container, ContainerTaggedName, ContainerType
 from ..progress import ImageSummary, Outcome
-from ..provenance import FORMAT_KEY, FORMAT_VERSION, container_to_dict, dump_containers
+from ..records import FORMAT_KEY, FORMAT_VERSION, container_to_dict, dump_records
 from ..safeyaml import read_bounded
 from ..storage import Tiers, open_tiers
 from .taglist import TagSource
@@ -538,8 +538,12 @@ def records_text(
         return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
     if format not in RECORD_FORMATS:
         raise ValueError(f"unknown records format {format!r}; choose one of {', '.join(RECORD_FORMATS)}")
-    style = "wfexs" if format == "wfexs" else "wfexs-like"
-    body = dump_containers(containers, style=style, containers_dir=stage_dir) or ""
+    if format == "wfexs":
+        from ..provenance import dump_containers  # the reference's shape needs PyYAML's tags
+
+        body = dump_containers(containers, style="wfexs", containers_dir=stage_dir) or ""
+    else:
+        body = dump_records(containers, containers_dir=stage_dir)
     return f"{STAGE_DIR_COMMENT}{json.dumps(where, ensure_ascii=False)}\n{body}"
 
 

@@ -24,7 +24,6 @@ from typing import TextIO
 
 from ..errors import InvalidReferenceError, UnsafeInputError, quote
 from ..model import Container
-from ..provenance import load_containers, read_containers_file
 from ..references import parse_reference
 from ..safeyaml import MAX_BYTES, read_bounded
 
@@ -105,6 +104,8 @@ def read_tag_source(source: str | Path, *, stdin: TextIO | None = None) -> list[
     text, where = _read_text(source, stdin)
     if not looks_like_records(text):
         return list(_tag_lines(text, where))
+    from ..provenance import load_containers, read_containers_file  # PyYAML, only for a records file
+
     records = load_containers(text) if where == "<stdin>" else read_containers_file(Path(source))
     return [_as_pin(r) for r in records]
 
