@@ -120,8 +120,6 @@ def _copy(value: Any) -> Any:
 
 
 def _read_toml(path: Path, *, required: bool) -> dict[str, Any] | None:
-    import tomllib
-
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -132,6 +130,8 @@ def _read_toml(path: Path, *, required: bool) -> dict[str, Any] | None:
         raise ConfigError(f"cannot read configuration file {path}: {e.strerror}") from e
     if size > MAX_CONFIG_BYTES:
         raise ConfigError(f"configuration file {path} is {size} bytes; that is not a configuration file")
+    import tomllib  # only when there is a file to read
+
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
@@ -176,6 +176,16 @@ def _mirrors(value: Any) -> dict[str, list[str]]:
         if not isinstance(hosts, Sequence) or not all(isinstance(h, str) and h for h in hosts):
             raise TypeError(f'a table of registry = ["host:port", ...] (bad entry for {registry!r})')
         out[str(registry)] = list(hosts)
+    return out
+
+
+def merge_mirror_tables(*tables: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    """Several ``{"registry": [hosts]}`` tables as one; earlier tables' hosts first (flags, then file)."""
+    out: dict[str, list[str]] = {}
+    for table in tables:
+        for key, hosts in table.items():
+            lst = out.setdefault(key, [])
+            lst.extend(h for h in ([hosts] if isinstance(hosts, str) else hosts) if h not in lst)
     return out
 
 

@@ -54,9 +54,53 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
+#: Each command, and the module of this package that registers it.
+COMMANDS: dict[str, str] = {
+    "materialize": "materialize",
+    "deploy": "deploy",
+    "scan": "scan",
+    "cache": "cache",
+    "export": "bundle",
+    "import": "bundle",
+    "provenance": "provenance",
+    "push": "push",
+    "config": "config",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    return main_with(COMMAND_MODULES, argv)
+    return main_with(COMMAND_MODULES, argv, COMMANDS)
+
+
+def run() -> None:
+    """The console script: ``main()``, then :func:`exit_now`."""
+    exit_now(main())
+
+
+def exit_now(code: int) -> None:
+    """Leave without tearing the interpreter down, once the work is done and published.
+
+    Why: freeing every module's globals at exit costs 10-25 ms here, which
+    is a tenth of a warm re-stage and nothing a user gets anything for. What
+    a normal exit does that matters still happens first: the standard
+    streams are flushed and the ``atexit`` handlers run (the factory's work
+    dir is removed, logging is flushed). When a non-daemon thread is still
+    alive, the normal exit runs instead, since it waits for such threads.
+    """
+    import threading
+
+    if any(t is not threading.main_thread() and not t.daemon for t in threading.enumerate()):
+        sys.exit(code)
+    import atexit
+    import contextlib
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a reader that left (`| head`), a closed stream
+            stream.flush()
+
+    atexit._run_exitfuncs()
+    os._exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -22,7 +22,7 @@ _SCALARS = {
 
 def apply(args: argparse.Namespace) -> None:
     """Load the configuration and fill ``args`` from it; ``args.settings`` keeps the ``Config``."""
-    from ..config import load_config, parse_mirror_flags
+    from ..config import load_config, merge_mirror_tables, parse_mirror_flags
 
     cfg = load_config(getattr(args, "config", None))
     for attr, (key, flag) in _SCALARS.items():
@@ -38,8 +38,6 @@ def apply(args: argparse.Namespace) -> None:
         cfg.override("library-dirs", list(args.library_dir), "--library-dir")
         args.library_dir = list(cfg["library-dirs"])
     if hasattr(args, "mirror"):
-        from ..registry.mirrors import merge_mirror_tables
-
         flags = parse_mirror_flags(args.mirror)
         cfg.override("mirrors", flags, "--mirror")
         args.mirrors = merge_mirror_tables(flags, cfg["mirrors"])

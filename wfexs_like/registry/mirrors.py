@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from ..config import ConfigError
+from ..config import ConfigError, merge_mirror_tables  # noqa: F401 - part of this module's API
 from ..digests import is_digest
 from ..errors import RegistryError
 from .credentials import DOCKER_HUB_HOSTS
@@ -198,16 +198,6 @@ def explicit_rules(mirrors: Mapping[str, Sequence[str]]) -> tuple[RegistryRule, 
             locations.append(Mirror(loc))
         out.append(RegistryRule(prefix, prefix, mirrors=tuple(locations), origin="--mirror"))
     return tuple(out)
-
-
-def merge_mirror_tables(*tables: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
-    """Several ``{"registry": [hosts]}`` tables as one; earlier tables' hosts first (flags, then file)."""
-    out: dict[str, list[str]] = {}
-    for table in tables:
-        for key, hosts in table.items():
-            lst = out.setdefault(key, [])
-            lst.extend(h for h in ([hosts] if isinstance(hosts, str) else hosts) if h not in lst)
-    return out
 
 
 # -- reading files -------------------------------------------------------------------------

@@ -1,0 +1,62 @@
+"""The command's start and end: only the verb's own parsers built, and a quick exit.
+
+The quick exit: streams flushed and atexit handlers run, then no interpreter teardown.
+
+``exit_now`` skips freeing every module at exit (10-25 ms of a re-stage),
+so what a normal exit would still have done must be done by it: buffered
+output reaches its reader, ``atexit`` handlers run (the factory's work dir
+is removed by one), the exit code is kept, and a live non-daemon thread is
+waited for as a normal exit waits for it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PROGRAM = """
+import atexit, sys, threading, time
+from pathlib import Path
+from wfexs_like.cli import exit_now
+mark = Path(sys.argv[1])
+atexit.register(lambda: mark.write_text(mark.read_text() + "atexit;" if mark.exists() else "atexit;"))
+if sys.argv[2] == "thread":
+    def late() -> None:
+        time.sleep(0.3)
+        mark.write_text("thread;")
+    threading.Thread(target=late).start()
+sys.stdout.write("buffered, no newline")
+exit_now(3)
+"""
+
+
+@pytest.mark.parametrize("mode", ["plain", "thread"])
+def test_exit_now_flushes_runs_atexit_and_keeps_the_code(tmp_path: Path, mode: str) -> None:
+    mark = tmp_path / "mark"
+    out = subprocess.run(
+        [sys.executable, "-c", PROGRAM, str(mark), mode], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 3, out.stderr
+    assert out.stdout == "buffered, no newline"
+    assert mark.read_text() == ("thread;atexit;" if mode == "thread" else "atexit;")
+
+
+def test_each_command_is_parsed_by_the_module_that_registers_it() -> None:
+    """``COMMANDS`` lets a command line build only its own module's parsers; it must name every
+    command the full parser knows, each with the module that registers it."""
+    import argparse
+
+    from wfexs_like.cli import COMMAND_MODULES, COMMANDS
+    from wfexs_like.cli._common import build_parser
+
+    def commands_of(modules: tuple[str, ...]) -> set[str]:
+        parser = build_parser(modules)
+        (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        return set(sub.choices)
+
+    assert set(COMMANDS) == commands_of(COMMAND_MODULES)
+    for module in COMMAND_MODULES:
+        assert commands_of((module,)) == {c for c, m in COMMANDS.items() if m == module}
