@@ -1,7 +1,7 @@
 """Turn an image in the blob store into a cached snapshot of the kind a workflow needs.
 
 Factories decide *which* snapshot kind a tag gets (policy); the bytes are
-made here, from any ``Image``, through the sinks of ``images.copy``:
+made here, from any ``Image``, through the sinks of ``images.copying``:
 
 - ``oci-layout``: a layout dir whose blobs are hard links into the store
   (Podman loads it as it is; Docker gets a docker-archive streamed from it);
@@ -35,7 +35,7 @@ from .usage import claimed_temp_dir
 if TYPE_CHECKING:
     from ..images.base import Image
 
-# ``images.copy`` (every format's writer) and ``images.sif`` load inside the functions that
+# ``images.copying`` (every format's writer) and ``images.sif`` load inside the functions that
 # build: a warm re-stage, the common case, builds nothing.
 
 
@@ -99,7 +99,7 @@ def build_snapshot(
     ``name`` is the image name the snapshot carries (the layout's ref name,
     the archive's repo tag, the SIF definition's ``from:``).
     """
-    from ..images.copy import DockerArchiveSink, LayoutSink, SifSink, copy
+    from ..images.copying import DockerArchiveSink, LayoutSink, SifSink, copy
 
     with work_dir(cache, f"{kind}-") as work:
         if kind == "oci-layout":

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any
 from .. import progress
 from ..digests import CHUNK, normalize_fingerprint, split_digest
 from ..errors import CacheError, ContainerFactoryException, IntegrityError
-from ..images.archive import SMALL_LIMIT
 from ..images.manifest import (
     MANIFEST_TYPES,
     OCI_INDEX,
@@ -49,6 +48,7 @@ from ..images.manifest import (
     ManifestError,
     parse_manifest_or_index,
 )
+from ..images.regular import SMALL_LIMIT
 from ..images.staging import link_or_copy
 from ..references import parse_reference
 from .inventory import CacheEntry, scan_entries, still_staged

@@ -56,9 +56,9 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import threading
-import uuid
 import weakref
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -539,6 +539,6 @@ class ImageCache:
 
     def _retire(self, path: Path) -> None:
         """Move a damaged entry out of the way atomically, then delete it."""
-        graveyard = self.store.tmp_dir / f"retired-{uuid.uuid4().hex}"
+        graveyard = self.store.tmp_dir / f"retired-{secrets.token_hex(16)}"
         os.replace(path, graveyard)
         remove_path(graveyard)

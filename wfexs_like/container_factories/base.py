@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from ..cache import ContainerCacheHandler, SnapshotKind, default_cache_dir
-from ..cache.garbage import sweep_dead_work
 from ..cache.handler import ENGINE_KINDS
 from ..cache.usage import claimed_temp_dir
 from ..errors import ContainerFactoryException, ContainerNotFoundException
@@ -71,7 +70,10 @@ class ContainerFactory(ReferenceIdentity):
             tempDir = str(claimed)
             atexit.register(shutil.rmtree, tempDir, True)
             try:  # what killed runs left behind; never a reason to fail this one
-                sweep_dead_work(self.cc_handler.cache)
+                if _others_in(self.cc_handler.store.tmp_dir, claimed):
+                    from ..cache.garbage import sweep_dead_work  # the collector loads only when needed
+
+                    sweep_dead_work(self.cc_handler.cache)
             except OSError as e:
                 self.logger.debug("could not sweep %s: %s", self.cc_handler.store.tmp_dir, e)
         self.tempDir = Path(tempDir)
@@ -186,3 +188,9 @@ class ContainerFactory(ReferenceIdentity):
 
         A staged snapshot whose cached bytes rotted is evicted and, unless
         ``offline``, fetched again once."""
+
+
+def _others_in(tmp: Path, own: Path) -> bool:
+    """Whether ``tmp`` holds a work dir besides ``own``: only then is there anything to sweep."""
+    with os.scandir(tmp) as it:
+        return any(e.is_dir(follow_symlinks=False) and e.name != own.name for e in it)

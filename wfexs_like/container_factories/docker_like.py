@@ -18,7 +18,6 @@ from ..cache import CacheHit, SnapshotKind
 from ..engines.base import Engine, EngineImageInfo, normalize_image_id
 from ..errors import ContainerEngineException, ContainerFactoryException, IntegrityError
 from ..images.base import Image
-from ..images.docker_archive import DockerArchiveImage
 from ..images.layout import LayoutImage
 from ..model import Container, ContainerTaggedName, ContainerType
 from ..references import Reference
@@ -166,6 +165,8 @@ class DockerLikeContainerFactory(CachedImageFactory):
         path = self.verified_staged_snapshot(container, cdir, restage=False)
         if path.is_dir():
             return LayoutImage(path, trust=self.store)
+        from ..images.docker_archive import DockerArchiveImage  # archives only when one is read
+
         return DockerArchiveImage(path)
 
 

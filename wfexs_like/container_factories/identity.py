@@ -9,7 +9,7 @@ policy modules stay small.
 from __future__ import annotations
 
 import abc
-import platform
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import ClassVar
@@ -62,7 +62,8 @@ class ReferenceIdentity(abc.ABC):
     @property
     def architecture(self) -> tuple[str, str]:
         """(operating system, machine) of this host, as the reference reports them."""
-        return platform.system().lower(), platform.machine()
+        uname = os.uname()
+        return uname.sysname.lower(), uname.machine
 
     def supportsFeature(self, feat: str) -> bool:
         return feat in self._features

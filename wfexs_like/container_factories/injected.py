@@ -20,10 +20,6 @@ from typing import TYPE_CHECKING, Any
 from ..cache import ImageCache
 from ..digests import normalize_fingerprint, sha256_file
 from ..errors import ContainerFactoryException
-from ..images.docker_archive import DockerArchiveImage
-from ..images.layout import LayoutImage
-from ..images.sif import MAGIC as SIF_MAGIC
-from ..images.store import write_to_store
 from ..model import Container, ContainerTaggedName
 
 if TYPE_CHECKING:
@@ -38,6 +34,8 @@ def snapshot_kind_of(path: Path) -> str | None:
     """What a staged snapshot is, from its shape and first bytes: oci-layout, sif, docker-archive."""
     if path.is_dir():
         return "oci-layout" if (path / "index.json").is_file() else None
+    from ..images.sif import MAGIC as SIF_MAGIC  # only for an injected file, not a re-stage
+
     try:
         with open(path, "rb") as fh:
             head = fh.read(_SIF_MAGIC_OFFSET + len(SIF_MAGIC))
@@ -108,6 +106,10 @@ def injected_image(container: Container, cache: ImageCache) -> tuple[str, dict[s
     if found is None:
         return None
     path, kind = found
+    from ..images.docker_archive import DockerArchiveImage
+    from ..images.layout import LayoutImage
+    from ..images.store import write_to_store
+
     image = LayoutImage(path, trust=cache.store) if kind == "oci-layout" else DockerArchiveImage(path)
     digest = write_to_store(image, cache.store)
     return digest, {"source": "injected", "from": str(path), "snapshot_kind": kind}

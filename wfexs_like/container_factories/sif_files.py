@@ -22,10 +22,8 @@ from ..cache.snapshots import read_json
 from ..digests import normalize_fingerprint
 from ..engines.apptainer import ApptainerEngine
 from ..errors import CacheError, ContainerEngineException, ContainerNotFoundException, IntegrityError
-from ..images.docker_archive import DockerArchiveImage
 from ..images.layout import LayoutImage
 from ..images.manifest import OCI_MANIFEST, Platform
-from ..images.sif import read_sif
 from ..images.staging import link_or_copy
 from ..model import META_JSON_POSTFIX, Container, ContainerTaggedName, ContainerType, ImageMetadata
 from ..references import Reference
@@ -235,6 +233,8 @@ def _put_oras_sif(cache: ImageCache, ref: Reference, pulled: OrasPull, platform:
     """Cache the pulled SIF (already a verified blob) under ``ref``, with its manifest in the sidecar."""
     blob = cache.store.path(pulled.sif.digest)
     try:
+        from ..images.sif import read_sif  # a SIF file, not a re-staged layout
+
         info = read_sif(blob)
     except Exception as e:  # any parse failure means "not a SIF we can trust"
         raise IntegrityError(
@@ -271,6 +271,8 @@ def convert_to_sif(
     cache: ImageCache, staged: Path, ref: Reference, *, platform: str | None, name: str
 ) -> tuple[CacheHit, Path, Path]:
     """A verified staged OCI snapshot (layout or docker-archive) built into a SIF staged beside it."""
+    from ..images.docker_archive import DockerArchiveImage  # archives only when one is read
+
     image = LayoutImage(staged, trust=cache.store) if staged.is_dir() else DockerArchiveImage(staged)
     hit = build_snapshot(
         cache,

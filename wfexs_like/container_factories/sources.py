@@ -37,10 +37,8 @@ from ..errors import (
 )
 from ..images.base import Image
 from ..images.blobstore import BlobStore
-from ..images.docker_archive import DockerArchiveImage
 from ..images.layout import LayoutImage
 from ..images.manifest import Platform
-from ..images.oci_archive import OciArchiveImage
 from ..images.store import write_to_store
 from ..references import Reference
 from .engine_source import EngineSource
@@ -155,9 +153,13 @@ class ImageSources:
         if not path.exists():
             raise ContainerNotFoundException(f"{ref.canonical()}: {path} does not exist")
         if ref.scheme == "docker-archive":
+            from ..images.docker_archive import DockerArchiveImage  # archives only when one is read
+
             return DockerArchiveImage(path, repo_tag=ref.transport_ref)
         if ref.scheme == "oci":
             return LayoutImage(path, ref_name=ref.transport_ref, platform=self.platform)
+        from ..images.oci_archive import OciArchiveImage  # archives only when one is read
+
         return OciArchiveImage(path, ref_name=ref.transport_ref, platform=self.platform)
 
     def _pull(self, ref: Reference, pin: str | None) -> PullResult:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import uuid
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +20,6 @@ from typing import Any
 from ..errors import AbstractWfExSException, ContainerEngineException
 from ..fsutil import atomic_write
 from ..images.base import Image
-from ..images.docker_archive import DockerArchiveImage, iter_docker_archive
 from .base import EngineImageInfo, check_saved, normalize_image_id, require_loaded
 
 _SAVE_CHUNK = 1 << 20
@@ -136,6 +135,8 @@ class DockerEngine:
         sees a truncated tar it refuses, never a wrong image.
         """
         with self._call(f"docker could not load {tag}", "images.load(<docker-archive stream>)"):
+            from ..images.docker_archive import iter_docker_archive  # only to load
+
             self.client.images.load(iter_docker_archive(image, [tag]))
         info = require_loaded(self, image, tag)
         if tag not in info.repo_tags:
@@ -152,11 +153,13 @@ class DockerEngine:
 
     def save(self, name_or_id: str, work_dir: Path) -> Image:
         """``docker save`` of exactly the image ``name_or_id`` resolves to now, checked by its id."""
-        dest = Path(work_dir) / f"docker-save-{uuid.uuid4().hex}.tar"
+        dest = Path(work_dir) / f"docker-save-{secrets.token_hex(16)}.tar"
         call = f"images.get({name_or_id!r}).save(named=False)"
         with self._call(f"docker could not save {name_or_id}", call):
             engine_image = self.client.images.get(name_or_id)
             with atomic_write(dest) as fh:
                 for chunk in engine_image.save(chunk_size=_SAVE_CHUNK, named=False):
                     fh.write(chunk)
+        from ..images.docker_archive import DockerArchiveImage  # only to save
+
         return check_saved(self, DockerArchiveImage(dest), engine_image.id, name_or_id)

@@ -13,15 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import tempfile
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import ContainerEngineException
 from ..images.base import Image
-from ..images.docker_archive import DockerArchiveImage
 from ..images.layout import LayoutImage, write_oci_layout
 from .base import EngineImageInfo, check_saved, engine_env, normalize_image_id, require_loaded, run_engine
 
@@ -119,7 +118,7 @@ class PodmanEngine:
         given a relative symlink with a well-formed name, and the invented
         name is replaced by ``tag`` afterwards.
         """
-        link_name = f"wfexs-like-load-{uuid.uuid4().hex}"
+        link_name = f"wfexs-like-load-{secrets.token_hex(16)}"
         os.symlink(layout.absolute(), work / link_name)
         return self._run("load", "-q", "-i", link_name, what=f"podman load of {tag}", cwd=work)
 
@@ -135,7 +134,7 @@ class PodmanEngine:
                 command=self.command("image", "exists", name_or_id),
                 returncode=1,
             )
-        dest = Path(work_dir) / f"podman-save-{uuid.uuid4().hex}.tar"
+        dest = Path(work_dir) / f"podman-save-{secrets.token_hex(16)}.tar"
         partial = dest.with_name(f".{dest.name}.tmp")
         try:
             self._run(
@@ -145,6 +144,8 @@ class PodmanEngine:
             os.replace(partial, dest)
         finally:
             partial.unlink(missing_ok=True)
+        from ..images.docker_archive import DockerArchiveImage  # only to save
+
         return check_saved(self, DockerArchiveImage(dest), info.image_id, name_or_id)
 
 

@@ -10,7 +10,7 @@ writers from each growing their own half-compatible copy.
 from __future__ import annotations
 
 import json
-import platform as _platform
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -77,10 +77,11 @@ class Platform:
     @classmethod
     def host(cls) -> Platform:
         """The platform of this machine, in OCI names (``x86_64`` becomes ``amd64``)."""
-        machine = _platform.machine().lower()
+        uname = os.uname()  # what platform.machine()/system() read, without importing platform
+        machine = uname.machine.lower()
         arch = _ARCH_ALIASES.get(machine, machine)
         variant = "v8" if arch == "arm64" else ("v7" if machine == "armv7l" else None)
-        return cls(_platform.system().lower(), arch, variant)
+        return cls(uname.sysname.lower(), arch, variant)
 
     def matches(self, other: Platform) -> bool:
         """Does an index entry ``other`` satisfy this request? A missing variant matches any."""

@@ -30,7 +30,7 @@ from typing import BinaryIO
 from .. import progress
 from ..errors import CacheError, ContainerFactoryException, UnsafeArchiveError
 from ..fsutil import atomic_write
-from .archive import open_regular
+from .regular import open_regular
 
 LAUNCH_SCRIPT = b"#!/usr/bin/env run-singularity\n"
 MAGIC = b"SIF_MAGIC\x00"

@@ -24,7 +24,6 @@ never holds a half-written snapshot and is not left full by one.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
@@ -34,7 +33,7 @@ import stat
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ..errors import CacheError, DiskFullError
 from ..fsutil import disk_full_error, fsync_dir, is_disk_full, no_room_errno, require_space
@@ -220,7 +219,9 @@ def write_file(dst: Path, data: bytes, *, mode: int = 0o644, sync: bool = True) 
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
+def _libc() -> Any:
+    import ctypes  # only when a dir is replaced in place
+
     try:
         return ctypes.CDLL(None, use_errno=True)  # the already-loaded C library
     except OSError:
@@ -237,6 +238,8 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
     if rc == 0:
         return True
+    import ctypes
+
     err = ctypes.get_errno()
     if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False
