@@ -808,9 +808,15 @@ class BlobStore:
             # The blob is complete and published; without a record it is simply re-hashed when next
             # trusted. A stale record must not vouch for it meanwhile.
             with contextlib.suppress(OSError):
-                self._trust_file(digest).unlink()
+                self._forget_trust(digest)
 
     # -- trust ------------------------------------------------------------
+    def _forget_trust(self, digest: str) -> None:
+        """Remove the blob's trust record (FileNotFoundError if it had none) and this process's memo."""
+        self._known.pop(digest, None)
+        self._accepted.pop(digest, None)
+        self._trust_file(digest).unlink()
+
     def _trust_s_of(self, digest: str) -> str:
         """``_trust_file`` as a string: it is rewritten for every blob of every re-stage."""
         return f"{self._trust_s}/{split_digest(digest)[1]}"
@@ -976,9 +982,8 @@ class BlobStore:
             st = os.stat(path if path is not None else self.path_str(digest))
         except OSError:
             return False
-        known = self._known.get(digest)
-        if known is not None and (st.st_size, st.st_mtime_ns) == known[:2]:
-            return True
+        if self._known.get(digest) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_nlink):
+            return True  # exactly the file this process last checked: untouched since
         rec = self._trust_record(digest)
         return rec is not None and st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns")
 
@@ -1010,7 +1015,7 @@ class BlobStore:
         with contextlib.suppress(FileNotFoundError):
             os.replace(src, corrupt / src.name)
         with contextlib.suppress(FileNotFoundError):
-            self._trust_file(digest).unlink()
+            self._forget_trust(digest)
 
     def remove(self, digest: str) -> Removal:
         """Delete a stored blob unless a live process pins it ("in use": left alone, not an error).
@@ -1033,5 +1038,5 @@ class BlobStore:
             except FileNotFoundError:
                 removed = False
             with contextlib.suppress(FileNotFoundError):
-                self._trust_file(digest).unlink()
+                self._forget_trust(digest)
         return "removed" if removed else "absent"

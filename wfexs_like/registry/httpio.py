@@ -130,19 +130,6 @@ class Response:
             self._finish()
         return data
 
-    def readinto(self, buf: Any) -> int:
-        """Like ``read`` into ``buf`` (a writable buffer), without an intermediate bytes object."""
-        if self._conn is None:
-            return 0
-        try:
-            n = self._raw.readinto(buf)
-        except (OSError, http.client.HTTPException) as e:
-            self._discard()
-            raise BodyBroken(f"the body of {self.method} {self.url} broke off: {e}", self.url) from e
-        if not n or self._raw.isclosed():
-            self._finish()
-        return n
-
     def iter_content(self, chunk_size: int = READ_BLOCK) -> Iterator[bytes]:
         if self._content is not None:
             for i in range(0, len(self._content), chunk_size):
