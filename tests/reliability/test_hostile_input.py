@@ -431,7 +431,12 @@ def test_a_tag_with_a_newline_stays_on_its_error_line(tag: str, tmp_path: Path) 
 
 
 #: Imported by ``wfexs_like.cli`` after its handler is installed, in ``main_with``, and in ``run``.
-STARTUP_IMPORTS = ["wfexs_like.cli._common", "argparse", "wfexs_like.cli.materialize", "wfexs_like.ops.materialize"]
+STARTUP_IMPORTS = [
+    "wfexs_like.cli._common",
+    "argparse",
+    "wfexs_like.cli.materialize",
+    "wfexs_like.ops.materialize",
+]
 
 
 def _sigint_at_import(tmp_path: Path, module: str) -> dict[str, str]:
