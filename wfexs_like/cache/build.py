@@ -102,17 +102,20 @@ def build_snapshot(
     from ..images.copying import DockerArchiveSink, LayoutSink, SifSink, copy
 
     with work_dir(cache, f"{kind}-") as work:
+        # A file snapshot's digest comes from the one pass that wrote (or read back) it; the file
+        # then stays in this process's own work dir, so it is not hashed again to be cached.
+        hashed: str | None = None
         if kind == "oci-layout":
             snapshot = work / "layout"
             copy(image, LayoutSink(snapshot, ref_name=name))
             size = None
         elif kind == "docker-archive":
             snapshot = work / "image.img"
-            copy(image, DockerArchiveSink(snapshot, [name], compress=True))
+            hashed = copy(image, DockerArchiveSink(snapshot, [name], compress=True))
             size = snapshot.stat().st_size
         else:
             snapshot = work / "image.sif"
-            copy(image, SifSink(snapshot, tmp_dir=work, source=name))
+            hashed = copy(image, SifSink(snapshot, tmp_dir=work, source=name))
             size = snapshot.stat().st_size
         extra = {**(source or {}), **({"builder": "wfexs-like native"} if kind == "sif" else {})}
         served = cache.served_by([image.digest(), image.config_name(), *(x.digest() for x in image.layers())])
@@ -122,8 +125,8 @@ def build_snapshot(
             image, reference, kind, registry=registry, repository=repository, source=extra, size=size
         ).to_json()
         if kind == "docker-archive":
-            meta.update(_wfexs_sidecar(image, snapshot, name))
-        hit = cache.put(reference, kind, snapshot, meta, platform=platform, move=True)
+            meta.update(_wfexs_sidecar(image, hashed, name))
+        hit = cache.put(reference, kind, snapshot, meta, platform=platform, move=True, hashed=hashed)
     if getattr(image, "store", None) is cache.store:
         # A ``StoreImage`` vouched for each blob (strict check) as it was linked; the links, and the
         # work dir's removal, changed their ctime: re-record it, or the next reuse re-hashes them.
@@ -131,7 +134,8 @@ def build_snapshot(
     return hit
 
 
-def _wfexs_sidecar(image: Image, archive: Path, name: str) -> dict[str, Any]:
+def _wfexs_sidecar(image: Image, archive_digest: str | None, name: str) -> dict[str, Any]:
+    assert archive_digest is not None, "a docker-archive sink answers its file's sha256"
     """The keys WfExS-backend's docker factory reads from a staged ``.img`` sidecar."""
     plat = image.platform()
     manifests = [
@@ -146,7 +150,7 @@ def _wfexs_sidecar(image: Image, archive: Path, name: str) -> dict[str, Any]:
     ]
     trimmed = json.dumps(manifests, sort_keys=True, separators=(",", ":")).encode()
     return {
-        "image_signature": wfexs_fingerprint(sha256_file(archive)),
+        "image_signature": wfexs_fingerprint(archive_digest),
         "manifests_signature": wfexs_fingerprint(sha256_bytes(trimmed)),
         "manifests": manifests,
     }

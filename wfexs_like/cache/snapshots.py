@@ -342,15 +342,21 @@ class ImageCache:
         *,
         platform: str | None = None,
         move: bool = True,
+        hashed: str | None = None,
     ) -> CacheHit:
         """Publish a freshly built snapshot and point ``reference`` at it.
 
         The sidecar's ``image_signature`` is set to the computed fingerprint,
-        so the two can never disagree.
+        so the two can never disagree. ``hashed``: a file snapshot's digest as
+        its builder computed it in this process, the file having stayed in
+        the builder's own work dir since; it is taken instead of hashing the
+        file again (three more passes over a multi-GB SIF otherwise).
         """
         snapshot = Path(snapshot)
         self.hold(reference, platform)
-        fingerprint = self.stored_digest(snapshot) or self.compute_fingerprint(snapshot)
+        if hashed is not None and snapshot.is_dir():
+            raise ValueError("hashed= is for a file snapshot; a layout's fingerprint is its index.json's")
+        fingerprint = hashed or self.stored_digest(snapshot) or self.compute_fingerprint(snapshot)
         stored = self.store.path(fingerprint) == snapshot
         move = move and not stored
         meta = dict(metadata.to_json() if isinstance(metadata, ImageMetadata) else metadata)
@@ -374,7 +380,7 @@ class ImageCache:
                 if canonical.exists() or canonical.is_symlink():
                     logger.warning("replacing damaged cached snapshot %s", canonical)
                     self._retire(canonical)
-                self._publish_snapshot(snapshot, canonical, fingerprint, move)
+                self._publish_snapshot(snapshot, canonical, fingerprint, move, hashed=hashed is not None)
             write_json_atomic(canonical_meta, meta)
         ref_file = self._ref_file(reference, kind, platform)
         write_json_atomic(
@@ -508,7 +514,9 @@ class ImageCache:
         digest = "sha256:" + path.name
         return digest if self.store.is_trusted(digest) else None
 
-    def _publish_snapshot(self, src: Path, canonical: Path, fingerprint: str, move: bool) -> None:
+    def _publish_snapshot(
+        self, src: Path, canonical: Path, fingerprint: str, move: bool, *, hashed: bool = False
+    ) -> None:
         if src == self.store.path(fingerprint):
             # A blob the store verified (``stored_digest``): linking it is all there is to do.
             link_or_copy(src, canonical)
@@ -525,12 +533,12 @@ class ImageCache:
                     shutil.rmtree(src)
         else:
             if move:
-                self.store.adopt_file(src, fingerprint)
+                self.store.adopt_file(src, fingerprint, hashed=hashed)
             else:
                 self.store.put_file(src, fingerprint)
             link_or_copy(self.store.path(fingerprint), canonical)
         fsync_dir(self.snapshots_dir)
-        if self.compute_fingerprint(canonical) != fingerprint:
+        if not hashed and self.compute_fingerprint(canonical) != fingerprint:
             raise IntegrityError(
                 f"snapshot {canonical} changed while it was being cached; retry the operation",
                 expected=fingerprint,

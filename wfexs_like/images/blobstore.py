@@ -766,13 +766,17 @@ class BlobStore:
         with open(src, "rb") as fh:
             return self.put_stream(iter(lambda: fh.read(CHUNK), b""), expected_digest)
 
-    def adopt_file(self, src: Path, expected_digest: str | None = None) -> str:
+    def adopt_file(self, src: Path, expected_digest: str | None = None, *, hashed: bool = False) -> str:
         """Move a finished file (a built SIF, a saved archive) into the store without copying.
 
         It is hashed in place and renamed when it is on the store's
         filesystem; from elsewhere it is copied through a writer instead.
+        ``hashed``: the caller computed ``expected_digest`` from this very
+        file, which only it has written since (its builder's work dir).
         """
-        digest = sha256_file(src)
+        if hashed and expected_digest is None:
+            raise ValueError("hashed=True needs the expected_digest the caller computed")
+        digest = expected_digest if hashed and expected_digest else sha256_file(src)
         if expected_digest is not None and digest != expected_digest:
             raise IntegrityError(
                 f"{src} does not match its expected digest {expected_digest} (got {digest})",
