@@ -414,6 +414,28 @@ def _write_small(path: Path, data: bytes) -> None:
 # -- verifying ----------------------------------------------------------------------------------
 
 
+#: Small layout files (``oci-layout``, ``index.json``, manifests, configs) this process read, by
+#: path: their bytes and the stat they had. A file whose stat still matches has not been written
+#: since (any write moves its ctime), so a re-stage does not open, read and hash it again.
+_READ: dict[str, tuple[tuple[int, ...], bytes]] = {}
+_READ_MAX = 4096
+
+
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _recall(path: str, st: os.stat_result) -> bytes | None:
+    got = _READ.get(path)
+    return got[1] if got is not None and got[0] == _stat_key(st) and stat.S_ISREG(st.st_mode) else None
+
+
+def _remember(path: str, st: os.stat_result, raw: bytes) -> None:
+    if len(_READ) >= _READ_MAX:
+        _READ.clear()
+    _READ[path] = (_stat_key(st), raw)
+
+
 def verify_oci_layout(
     path: Path,
     store: BlobStore | None = None,
@@ -438,12 +460,16 @@ def verify_oci_layout(
 
     def read_file(name: str, what: str, limit: int) -> bytes:
         try:
-            p, _ = within.stat(name)
+            p, st = within.stat(name)
         except FileNotFoundError:
             raise
         except OSError as e:
             raise CacheError(f"cannot read {what} {path / name}: {e.strerror or e}") from e
-        return read_regular(p, what, limit)
+        raw = None if full else _recall(p, st)
+        if raw is None:
+            raw = read_regular(p, what, limit)
+            _remember(p, st, raw)
+        return raw
 
     try:
         layout = json.loads(read_file(OCI_LAYOUT_FILE, "OCI layout marker", 4096))
@@ -494,11 +520,15 @@ def verify_oci_layout(
             if size > SMALL_LIMIT:
                 problems.append(f"blob {desc.digest}: {size} bytes, far too large for a manifest or config")
                 return None
+            raw = None if full else _recall(p, st)
+            if raw is not None:
+                return raw  # remembered only once it hashed to its name
             with open(p, "rb") as fh:
                 raw = fh.read()
             if sha256_bytes(raw) != desc.digest:
                 problems.append(f"blob {desc.digest} does not hash to its name ({p}): altered")
                 return None
+            _remember(p, st, raw)
             return raw
         if desc.digest in checked:
             return None
