@@ -290,3 +290,25 @@ def test_no_proxy_reads_like_curl(
     assert (got is None) is bypass
     if not bypass:
         assert got == ("proxy.invalid", 3128, None)
+
+
+def test_a_proxy_of_another_kind_is_a_clear_error_not_retried(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from wfexs_like.errors import RegistryError
+    from wfexs_like.registry import RegistryClient
+
+    origin = serving(keep_alive)
+    try:
+        monkeypatch.setenv("http_proxy", "socks5://user:secret@127.0.0.1:1080")
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        with RegistryClient(retries=3, backoff=0.01) as c, pytest.raises(RegistryError) as e:
+            c.download(f"http://127.0.0.1:{origin.port}/file", tmp_path / "file")
+        message = str(e.value)
+        assert "http_proxy" in message and "socks5://" in message and "no_proxy" in message
+        assert "secret" not in message
+        assert not [r for r in caplog.records if "retrying" in r.getMessage()]
+        assert origin.connections == 0
+    finally:
+        origin.close()

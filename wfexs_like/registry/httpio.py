@@ -56,6 +56,10 @@ class TlsFailure(ConnectFailure):
     """The TLS handshake failed: an untrusted certificate, a client certificate refused."""
 
 
+class ProxyUnsupported(ConnectFailure):
+    """``http_proxy``/``https_proxy`` names a proxy this client cannot speak to (not ``http://``)."""
+
+
 class BodyBroken(HttpFailure):
     """The answer's body broke off (reset, timeout, fewer bytes than announced)."""
 
@@ -225,8 +229,10 @@ def proxy_for(scheme: str, host: str, port: int) -> tuple[str, int, str | None] 
         value = "http://" + value
     parts = urlsplit(value)
     if parts.scheme not in ("http", ""):
-        raise ConnectFailure(
-            f"{scheme}_proxy={parts.scheme}://...: only http:// proxies are supported", value
+        raise ProxyUnsupported(
+            f"the {scheme}_proxy variable names a {parts.scheme}:// proxy; only http:// proxies are "
+            f"supported: set {scheme}_proxy to http://HOST:PORT, or add the registry to no_proxy",
+            value.split("@")[-1],
         )
     creds = None
     if parts.username is not None:

@@ -32,7 +32,16 @@ from urllib.parse import urljoin, urlsplit, urlunsplit
 from ..errors import RegistryError
 from ..progress import check_cancelled
 from .certs import TlsSettings, default_ca_bundle
-from .httpio import BodyBroken, ConnectFailure, Pool, Readable, Response, TlsFailure, basic_auth
+from .httpio import (
+    BodyBroken,
+    ConnectFailure,
+    Pool,
+    ProxyUnsupported,
+    Readable,
+    Response,
+    TlsFailure,
+    basic_auth,
+)
 
 __all__ = ["Readable", "Response", "Transport"]
 
@@ -284,6 +293,8 @@ class Transport:
             except TlsFailure as e:
                 check_cancelled()
                 raise RegistryError(_tls_failure(host, what, e, url), url=safe_url(url)) from e
+            except ProxyUnsupported as e:  # a setting: no retry fixes it
+                raise RegistryError(f"cannot reach {host} while {what}: {e}", url=safe_url(url)) from e
             except (ConnectFailure, BodyBroken) as e:
                 check_cancelled()
                 kind = hopeless(e)
