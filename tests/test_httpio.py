@@ -312,3 +312,17 @@ def test_a_proxy_of_another_kind_is_a_clear_error_not_retried(
         assert origin.connections == 0
     finally:
         origin.close()
+
+
+def test_a_header_sent_twice_reads_as_both_values(pool: Pool) -> None:
+    def two_challenges(conn: socket.socket, n: int, box: list[SocketServer]) -> None:
+        read_request(conn.makefile("rb"))
+        answer(conn, b"", extra='WWW-Authenticate: Basic realm="r"\r\nWWW-Authenticate: Bearer realm="t"\r\n')
+
+    srv = serving(two_challenges)
+    try:
+        r = pool.request("GET", f"http://127.0.0.1:{srv.port}/v2/", headers={})
+        assert r.headers.get("www-authenticate") == 'Basic realm="r", Bearer realm="t"'
+        assert r.headers.get("X-Missing", "none") == "none"
+    finally:
+        srv.close()

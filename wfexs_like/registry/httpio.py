@@ -65,16 +65,22 @@ class BodyBroken(HttpFailure):
 
 
 class Headers:
-    """Case-insensitive read-only view of a response's headers (first value wins on ``get``)."""
+    """Case-insensitive read-only view of a response's headers.
+
+    A header sent more than once reads as its values joined with ``", "``
+    (RFC 9110's rule, and what ``requests`` gave): a registry may send two
+    ``WWW-Authenticate`` challenges as two headers.
+    """
 
     def __init__(self, msg: http.client.HTTPMessage) -> None:
         self._msg = msg
 
     def get(self, name: str, default: Any = None) -> Any:
-        return self._msg.get(name, default)
+        values = self._msg.get_all(name)
+        return default if values is None else ", ".join(values)
 
     def __getitem__(self, name: str) -> str:
-        value = self._msg.get(name)
+        value = self.get(name)
         if value is None:
             raise KeyError(name)
         return value
