@@ -107,13 +107,101 @@ class _DirMeta:
     gid: int
 
 
+class _Forward:
+    """A forward-only file over a stream, with the ``tell`` and ``seek`` that ``tarfile`` asks of one."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._pos += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        if whence != 0 or pos < self._pos:
+            raise tarfile.StreamError("seeking backwards is not allowed")
+        while self._pos < pos:
+            progress.check_cancelled()
+            if not self.read(min(pos - self._pos, CHUNK)):
+                raise tarfile.ReadError("unexpected end of data")
+        return self._pos
+
+
+class _Body:
+    """One member's bytes, read straight from the layer stream in the caller's chunk size."""
+
+    def __init__(self, fileobj: _Forward, size: int) -> None:
+        self._f = fileobj
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._f.read(n) if n else b""
+        if n and not data:
+            raise tarfile.ReadError("unexpected end of data")
+        self._left -= len(data)
+        return data
+
+
+class LayerTar:
+    """The members of a layer read as a stream: ``tarfile``'s own header parsing, bodies read direct.
+
+    Why not ``tarfile.open(mode="r|")``: its stream object hands member
+    bytes over in 10 KiB reads joined in Python, which was a fifth of a SIF
+    build's own CPU on a base image. Headers (ustar, GNU long names, pax,
+    sparse) still come from ``TarInfo.fromtarfile``, the documented way to
+    read one member through an object with ``fileobj``, ``encoding``,
+    ``errors`` and ``pax_headers``; ``next`` ends and fails as
+    ``TarFile.next`` does. Iterate once; ``extractfile`` is for the member
+    just yielded (a stream never looks back).
+    """
+
+    def __init__(self, stream: BinaryIO) -> None:
+        self.fileobj = _Forward(stream)
+        self.encoding = "utf-8"
+        self.errors = "surrogateescape"
+        self.pax_headers: dict[str, str] = {}
+        self.offset = 0  # where the next header starts (``TarInfo`` keeps it current)
+        self.members: list[tarfile.TarInfo] = []  # never filled: kept so callers may reset it
+
+    def __iter__(self) -> Iterator[tarfile.TarInfo]:
+        while (member := self.next()) is not None:
+            yield member
+
+    def next(self) -> tarfile.TarInfo | None:
+        if self.offset != self.fileobj.tell():
+            self.fileobj.seek(self.offset)  # skip what the caller did not read of the last body
+        try:
+            return tarfile.TarInfo.fromtarfile(self)  # type: ignore[arg-type]
+        except tarfile.EOFHeaderError:
+            return None
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError) as e:
+            if self.offset == 0:
+                raise tarfile.ReadError(str(e)) from None
+            return None  # as tarfile: a damaged header after the first ends the archive
+        except tarfile.EmptyHeaderError:
+            if self.offset == 0:
+                raise tarfile.ReadError("empty file") from None
+            return None
+        except tarfile.SubsequentHeaderError as e:
+            raise tarfile.ReadError(str(e)) from None
+
+    def extractfile(self, member: tarfile.TarInfo) -> _Body:
+        self.fileobj.seek(member.offset_data)
+        return _Body(self.fileobj, member.size)
+
+
 @contextmanager
-def open_layer(layer: Layer, name: str) -> Iterator[tarfile.TarFile]:
+def open_layer(layer: Layer, name: str) -> Iterator[LayerTar]:
     """The layer as a tar stream; on leaving, the rest of the stream is read so its check runs."""
     with contextlib.closing(layer.uncompressed()) as stream:
         try:
-            with tarfile.open(fileobj=stream, mode="r|") as tf:
-                yield tf
+            yield LayerTar(stream)
             _drain(stream)
         except READ_ERRORS as exc:
             _check_blob(layer)
@@ -180,7 +268,7 @@ class _Applier:
                 if count % 1000 == 999:
                     tf.members = []  # a stream never looks back; don't keep every header in memory
 
-    def _member(self, tf: tarfile.TarFile, m: tarfile.TarInfo, layer: str) -> None:
+    def _member(self, tf: LayerTar, m: tarfile.TarInfo, layer: str) -> None:
         parts = member_parts(m.name, layer, m.name)
         if not parts:
             if not m.isdir():
@@ -236,7 +324,7 @@ class _Applier:
             return
         self._mark(target)
 
-    def _write_file(self, tf: tarfile.TarFile, m: tarfile.TarInfo, target: str) -> None:
+    def _write_file(self, tf: LayerTar, m: tarfile.TarInfo, target: str) -> None:
         src = tf.extractfile(m)
         assert src is not None
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)

@@ -56,6 +56,7 @@ from .rootfs import (
     OPAQUE_WHITEOUT,
     UNSUPPORTED_MEMBER_WARNING,
     WHITEOUT_PREFIX,
+    LayerTar,
     member_parts,
     open_layer,
 )
@@ -672,7 +673,7 @@ class _Merge:
                 if ordinal % 1000 == 999:
                     tf.members = []
 
-    def _write_now(self, tf: tarfile.TarFile, m: tarfile.TarInfo, path: str, leaf: _Leaf) -> None:
+    def _write_now(self, tf: LayerTar, m: tarfile.TarInfo, path: str, leaf: _Leaf) -> None:
         """Write an entry of the eager layer as it is read: nothing above touches it (or it's a conflict)."""
         inode = leaf.inode
         if inode.written_as is not None:
@@ -694,7 +695,7 @@ class _Merge:
             d = child
         d.written_below = True
 
-    def _write_member(self, tf: tarfile.TarFile, m: tarfile.TarInfo, path: str) -> None:
+    def _write_member(self, tf: LayerTar, m: tarfile.TarInfo, path: str) -> None:
         kind = REG if m.isreg() else m.type
         size = m.size if kind == REG else 0
         self.out.header(
