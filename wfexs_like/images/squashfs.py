@@ -17,6 +17,7 @@ import collections
 import contextlib
 import ctypes
 import errno
+import fcntl
 import os
 import shutil
 import signal
@@ -39,6 +40,12 @@ _PR_SET_PDEATHSIG = 1
 _NO_SPACE = ("No space left on device", "Disk quota exceeded")
 _FULL_MARGIN = 16 << 20
 _WATCH_EVERY = 8 << 20
+
+
+#: The pipe into the packer, and our buffer in front of it: a tar of small files is mostly
+#: 512-byte headers, and 64 KiB (Linux's default pipe) made the writer and the packer's reader
+#: wait on each other thousands of times.
+PIPE_BYTES = 1 << 20
 
 
 def jobs() -> int:
@@ -88,6 +95,7 @@ class _Child:
             self.proc = subprocess.Popen(
                 cmd,
                 stdin=stdin,
+                bufsize=PIPE_BYTES,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 env=_env(),
@@ -97,6 +105,9 @@ class _Child:
             raise ContainerEngineException(
                 f"{cmd[0]} not found: install {package} (apt-get install {package})", command=cmd
             ) from None
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError, AttributeError):  # Linux only; a smaller pipe still works
+                fcntl.fcntl(self.proc.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._tail: collections.deque[bytes] = collections.deque()
         self._reader = threading.Thread(target=self._read_stderr, name=f"{tool}-stderr", daemon=True)
         self._reader.start()
