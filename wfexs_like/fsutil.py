@@ -18,7 +18,6 @@ import contextlib
 import errno
 import os
 import re
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -181,6 +180,12 @@ def names_open_file(path: str | Path, fd: int) -> bool:
         return False
 
 
+def random_hex(nbytes: int = 8) -> str:
+    """Random hex for temporary names (``os.urandom``: ``secrets`` would import ``random`` and
+    ``hashlib`` into every command's start-up for the same bytes)."""
+    return os.urandom(nbytes).hex()
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename durable; some filesystems refuse to fsync a directory, which is fine."""
     try:
@@ -200,7 +205,7 @@ def _create_temp_beside(dest: Path) -> tuple[int, Path]:
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     stem = dest.name[:200]
     for _ in range(100):
-        tmp = dest.with_name(f".{stem}.{secrets.token_hex(8)}.tmp")
+        tmp = dest.with_name(f".{stem}.{random_hex(8)}.tmp")
         try:
             return os.open(tmp, flags, 0o666), tmp
         except FileExistsError:

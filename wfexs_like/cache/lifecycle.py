@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from typing import Any
 
 from ..errors import CacheError
 from ..filelocks import Timeout
+from ..fsutil import random_hex
 from ..images.staging import remove_path
 from .inventory import (
     ENTRY_KINDS,
@@ -155,7 +155,7 @@ def retire(cache: ImageCache, path: Path) -> None:
     """Rename ``path`` out of sight in one step, then delete it (a reader never sees half of it)."""
     if not (path.exists() or path.is_symlink()):
         return
-    graveyard = cache.store.tmp_dir / f"retired-{secrets.token_hex(16)}"
+    graveyard = cache.store.tmp_dir / f"retired-{random_hex(16)}"
     try:
         os.replace(path, graveyard)
     except FileNotFoundError:

@@ -56,7 +56,6 @@ import hashlib
 import json
 import logging
 import os
-import secrets
 import shutil
 import threading
 import weakref
@@ -68,7 +67,7 @@ from typing import Any, Literal
 
 from ..digests import is_digest, normalize_fingerprint, sha256_file, split_digest
 from ..errors import CacheError, DiskFullError, IntegrityError
-from ..fsutil import atomic_write_bytes, fsync_dir, reword_disk_full
+from ..fsutil import atomic_write_bytes, fsync_dir, random_hex, reword_disk_full
 from ..images.blobstore import BlobStore
 from ..images.layout import is_blob_path, trusted_by, verify_oci_layout
 from ..images.manifest import Manifest, ManifestError, parse_manifest_or_index
@@ -547,6 +546,6 @@ class ImageCache:
 
     def _retire(self, path: Path) -> None:
         """Move a damaged entry out of the way atomically, then delete it."""
-        graveyard = self.store.tmp_dir / f"retired-{secrets.token_hex(16)}"
+        graveyard = self.store.tmp_dir / f"retired-{random_hex(16)}"
         os.replace(path, graveyard)
         remove_path(graveyard)

@@ -15,12 +15,12 @@ around it would leak into every other thread.
 from __future__ import annotations
 
 import os
-import secrets
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import ContainerEngineException
+from ..fsutil import random_hex
 from ..images.base import Image
 from .base import EngineImageInfo, engine_env, run_engine
 
@@ -65,7 +65,7 @@ class ApptainerEngine:
 
         binary = self._require_binary()
         dest = Path(dest)
-        partial = dest.with_name(f".{dest.name}.{secrets.token_hex(8)}.tmp")
+        partial = dest.with_name(f".{dest.name}.{random_hex(8)}.tmp")
         cmd = [binary, "pull", "--force", "--name", str(partial), uri]
         extra = dict(self.env)
         if plain_http:

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..errors import AbstractWfExSException, ContainerEngineException
-from ..fsutil import atomic_write
+from ..fsutil import atomic_write, random_hex
 from ..images.base import Image
 from .base import EngineImageInfo, check_saved, normalize_image_id, require_loaded
 
@@ -153,7 +152,7 @@ class DockerEngine:
 
     def save(self, name_or_id: str, work_dir: Path) -> Image:
         """``docker save`` of exactly the image ``name_or_id`` resolves to now, checked by its id."""
-        dest = Path(work_dir) / f"docker-save-{secrets.token_hex(16)}.tar"
+        dest = Path(work_dir) / f"docker-save-{random_hex(16)}.tar"
         call = f"images.get({name_or_id!r}).save(named=False)"
         with self._call(f"docker could not save {name_or_id}", call):
             engine_image = self.client.images.get(name_or_id)

@@ -13,13 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
 import shutil
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import ContainerEngineException
+from ..fsutil import random_hex
 from ..images.base import Image
 from ..images.layout import LayoutImage, write_oci_layout
 from .base import EngineImageInfo, check_saved, engine_env, normalize_image_id, require_loaded, run_engine
@@ -118,7 +118,7 @@ class PodmanEngine:
         given a relative symlink with a well-formed name, and the invented
         name is replaced by ``tag`` afterwards.
         """
-        link_name = f"wfexs-like-load-{secrets.token_hex(16)}"
+        link_name = f"wfexs-like-load-{random_hex(16)}"
         os.symlink(layout.absolute(), work / link_name)
         return self._run("load", "-q", "-i", link_name, what=f"podman load of {tag}", cwd=work)
 
@@ -134,7 +134,7 @@ class PodmanEngine:
                 command=self.command("image", "exists", name_or_id),
                 returncode=1,
             )
-        dest = Path(work_dir) / f"podman-save-{secrets.token_hex(16)}.tar"
+        dest = Path(work_dir) / f"podman-save-{random_hex(16)}.tar"
         partial = dest.with_name(f".{dest.name}.tmp")
         try:
             self._run(

@@ -30,7 +30,6 @@ import hashlib
 import io
 import logging
 import os
-import secrets
 import threading
 import time
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from pathlib import Path
 from ..digests import CHUNK
 from ..errors import IntegrityError
 from ..filelocks import FileLock
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_dir, random_hex
 from ..images.blobstore import BlobStore
 from ..progress import check_cancelled
 from .base import (
@@ -326,7 +325,7 @@ def _link_in(store: BlobStore, path: Path, digest: str | None, *, trusted: bool)
     (no chmod: its mode is its owner's business). Returns the digest, or
     None when the filesystem cannot link (the caller copies instead).
     """
-    tmp = store.tmp_dir / f"link-{secrets.token_hex(16)}.tmp"
+    tmp = store.tmp_dir / f"link-{random_hex(16)}.tmp"
     try:
         os.link(path, tmp)
     except OSError as e:
