@@ -100,6 +100,9 @@ class Plan:
     verify_mb: int
     cache_runs: int
     s3_runs: int
+    #: The SIF build and its floor: each takes ~12 s at full use of both cores, where a shared
+    #: machine's speed drifts by a tenth between runs; five alternating pairs steady the median.
+    sif_runs: int
 
     @classmethod
     def make(cls, quick: bool, runs: int | None) -> Plan:
@@ -109,11 +112,13 @@ class Plan:
                 quick=True, runs=runs or 1, startup_runs=5, big_mb=200, big_runs=1, small_images=50,
                 restage_images=10, restage_runs=2, api_reps=5, latency_ms=20, parallel_runs=1,
                 cache_images=200, blobs_per_image=10, verify_mb=256, cache_runs=2, s3_runs=1,
+                sif_runs=runs or 1,
             )  # fmt: skip
         return cls(
             quick=False, runs=runs or 3, startup_runs=10, big_mb=1000, big_runs=3, small_images=50,
             restage_images=10, restage_runs=5, api_reps=10, latency_ms=20, parallel_runs=3,
             cache_images=1000, blobs_per_image=10, verify_mb=2000, cache_runs=5, s3_runs=3,
+            sif_runs=runs or 5,
         )  # fmt: skip
 
 

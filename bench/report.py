@@ -277,7 +277,8 @@ def header(meta: dict[str, Any]) -> str:
         f"of {meta['plan']['cache_images']} images × {meta['plan']['blobs_per_image']} blobs, and one of "
         f"{meta['plan']['verify_mb']} MB in bigger blobs for `verify --full`",
         f"- **Runs**: {meta['plan']['runs']} per core scenario (start-up {meta['plan']['startup_runs']}, "
-        f"big image {meta['plan']['big_runs']}, re-stage {meta['plan']['restage_runs']}); median shown, "
+        f"big image {meta['plan']['big_runs']}, re-stage {meta['plan']['restage_runs']}, "
+        f"SIF build {meta['plan'].get('sif_runs', meta['plan']['runs'])}); median shown, "
         "range in the notes. Times are wall time of whole commands (start-up included) unless the row says.",
         "- **Caveats**: warm page cache (nothing is dropped between runs: that needs root-level "
         "`drop_caches` and would disturb other users of the machine); the registry is on loopback, so "

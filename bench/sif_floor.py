@@ -79,7 +79,7 @@ def run_all(ctx: Context) -> None:
     rootfs = d / "rootfs"
     merged_rootfs(template, _layers(record, stage), rootfs)
     try:
-        for n in range(ctx.plan.runs):
+        for n in range(ctx.plan.sif_runs):
             steps = (_ours, _floor) if n % 2 == 0 else (_floor, _ours)
             for step in steps:
                 step(ctx, n, d, template, rootfs)
