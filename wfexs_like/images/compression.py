@@ -10,10 +10,10 @@ refused with the same message, everywhere at once.
 from __future__ import annotations
 
 import bz2
-import gzip
 import io
 import lzma
 import zlib
+from collections.abc import Iterator
 from typing import IO, Any, Literal
 
 from ..errors import ContainerFactoryException
@@ -76,54 +76,89 @@ def decompressing_reader(raw: IO[bytes], what: str) -> IO[bytes]:
     return raw
 
 
-#: Compressed bytes read per step, and the most a step inflates to.
+#: Compressed bytes read per step, and the most one inflate call makes.
 INFLATE_IN = 1 << 20
 INFLATE_OUT = 1 << 20
 
 
-class _Gunzip(io.RawIOBase):
-    """gzip members one after another, as ``gzip.GzipFile`` reads them, inflated by ``zlib`` directly.
+class GzipMembers:
+    """gzip members fed in pieces, inflated as they come: what ``gzip.GzipFile`` reads, pushed.
 
-    Why not ``GzipFile``: it reads 8 KiB at a time and computes the CRC in
-    Python-level calls, which cost a tenth of a SIF build's own CPU on a
-    base image, while the squashfs compressor wants both cores. ``zlib``
-    with a gzip window checks each member's CRC and length itself. The same
-    errors come out: a stream cut short is ``EOFError``, bytes after a
-    member that are neither zeros nor another member are ``BadGzipFile``,
-    damage is ``zlib.error``.
+    Members may follow one another, with zero padding between and after
+    them (``docker save`` pads). ``zlib`` with a gzip window checks each
+    member's CRC and length; damage raises ``zlib.error``. No call makes
+    more than ``INFLATE_OUT`` bytes at once, so a small bomb of a chunk never
+    becomes a huge buffer. ``complete`` says whether the input so far ended
+    exactly at the end of a member (else it was cut short).
+    """
+
+    def __init__(self) -> None:
+        self._inflater = zlib.decompressobj(31)
+        self._between = False
+
+    @property
+    def complete(self) -> bool:
+        return self._between
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        while True:
+            if self._between:
+                data = data.lstrip(b"\0")
+                if not data:
+                    return
+                self._inflater = zlib.decompressobj(31)
+                self._between = False
+            out = self._inflater.decompress(data, INFLATE_OUT)
+            if out:
+                yield out
+            if self._inflater.eof:
+                data = self._inflater.unused_data
+                self._between = True
+                continue
+            data = self._inflater.unconsumed_tail
+            if not data and len(out) < INFLATE_OUT:
+                return  # a full output may leave more inside zlib: ask again, with no new input
+
+
+class _Gunzip(io.RawIOBase):
+    """``GzipMembers`` pulled: a plain stream of what ``raw``'s gzip members hold.
+
+    Why not ``gzip.GzipFile``: it reads 8 KiB at a time and computes the CRC
+    in Python-level calls, which cost a tenth of a SIF build's own CPU on a
+    base image, while the squashfs compressor wants both cores. The same
+    errors come out for a stream cut short (``EOFError``); damage, trailing
+    garbage included, is ``zlib.error``.
     """
 
     def __init__(self, raw: IO[bytes]) -> None:
         self._raw = raw
-        self._inflater = zlib.decompressobj(31)
-        self._pending = b""
+        self._members = GzipMembers()
+        self._out: Iterator[bytes] = iter(())
+        self._left = memoryview(b"")
         self._done = False
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, b: Any) -> int:
-        while not self._done:
-            data = self._pending or self._raw.read(INFLATE_IN)
-            self._pending = b""
-            if not data:
-                if not self._inflater.eof:
-                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
-                self._done = True
+        while not self._left:
+            chunk = next(self._out, None)
+            if chunk is not None:
+                self._left = memoryview(chunk)
                 break
-            if self._inflater.eof:  # between members: zero padding, another member, or garbage
-                data = data.lstrip(b"\0")
-                if not data:
-                    continue
-                if not data.startswith(GZIP_MAGIC):
-                    raise gzip.BadGzipFile(f"Not a gzipped file ({data[:2]!r})")
-                self._inflater = zlib.decompressobj(31)
-            out = self._inflater.decompress(data, len(b))
-            self._pending = self._inflater.unconsumed_tail or self._inflater.unused_data
-            if out:
-                b[: len(out)] = out
-                return len(out)
-        return 0
+            if self._done:
+                return 0
+            data = self._raw.read(INFLATE_IN)
+            if not data:
+                self._done = True
+                if not self._members.complete:
+                    raise EOFError("Compressed file ended before the end-of-stream marker was reached")
+                return 0
+            self._out = self._members.feed(data)
+        n = min(len(b), len(self._left))
+        b[:n] = self._left[:n]
+        self._left = self._left[n:]
+        return n
 
 
 def _peek(raw: IO[bytes]) -> bytes:

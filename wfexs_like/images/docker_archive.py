@@ -55,7 +55,7 @@ from .archive import (
 )
 from .base import BaseImage, BlobLayer, Image, Layer, VerifyingReader, buffered
 from .blobstore import BlobStore
-from .compression import decompressing_reader, sniff
+from .compression import GzipMembers, decompressing_reader, sniff
 from .manifest import OCI_CONFIG, OCI_LAYER, OCI_LAYER_GZIP, OCI_MANIFEST, Descriptor
 
 # Docker's reference grammar, loosely: name components, optional registry
@@ -64,8 +64,6 @@ _REPO_TAG_RE = re.compile(
     r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
     r"(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 )
-#: Output limit per inflate call, so a small bomb of a chunk never becomes a huge buffer.
-_INFLATE_OUT = 4 << 20
 
 
 class _InflateCheck(io.RawIOBase):
@@ -79,8 +77,7 @@ class _InflateCheck(io.RawIOBase):
         self._raw = raw
         self._diff_id = diff_id
         self._what = what
-        self._d = zlib.decompressobj(wbits=31)
-        self._between = False  # at the end of a gzip member: only padding or another member may follow
+        self._members = GzipMembers()
         self._hash = hashlib.sha256()
         self._checked = False
 
@@ -97,22 +94,8 @@ class _InflateCheck(io.RawIOBase):
 
     def _feed(self, data: bytes) -> None:
         try:
-            while True:
-                if self._between:
-                    data = data.lstrip(b"\0")
-                    if not data:
-                        return
-                    self._d = zlib.decompressobj(wbits=31)
-                    self._between = False
-                out = self._d.decompress(data, _INFLATE_OUT)
+            for out in self._members.feed(data):
                 self._hash.update(out)
-                if self._d.eof:
-                    data = self._d.unused_data
-                    self._between = True
-                    continue
-                data = self._d.unconsumed_tail
-                if not data and len(out) < _INFLATE_OUT:
-                    return
         except zlib.error as e:
             self._checked = True
             raise IntegrityError(
@@ -123,7 +106,7 @@ class _InflateCheck(io.RawIOBase):
 
     def _finish(self) -> None:
         self._checked = True
-        if not self._between:
+        if not self._members.complete:
             raise IntegrityError(
                 f"{self._what} is a truncated gzip stream; the archive is corrupt: save the image again",
                 expected=self._diff_id,
