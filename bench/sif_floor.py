@@ -91,7 +91,12 @@ def _ours(ctx: Context, n: int, d: Path, template: Path, rootfs: Path) -> None:
     cache, stage, record = d / f"cache-{n}", d / f"stage-{n}", d / f"sif-{n}.yaml"
     # Hard links, as a cache's own files are: a byte copy is a new inode, which the cache rightly
     # re-hashes once before trusting it (not what a warm cache does, and not what this row measures).
+    # The trust records are the one thing copied: shared, one run's re-record (after its links) and
+    # the next copy's links would net out to the same link count with a moved ctime, which is what
+    # a write looks like, and the layer would be re-hashed before every build but the first.
     run(["cp", "-al", str(template), str(cache)])
+    shutil.rmtree(cache / "trust")
+    run(["cp", "-a", str(template / "trust"), str(cache / "trust")])
     m = ctx.wl(
         "materialize",
         f"docker://{ctx.base}",
