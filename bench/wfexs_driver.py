@@ -3,11 +3,11 @@
 ``PY wfexs_driver.py CACHE STAGE online|offline TAG...``
 
 Runs under WfExS-backend's own interpreter (its isolated venv), so it
-imports nothing of ours. Prints one JSON line with the call's time. Written
-against the factory API of WfExS-backend 1.0.x (``materializeContainers``
-takes a file-naming function in some releases and not in others, hence the
-signature check); it has not run on this project's machines, where the
-package index offers no wfexs-backend (see README.md).
+imports nothing of ours. Prints one JSON line with the call's time.
+Written against the factory API of WfExS-backend 1.0.9 (the factory takes
+the workflow engine's file-naming function first; the naming here is the
+CWL engine's shape, a list of one flattened name), with the keyword names
+of earlier 1.0.x releases as the fallback.
 """
 
 import inspect
@@ -15,6 +15,7 @@ import json
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 del sys.path[0]
 
@@ -25,14 +26,29 @@ try:
 except ImportError:
     from wfexs_backend.container_factories import ContainerTaggedName, ContainerType
 
-cache, stage, mode, tags = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
-factory = DockerContainerFactory(
-    cacheDir=cache, stagedContainersDir=stage, engine_name="docker", tempDir=tempfile.mkdtemp()
-)
+cache, stage, mode, tags = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4:]
+
+
+def file_names(uri: str) -> list[str]:
+    return [uri.replace("/", "_").replace(":", "_")]
+
+
+if "simpleFileNameMethod" in inspect.signature(DockerContainerFactory.__init__).parameters:  # 1.0.9
+    factory = DockerContainerFactory(
+        simpleFileNameMethod=file_names,
+        containersCacheDir=cache,
+        stagedContainersDir=stage,
+        engine_name="docker",
+        tempDir=Path(tempfile.mkdtemp()),
+    )
+else:
+    factory = DockerContainerFactory(
+        cacheDir=cache, stagedContainersDir=stage, engine_name="docker", tempDir=tempfile.mkdtemp()
+    )
 wanted = [ContainerTaggedName(origTaggedName=t, type=ContainerType.Docker, registries=None) for t in tags]
 args: list = [wanted]
 if "simpleFileNameMethod" in inspect.signature(factory.materializeContainers).parameters:
-    args.append(lambda uri: uri.replace("/", "_").replace(":", "_"))
+    args.append(file_names)
 t0 = time.perf_counter()
 got = factory.materializeContainers(*args, containers_dir=stage, offline=mode == "offline")
 print(json.dumps({"seconds": time.perf_counter() - t0, "containers": len(got)}))
