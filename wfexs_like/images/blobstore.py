@@ -75,7 +75,6 @@ FULL_CACHE_HINT = (
 _PARTIAL = re.compile(r"sha256-([0-9a-f]{64})\.partial")
 #: What ``BlobStore.remove`` did: deleted it, found nothing to delete, or left it to the process pinning it.
 Removal = Literal["removed", "absent", "in use"]
-#: The trust record's fields, in the order ``unchanged`` compares them.
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +215,9 @@ class BlobWriter:
         self._hash = hashlib.sha256()
         self.offset = self.written = 0
         self._closed = True  # until a file is open: discard() must not touch one
+        # No helper threads yet: discard() (a full disk while opening) stops whichever exist.
+        self._pipe: _PipelinedHash | None = None
+        self._writeback: _EarlyWriteback | None = None
         if expected_digest is not None:
             algo, _ = split_digest(expected_digest)
             if algo != "sha256":
@@ -238,7 +240,6 @@ class BlobWriter:
                 self._fh.seek(0, os.SEEK_END)
         self.written = self.offset
         self._room_checked = expected_size is None
-        self._pipe: _PipelinedHash | None = None
         if expected_size is not None and expected_size - self.offset >= PIPELINE_MIN:
             self._pipe = _PipelinedHash(self._hash)
         if not self.resumable:
@@ -246,7 +247,6 @@ class BlobWriter:
             self.tmp_path = Path(name)
             self._fh = os.fdopen(fd, "wb")
             self._closed = False
-        self._writeback: _EarlyWriteback | None = None
         if expected_size is not None and expected_size - self.offset >= FLUSH_MIN:
             self._writeback = _EarlyWriteback(self._fh.fileno())
         with _active_lock:
@@ -342,9 +342,8 @@ class BlobWriter:
         if self._pipe is not None:
             self._pipe.close()
             self._pipe = None
-        writeback = getattr(self, "_writeback", None)
-        if writeback is not None:
-            writeback.close()
+        if self._writeback is not None:
+            self._writeback.close()
             self._writeback = None
 
     def commit(self) -> str:
@@ -855,7 +854,7 @@ class BlobStore:
 
     def _trust_record(self, digest: str) -> dict[str, object] | None:
         try:
-            with open(f"{self._trust_s}/{split_digest(digest)[1]}", "rb") as fh:
+            with open(self._trust_s_of(digest), "rb") as fh:
                 rec = json.loads(fh.read())
         except (OSError, ValueError):
             return None
@@ -986,7 +985,7 @@ class BlobStore:
             st = os.stat(path if path is not None else self.path_str(digest))
         except OSError:
             return False
-        if self._known.get(digest) == (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns, st.st_nlink):
+        if self._known.get(digest) == tuple(self._key_of(st).values()):
             return True  # exactly the file this process last checked: untouched since
         rec = self._trust_record(digest)
         return rec is not None and st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns")

@@ -85,12 +85,6 @@ class Headers:
             raise KeyError(name)
         return value
 
-    def __contains__(self, name: object) -> bool:
-        return isinstance(name, str) and name in self._msg
-
-    def items(self) -> list[tuple[str, str]]:
-        return list(self._msg.items())
-
 
 class Response:
     """One answer. Its connection returns to the pool once the body has been read to its end.
@@ -184,8 +178,7 @@ class Response:
             conn.close()
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._discard()
+        self._discard()
 
     def __enter__(self) -> Response:
         return self

@@ -43,8 +43,6 @@ from .httpio import (
     basic_auth,
 )
 
-__all__ = ["Readable", "Response", "Transport"]
-
 log = logging.getLogger(__name__)
 
 #: Statuses a registry (or the CDN in front of it) returns when trying again later can help.
