@@ -6,14 +6,13 @@ package has. Offline, no registry is asked and no engine is touched, so
 none of them may load; online, the registry serves the images through our
 own client on http.client (requests and urllib3 are never loaded) and the
 Docker SDK is needed only to deploy or to fall back to the engine. This is
-checked on the real command, as a subprocess, by what ``-X importtime``
-reports it imported (every module, whoever imported it): a behaviour, not
-a timing.
+checked on the real command, as a subprocess, by what it had loaded when
+it left (every module, whoever imported it): a behaviour, not a timing.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import subprocess
 import sys
 import uuid
@@ -29,20 +28,44 @@ from wfexs_like.images.blobstore import BlobStore
 CLIENT = "wfexs_like.registry.httpio"
 NETWORK = ("requests", "urllib3", "ssl", "http.client", "charset_normalizer", "idna", CLIENT)
 SDKS = ("docker", "boto3", "botocore", "spython")
-_IMPORTED = re.compile(r"^import time:\s+\d+ \|\s+\d+ \|\s*(\S+)\s*$")
+#: What a re-stage never needs: it runs no engine and no thread pool, and names temp files itself.
+UNNEEDED = ("subprocess", "tempfile", "concurrent")
+#: The factory each engine name uses; the other factories must not load.
+OWN = {
+    "docker": "wfexs_like.container_factories.docker",
+    "podman": "wfexs_like.container_factories.podman",
+    "singularity": "wfexs_like.container_factories.singularity",
+}
 
 
-def imported_by(*args: str) -> set[str]:
-    """The modules a ``wfexs-like`` run imported (``-X importtime`` names each one on stderr)."""
+#: Runs the CLI as the console script does and writes every module loaded, at exit, to argv[1].
+_DRIVER = """
+import atexit, json, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+sys.argv[0] = "wfexs-like"
+from wfexs_like.cli import run
+run()
+"""
+
+
+def imported_by(*args: str, tmp: Path) -> set[str]:
+    """The modules a ``wfexs-like`` run had loaded when it left (``sys.modules`` at exit).
+
+    Not ``-X importtime``: it reports only imports made by the import
+    statement, so a module loaded through ``importlib.import_module`` (as
+    the packages' lazy names are) would be missed.
+    """
+    listing = tmp / f"modules-{uuid.uuid4().hex[:8]}.json"
     out = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "wfexs_like.cli", *args],
+        [sys.executable, "-c", _DRIVER, str(listing), *args],
         capture_output=True,
         text=True,
         timeout=300,
         check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    modules = {m.group(1) for line in out.stderr.splitlines() if (m := _IMPORTED.match(line))}
+    modules = set(json.loads(listing.read_text()))
     assert "wfexs_like.ops.materialize" in modules, "the run did not reach materialize"
     return modules
 
@@ -69,16 +92,22 @@ def test_an_offline_restage_imports_no_network_code_and_no_sdk(
 ) -> None:
     cache = tmp_path / "cache"
     common = ["--engine", engine, "--cache-dir", str(cache)]
-    first = imported_by("materialize", *tags, *common, "--stage-dir", str(tmp_path / "warm"), "-q")
+    warm = ["--stage-dir", str(tmp_path / "warm"), "-q"]
+    first = imported_by("materialize", *tags, *common, *warm, tmp=tmp_path)
     assert loaded(first, (CLIENT,)), "the warming run did not use the registry client"
 
     modules = imported_by(
         "materialize", *tags, *common, "--offline", "--stage-dir", str(tmp_path / "again"),
-        "-o", str(tmp_path / "again.yaml"),
+        "-o", str(tmp_path / "again.yaml"), tmp=tmp_path,
     )  # fmt: skip
     assert (tmp_path / "again.yaml").read_text().count("origTaggedName") == len(tags)
     # Records are written without PyYAML (yamlemit); only reading them needs it.
     assert loaded(modules, (*NETWORK, *SDKS, "yaml")) == []
+    assert loaded(modules, UNNEEDED) == []
+    assert OWN[engine] in modules
+    assert sorted(m for e, m in OWN.items() if e != engine and m in modules) == []
+    if engine != "singularity":
+        assert "wfexs_like.engines.apptainer" not in modules
 
 
 def test_an_online_materialize_served_by_the_registry_never_loads_the_docker_sdk(
@@ -86,7 +115,7 @@ def test_an_online_materialize_served_by_the_registry_never_loads_the_docker_sdk
 ) -> None:
     modules = imported_by(
         "materialize", *tags, "--engine", "docker", "--cache-dir", str(tmp_path / "cache"),
-        "--stage-dir", str(tmp_path / "wf"), "-q",
+        "--stage-dir", str(tmp_path / "wf"), "-q", tmp=tmp_path,
     )  # fmt: skip
     assert loaded(modules, (CLIENT,)), "the run did not use the registry client"
     assert loaded(modules, (*SDKS, "requests", "urllib3")) == []

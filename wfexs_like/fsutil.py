@@ -199,6 +199,34 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def temp_file_in(parent: str | os.PathLike[str], prefix: str, suffix: str) -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``parent`` (mode 0600, ``O_EXCL``), named ``PREFIX<hex>SUFFIX``.
+
+    Why not ``tempfile``: it imports ``random`` (and with it ``hashlib``)
+    into every command's start-up, for names ``random_hex`` gives as well.
+    """
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        name = os.path.join(parent, f"{prefix}{random_hex(6)}{suffix}")
+        try:
+            return os.open(name, flags, 0o600), name
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name in {parent}")
+
+
+def temp_dir_in(parent: str | os.PathLike[str], prefix: str, suffix: str = "") -> str:
+    """``tempfile.mkdtemp`` in ``parent`` (mode 0700), named ``PREFIX<hex>SUFFIX``; see ``temp_file_in``."""
+    for _ in range(100):
+        name = os.path.join(parent, f"{prefix}{random_hex(6)}{suffix}")
+        try:
+            os.mkdir(name, 0o700)
+        except FileExistsError:
+            continue
+        return name
+    raise FileExistsError(f"no free temporary name in {parent}")
+
+
 def _create_temp_beside(dest: Path) -> tuple[int, Path]:
     # 0o666 so the umask applies as for any file the user writes (mkstemp's
     # 0o600 would survive the rename).

@@ -60,7 +60,6 @@ import shutil
 import threading
 import weakref
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -310,6 +309,8 @@ class ImageCache:
         if not isinstance(manifest, Manifest):
             raise CacheError(f"{manifest_digest} is an image index, not one image; choose a --platform")
         wanted = [(manifest.config.digest, "config"), *((d.digest, "layer") for d in manifest.layers)]
+        from concurrent.futures import ThreadPoolExecutor  # here: only a tier read needs threads
+
         with ThreadPoolExecutor(max_workers=min(8, len(wanted)), thread_name_prefix="wfexs-tier") as pool:
             problems = list(pool.map(lambda w: self._missing_blob(w[0], manifest_digest, w[1]), wanted))
         first = next((p for p in problems if p), None)

@@ -34,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -274,6 +273,8 @@ class TieredImageCache(ImageCache):
                 return 0
             progress.current().step(hit.reference, f"publishing to {writer.name}")
             digests = self._entry_blobs(hit)
+            from concurrent.futures import ThreadPoolExecutor  # here: only publishing needs threads
+
             with ThreadPoolExecutor(max_workers=PUBLISH_JOBS, thread_name_prefix="wfexs-publish") as pool:
                 uploaded = sum(pool.map(lambda d: self.tiers.publish_blob(self.store, d), digests))
             self.tiers.publish_record(sidecar_key(hit.fingerprint), hit.metadata_path.read_bytes())

@@ -32,13 +32,12 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fsutil import names_open_file
+from ..fsutil import names_open_file, temp_dir_in
 
 #: A stage of an entry already recorded within this many seconds is not written again.
 TOUCH_INTERVAL = 60.0
@@ -248,7 +247,7 @@ def claimed_temp_dir(parent: Path, prefix: str) -> tuple[Path, int]:
     name no longer leads to the claimed one, and another is made.
     """
     while True:
-        path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+        path = temp_dir_in(parent, prefix)
         try:
             fd = claim_dir(Path(path))
         except FileNotFoundError:

@@ -1,28 +1,49 @@
-"""Factories by engine name, for the command line."""
+"""Factories by engine name, for the command line.
+
+Each factory's module is imported when its engine is first asked for: a
+Docker re-stage must not load the Singularity factory and its SIF tooling.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-from .base import ContainerFactory
-from .docker import DockerContainerFactory
-from .none import NoContainerFactory
-from .podman import PodmanContainerFactory
-from .singularity import SingularityContainerFactory
+if TYPE_CHECKING:
+    from .base import ContainerFactory
 
-FACTORIES: dict[str, type[ContainerFactory]] = {
-    "docker": DockerContainerFactory,
-    "podman": PodmanContainerFactory,
-    "singularity": SingularityContainerFactory,
-    "apptainer": SingularityContainerFactory,
-    "none": NoContainerFactory,
+#: engine name -> (module, class), relative to this package
+_BY_ENGINE: dict[str, tuple[str, str]] = {
+    "docker": (".docker", "DockerContainerFactory"),
+    "podman": (".podman", "PodmanContainerFactory"),
+    "singularity": (".singularity", "SingularityContainerFactory"),
+    "apptainer": (".singularity", "SingularityContainerFactory"),
+    "none": (".none", "NoContainerFactory"),
 }
+
+ENGINES: tuple[str, ...] = tuple(_BY_ENGINE)
+
+
+def factory_class(engine: str) -> type[ContainerFactory]:
+    """The factory class for ``engine``; ValueError naming the choices for an unknown one."""
+    try:
+        module, name = _BY_ENGINE[engine]
+    except KeyError:
+        choices = ", ".join(sorted(_BY_ENGINE))
+        raise ValueError(f"unknown engine {engine!r}; choose one of {choices}") from None
+    cls: type[ContainerFactory] = getattr(importlib.import_module(module, __package__), name)
+    return cls
 
 
 def make_factory(engine: str, **kwargs: Any) -> ContainerFactory:
     """Build the factory for ``engine`` ('docker', 'podman', 'singularity', 'apptainer', 'none')."""
-    try:
-        cls = FACTORIES[engine]
-    except KeyError:
-        raise ValueError(f"unknown engine {engine!r}; choose one of {', '.join(sorted(FACTORIES))}") from None
-    return cls(**kwargs)
+    return factory_class(engine)(**kwargs)
+
+
+def __getattr__(name: str) -> Any:
+    """``FACTORIES`` (engine name -> class), built on first use: it imports every factory."""
+    if name == "FACTORIES":
+        factories = {engine: factory_class(engine) for engine in _BY_ENGINE}
+        globals()["FACTORIES"] = factories
+        return factories
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

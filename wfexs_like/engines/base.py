@@ -18,14 +18,16 @@ would leak a workflow's settings into every other thread and engine.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from ..errors import ContainerEngineException, IntegrityError
 from ..images.base import Image
+
+if TYPE_CHECKING:
+    import subprocess
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,8 @@ def run_engine(
     cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[bytes]:
     """Run an engine command; failures become ContainerEngineException with command, code and stderr."""
+    import subprocess  # here: an offline re-stage runs no engine and must not pay for the module
+
     try:
         proc = subprocess.run(
             list(cmd),

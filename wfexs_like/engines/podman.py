@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -48,6 +47,8 @@ class PodmanEngine:
         """Podman refuses a runroot longer than 50 characters, so it lives under /tmp, keyed by the root."""
         if self.root is None:
             return None
+        import tempfile  # here: an offline re-stage builds this engine but never runs it
+
         key = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"wfexs-like-podman-{key}"
 
@@ -93,6 +94,8 @@ class PodmanEngine:
         """``podman load`` of an OCI layout: the image's own, or a linked temporary one."""
         if self.tmp_dir is not None:
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        import tempfile
+
         work = Path(tempfile.mkdtemp(prefix="wfexs-like-podman-load-", dir=self.tmp_dir))
         try:
             layout = _single_image_layout(image)

@@ -51,20 +51,29 @@ import hashlib
 import json
 import logging
 import os
-import queue
 import re
-import tempfile
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 from ..digests import CHUNK, sha256_file, split_digest
 from ..errors import CacheError, DiskFullError, IntegrityError
 from ..filelocks import FileLock, Timeout
-from ..fsutil import disk_full_error, free_bytes, fsync_dir, human_bytes, is_disk_full, names_open_file
+from ..fsutil import (
+    disk_full_error,
+    free_bytes,
+    fsync_dir,
+    human_bytes,
+    is_disk_full,
+    names_open_file,
+    temp_file_in,
+)
+
+if TYPE_CHECKING:
+    import queue
 
 BLOB_MODE = 0o444
 #: What a user can do about a full cache, appended to every ``DiskFullError`` the store raises.
@@ -116,6 +125,8 @@ class _PipelinedHash:
     """
 
     def __init__(self, state: hashlib._Hash) -> None:
+        import queue  # here: only a download hashes on a thread; a re-stage never does
+
         self._hash = state
         self._queue: queue.Queue[bytes | None] = queue.Queue(PIPELINE_DEPTH)
         self._thread = threading.Thread(target=self._run, name="blob-hash", daemon=True)
@@ -263,7 +274,7 @@ class BlobWriter:
         """
         while True:
             with self._on_disk_full():
-                fd, name = tempfile.mkstemp(dir=self.store.tmp_dir, prefix="blob-", suffix=".tmp")
+                fd, name = temp_file_in(self.store.tmp_dir, "blob-", ".tmp")
             fcntl.flock(fd, fcntl.LOCK_SH)
             if names_open_file(name, fd):
                 return fd, name

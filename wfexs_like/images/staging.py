@@ -30,13 +30,20 @@ import functools
 import os
 import shutil
 import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import CacheError, DiskFullError
-from ..fsutil import disk_full_error, fsync_dir, is_disk_full, no_room_errno, require_space
+from ..fsutil import (
+    disk_full_error,
+    fsync_dir,
+    is_disk_full,
+    no_room_errno,
+    require_space,
+    temp_dir_in,
+    temp_file_in,
+)
 
 Method = Literal["hardlink", "reflink", "copy"]
 METHODS: tuple[Method, ...] = ("hardlink", "reflink", "copy")
@@ -65,7 +72,7 @@ _RENAME_EXCHANGE = 2
 
 def _temp_name(dst: Path) -> Path:
     """A name beside ``dst`` that no other writer picks, recognisable as leftover if we die."""
-    fd, name = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    fd, name = temp_file_in(dst.parent, f".{dst.name}.", ".tmp")
     os.close(fd)
     os.unlink(name)
     return Path(name)
@@ -194,7 +201,7 @@ def write_file(dst: Path, data: bytes, *, mode: int = 0o644, sync: bool = True) 
     when they differ, so the power cut an fsync guards against costs only a
     rewrite there, while the fsync costs every run a disk flush.
     """
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp")
+    fd, tmp = temp_file_in(dst.parent, f".{dst.name}.", ".tmp")
     try:
         try:
             view = memoryview(data)
@@ -343,7 +350,7 @@ def make_temp_dir(dst: Path) -> Path:
     dst = Path(dst)
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=dst.parent, prefix=f".{dst.name}.", suffix=".tmp"))
+        tmp = Path(temp_dir_in(dst.parent, f".{dst.name}.", ".tmp"))
     except OSError as e:
         if is_disk_full(e):
             what = f"creating a directory for {dst.name}"

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .. import progress
-from ..container_factories import FACTORIES, ContainerFactory, make_factory
+from ..container_factories import ContainerFactory, factory_class, make_factory
 from ..container_factories.cached import CachedImageFactory
 from ..container_factories.sources import pin_from_fingerprint
 from ..digests import normalize_fingerprint
@@ -253,8 +253,10 @@ def _factory(
 
 
 def _uses_registry(engine: str) -> bool:
-    cls = FACTORIES.get(engine)
-    return cls is not None and issubclass(cls, CachedImageFactory)
+    try:
+        return issubclass(factory_class(engine), CachedImageFactory)
+    except ValueError:  # an unknown engine: make_factory names the choices
+        return False
 
 
 def _prior_fingerprint(factory: ContainerFactory, tag: ContainerTaggedName) -> str | None:

@@ -5,13 +5,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from ..digests import CHUNK
-from ..fsutil import fsync_dir
+from ..fsutil import fsync_dir, temp_file_in
 from .base import HashingReader, StorageError, check_key
 
 
@@ -77,7 +76,7 @@ class DirBackend:
             raise StorageError(f"{self.name} is read-only; nothing is written to a library dir")
         final = self._path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=".tmp-", suffix=".partial")
+        fd, tmp = temp_file_in(final.parent, ".tmp-", ".partial")
         reader = HashingReader(source)
         try:
             with os.fdopen(fd, "wb") as out:
