@@ -149,6 +149,11 @@ class Context:
     skipped: dict[str, str] = field(default_factory=dict)
 
     @property
+    def python(self) -> Path:
+        """The interpreter of the venv wfexs-like is measured from (``install``)."""
+        return self.wfexs_like.parent / "python"
+
+    @property
     def base(self) -> str:
         return self.images.base_ref(self.registry.host)
 

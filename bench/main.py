@@ -31,6 +31,7 @@ from . import (
     engines,
     images,
     imagesets,
+    install,
     parallel,
     plot,
     report,
@@ -102,10 +103,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def byte_compile_package() -> str:
-    """Byte-compile the package under test, as ``pip install .`` does when it installs it.
+    """Byte-compile the package the bench itself imports (image set-up, the fallback install).
 
     An editable or source checkout may have no ``.pyc`` (or stale ones); then every
-    measured process would spend ~0.3 s compiling, a cost no installed user pays.
+    process importing it would spend ~0.3 s compiling, a cost no installed user pays.
     """
     spec = importlib.util.find_spec("wfexs_like")
     where = list(spec.submodule_search_locations or []) if spec else []
@@ -115,15 +116,6 @@ def byte_compile_package() -> str:
         if not compileall.compile_dir(d, quiet=1):
             raise SystemExit(f"bench: byte-compiling {d} failed")
     return where[0]
-
-
-def wfexs_like_cli() -> Path:
-    """The CLI of the venv running us (so the benchmark measures this checkout, not another install)."""
-    beside = Path(sys.executable).parent / "wfexs-like"
-    found = beside if beside.exists() else shutil.which("wfexs-like")
-    if not found:
-        raise SystemExit("wfexs-like is not installed in this Python's environment (pip install -e .)")
-    return Path(found)
 
 
 def _chosen(args: argparse.Namespace) -> list[str]:
@@ -201,7 +193,9 @@ def benchmark(
         print(f"bench: {fallback}", file=sys.stderr)
     # Per-run scratch is throwaway, so it lives in the temp dir; bench/.work keeps only the cached setup.
     scratch = Path(tempfile.mkdtemp(prefix="wfexs-bench-"))
-    ctx = Context(registry, image_set, wfexs_like_cli(), scratch, WORK, podman, plan)
+    installed = install.install(WORK, BENCH.parent)
+    print(f"bench: measuring wfexs-like {installed.how}", file=sys.stderr)
+    ctx = Context(registry, image_set, installed.cli, scratch, WORK, podman, plan)
     if {"restage", "parallel"} & set(chosen):
         ctx.small = imagesets.small_set(WORK, registry, plan.small_images)
     if {"restage", "big"} & set(chosen):
@@ -218,6 +212,7 @@ def benchmark(
         shutil.rmtree(scratch, ignore_errors=True)
     meta = machine(args, podman, plan, load_start)
     meta.update(image=asdict(image_set), fallback=fallback, setup_s=setup_s, skipped=ctx.skipped)
+    meta["installed"] = installed.how
     meta["total_s"] = time.perf_counter() - started
     summaries = report.summarize(ctx.samples)
     outcomes = targets.evaluate(summaries, ctx.skipped)

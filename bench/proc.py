@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -146,7 +145,8 @@ def measure_wl(
     with tempfile.NamedTemporaryFile(prefix="wfexs-bench-rss-", delete=False) as fh:
         rss_file = Path(fh.name)
     try:
-        m = measure([sys.executable, str(SELFRSS), str(rss_file), *wl_cmd[1:]], env=env, stdout=stdout)
+        python = Path(wl_cmd[0]).parent / "python"  # the interpreter of the CLI's venv
+        m = measure([str(python), str(SELFRSS), str(rss_file), *wl_cmd[1:]], env=env, stdout=stdout)
         text = rss_file.read_text().strip()
     finally:
         rss_file.unlink(missing_ok=True)

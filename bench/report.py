@@ -284,8 +284,9 @@ def header(meta: dict[str, Any]) -> str:
         "`drop_caches` and would disturb other users of the machine); the registry is on loopback, so "
         "network time is ~0 and what differs is client work, except in the parallel scenario, where a "
         f"proxy adds {meta['plan']['latency_ms']} ms to every request to model a real registry; "
-        "the Docker daemon is shared; the package is byte-compiled first, as `pip install` does, and "
-        "`PYTHONDONTWRITEBYTECODE` is cleared for every measured process.",
+        "the Docker daemon is shared; wfexs-like is measured "
+        f"{meta.get('installed', 'from the development install')}, "
+        "and `PYTHONDONTWRITEBYTECODE` is cleared for every measured process.",
     ]
     if meta.get("fallback"):
         lines.append(f"- **Fallback**: {meta['fallback']}")

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import statistics
-import sys
 from pathlib import Path
 
 from . import wfexs_ref
@@ -50,6 +49,7 @@ def run_all(ctx: Context) -> None:
                     str(d / "warm-up.yaml"),
                 ]
             )
+        wfexs = wfexs_ref.restage_runner(ctx, d, sets["small"])
         # A re-stage is a later run: the first run's writes (a GB here) are long on disk by then.
         # Left to write back during the timed runs, they made every mkdir wait on the journal.
         os.sync()
@@ -71,18 +71,19 @@ def run_all(ctx: Context) -> None:
                 ctx.add_measured(Scenario.RESTAGE10, tool, n, m, images=len(tags))
                 # Kept until the end: freeing its blocks (this disk discards them) competes with the
                 # next timed run. Stage dirs are hard links: they take inodes, not space.
+            if wfexs is not None:  # the peer in the same round: both meet the machine in one state
+                wfexs(n)
         os.sync()
-        for n in range(max(1, ctx.plan.restage_runs // 2)):
+        for n in range(ctx.plan.restage_runs):
             for size, tags in sets.items():
                 _api(ctx, n, size, tags, cache, d / f"api-{size}-{n}")
-        wfexs_ref.restage(ctx, d, sets["small"])
     finally:
         shutil.rmtree(d, ignore_errors=True)
 
 
 def _api(ctx: Context, n: int, size: str, tags: list[str], cache: Path, root: Path) -> None:
     """One process, ``api_reps`` calls after a first one; one sample per call, seconds per image."""
-    m = measure([sys.executable, str(API_SCRIPT), str(cache), str(root), str(ctx.plan.api_reps), *tags])
+    m = measure([str(ctx.python), str(API_SCRIPT), str(cache), str(root), str(ctx.plan.api_reps), *tags])
     got = json.loads(m.out.decode().strip().splitlines()[-1])
     tool = Tool.API_SMALL if size == "small" else Tool.API_LARGE
     per_image = statistics.median(got["calls_s"]) / len(tags)

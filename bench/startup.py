@@ -16,7 +16,6 @@ only when used.
 from __future__ import annotations
 
 import json
-import sys
 
 from .context import Context, Scenario, Tool
 from .proc import measure
@@ -39,7 +38,7 @@ print(json.dumps({{"import": after_import, "help": sorted(m for m in {HEAVY!r} i
 
 
 def run(ctx: Context) -> None:
-    py = sys.executable
+    py = str(ctx.python)
     for run in range(ctx.plan.startup_runs):
         ctx.add_measured(Scenario.STARTUP, Tool.WL_HELP, run, measure([str(ctx.wfexs_like), "--help"]))
         ctx.add_measured(Scenario.STARTUP, Tool.PY_IMPORT, run, measure([py, "-c", "import wfexs_like"]))

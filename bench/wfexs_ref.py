@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .context import Context, Scenario, Tool
@@ -72,21 +73,29 @@ def interpreter(ctx: Context) -> tuple[str | None, str]:
     return None, why
 
 
-def restage(ctx: Context, d: Path, tags: list[str]) -> None:
-    """WfExS's warm, offline re-stage of ``tags``, whole process, after one online materialize."""
+def restage_runner(ctx: Context, d: Path, tags: list[str]) -> Callable[[int], None] | None:
+    """Warm WfExS's cache with ``tags`` (one online materialize, untimed); return what times run N.
+
+    Run N is WfExS's warm, offline re-stage of ``tags`` into a new dir, whole
+    process. The caller interleaves it with its own runs, so both tools meet
+    the machine in the same state. None (and the reason recorded) when the
+    factory cannot be installed or fails.
+    """
     python, why = interpreter(ctx)
     if python is None:
         ctx.skip(Scenario.WFEXS, f"not measured: {why}")
-        return
+        return None
     cache = d / "wfexs-cache"
     try:
         run([python, str(DRIVER), str(cache), str(d / "wfexs-warm-up"), "online", *tags])
     except CommandError as e:  # a peer that fails is a row that says why, not a benchmark that stops
         last = [ln for ln in e.stderr.splitlines() if ln.strip()][-1:] or [str(e)]
         ctx.skip(Scenario.WFEXS, f"not measured: the WfExS-backend factory failed: {last[0].strip()[:200]}")
-        return
-    for n in range(ctx.plan.restage_runs):
-        stage = d / f"wfexs-stage-{n}"
-        m = measure([python, str(DRIVER), str(cache), str(stage), "offline", *tags])
+        return None
+
+    def timed_run(n: int) -> None:
+        m = measure([python, str(DRIVER), str(cache), str(d / f"wfexs-stage-{n}"), "offline", *tags])
         inner = json.loads(m.out.decode().strip().splitlines()[-1])
         ctx.add_measured(Scenario.WFEXS, Tool.WFEXS_WARM, n, m, images=len(tags), call_s=inner["seconds"])
+
+    return timed_run
