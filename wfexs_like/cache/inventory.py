@@ -523,14 +523,7 @@ def _snapshot_entry(scan: _Scan, kind: str, record: str) -> tuple[CacheEntry, st
             listed = None
     layout_dir = f"{snapshot}/blobs/sha256" if snapshot is not None and kind == "oci-layout" else None
     blobs = (listed or []) if kind == "oci-layout" else ([fingerprint] if fingerprint else [])
-    total, missing = 0, []
-    for d in blobs:
-        fallback = f"{layout_dir}/{d[7:]}" if layout_dir is not None else snapshot
-        size = scan.size(d, fallback)
-        if size is None:
-            missing.append(d)
-        else:
-            total += size
+    total, missing = _total_size(scan, blobs, layout_dir, snapshot)
     entry = CacheEntry(
         reference=reference,
         platform=platform if isinstance(platform, str) else None,
@@ -550,6 +543,26 @@ def _snapshot_entry(scan: _Scan, kind: str, record: str) -> tuple[CacheEntry, st
         problems=tuple(problems),
     )
     return entry, index
+
+
+def _total_size(
+    scan: _Scan, blobs: Sequence[str], layout_dir: str | None = None, snapshot: str | None = None
+) -> tuple[int, list[str]]:
+    """(bytes of ``blobs``, those found nowhere). A blob the store lacks is looked for in the
+    layout dir, or is the snapshot file itself. Sizes the scan already knows (nearly all, from the
+    summary) are summed here without a call each: ``cache ls`` of 1,000 images adds 20,000."""
+    known = scan._sizes
+    total, missing = 0, []
+    for d in blobs:
+        size = known.get(d, -1)
+        if size is None or size == -1:
+            fallback = f"{layout_dir}/{d[7:]}" if layout_dir is not None else snapshot
+            size = scan.size(d, fallback)
+            if size is None:
+                missing.append(d)
+                continue
+        total += size
+    return total, missing
 
 
 def _stored_image(scan: _Scan, digest: str) -> tuple[list[str], str | None, list[str]]:
@@ -582,13 +595,7 @@ def _image_entry(
     else:
         problems.append(f"{record} names no valid manifest digest")
         digest = None
-    total, missing = 0, []
-    for d in blobs:
-        size = scan.size(d)
-        if size is None:
-            missing.append(d)
-        else:
-            total += size
+    total, missing = _total_size(scan, blobs)
     last_used = scan.last_used(IMAGE_KIND, key)
     if sibling_use is not None:
         last_used = max(last_used or 0.0, sibling_use)

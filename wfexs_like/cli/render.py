@@ -51,6 +51,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 def clean(text: str) -> str:
     """``text`` with control characters shown as escapes: a tag from a workflow file may hold any."""
+    if text.isprintable():  # none of them (the usual case: a table has thousands of cells)
+        return text
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
