@@ -92,12 +92,17 @@ class Plan:
     small_images: int
     restage_images: int
     restage_runs: int
+    #: The API rows: processes per image set, and calls timed in each. A call takes ~12 ms, and a
+    #: shared 2-core machine's speed swings 2x from one second to the next (a fixed Python loop:
+    #: 195-393 ms), so the samples are spread over many processes and many calls each.
+    api_runs: int
     api_reps: int
     latency_ms: int
     parallel_runs: int
     cache_images: int
     blobs_per_image: int
     verify_mb: int
+    #: ``cache ls`` takes ~0.2 s: too short for five samples to ride out a slow second.
     cache_runs: int
     s3_runs: int
     #: The SIF build and its floor: each takes ~12 s at full use of both cores, where a shared
@@ -110,14 +115,14 @@ class Plan:
         if quick:
             return cls(
                 quick=True, runs=runs or 1, startup_runs=5, big_mb=200, big_runs=1, small_images=50,
-                restage_images=10, restage_runs=2, api_reps=5, latency_ms=20, parallel_runs=1,
+                restage_images=10, restage_runs=2, api_runs=2, api_reps=5, latency_ms=20, parallel_runs=1,
                 cache_images=200, blobs_per_image=10, verify_mb=256, cache_runs=2, s3_runs=1,
                 sif_runs=runs or 1,
             )  # fmt: skip
         return cls(
             quick=False, runs=runs or 3, startup_runs=10, big_mb=1000, big_runs=3, small_images=50,
-            restage_images=10, restage_runs=5, api_reps=10, latency_ms=20, parallel_runs=3,
-            cache_images=1000, blobs_per_image=10, verify_mb=2000, cache_runs=5, s3_runs=3,
+            restage_images=10, restage_runs=5, api_runs=8, api_reps=30, latency_ms=20, parallel_runs=3,
+            cache_images=1000, blobs_per_image=10, verify_mb=2000, cache_runs=9, s3_runs=3,
             sif_runs=runs or 5,
         )  # fmt: skip
 

@@ -43,7 +43,7 @@ from . import (
     targets,
 )
 from .context import Context, Plan
-from .proc import CommandError, first_line
+from .proc import CommandError, first_line, settle
 
 BENCH = Path(__file__).resolve().parent
 WORK = BENCH / ".work"
@@ -204,8 +204,9 @@ def benchmark(
     setup_s = time.perf_counter() - started
     try:
         for name in chosen:
+            waited = settle()  # each section starts on a quiet disk, whatever the last one left
             t0 = time.perf_counter()
-            print(f"bench: {name} ...", file=sys.stderr)
+            print(f"bench: {name} ... (after {waited:.0f} s for the disk to settle)", file=sys.stderr)
             SECTIONS[name](ctx)
             print(f"bench: {name} done in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     finally:

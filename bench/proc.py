@@ -153,6 +153,48 @@ def measure_wl(
     return Measured(m.seconds, m.rss_kb, int(text) if text else None, m.out)
 
 
+#: The kernel's I/O stall accounting (PSI): "some" is time in which any task waited on I/O.
+IO_PRESSURE = Path("/proc/pressure/io")
+
+
+def _io_stall_us() -> int | None:
+    try:
+        first = IO_PRESSURE.read_text().splitlines()[0]  # some avg10=... avg60=... avg300=... total=<us>
+    except (OSError, IndexError):
+        return None
+    return int(first.rsplit("total=", 1)[1])
+
+
+def settle(*, quiet_ms: float = 5.0, window_s: float = 0.5, windows: int = 2, limit_s: float = 60.0) -> float:
+    """``os.sync()``, then wait until the disk is quiet; return the seconds spent.
+
+    Quiet: ``windows`` windows in a row in which tasks stalled on I/O for
+    under ``quiet_ms`` in all (from the kernel's ``total`` stall counter, so
+    it reacts at once, unlike the decaying averages). Why: a scenario that
+    just wrote and removed gigabytes (the big image, a generated cache)
+    leaves minutes of write-back and, on a disk mounted with ``discard``,
+    of discards; the next small-file scenario then measured the disk's
+    backlog, not itself (a re-stage through the API took 3.9 ms per image
+    right after the big image, 1.0-1.3 ms on a settled machine). Every
+    latency-bound scenario starts here, as a later run in real use would.
+    Without PSI (old kernels, some containers) only the sync is done.
+    """
+    t0 = time.perf_counter()
+    os.sync()
+    last = _io_stall_us()
+    if last is None:
+        return time.perf_counter() - t0
+    calm = 0
+    while calm < windows and time.perf_counter() - t0 < limit_s:
+        time.sleep(window_s)
+        now = _io_stall_us()
+        if now is None:
+            break
+        calm = calm + 1 if now - last < quiet_ms * 1000 else 0
+        last = now
+    return time.perf_counter() - t0
+
+
 def run(cmd: Sequence[str], *, check: bool = True, stdout: Path | None = None) -> bytes:
     """Run ``cmd`` (untimed setup or clean-up); return its stdout (or write it to ``stdout``)."""
     return measure(cmd, stdout=stdout, check=check).out

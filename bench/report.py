@@ -278,6 +278,8 @@ def header(meta: dict[str, Any]) -> str:
         f"{meta['plan']['verify_mb']} MB in bigger blobs for `verify --full`",
         f"- **Runs**: {meta['plan']['runs']} per core scenario (start-up {meta['plan']['startup_runs']}, "
         f"big image {meta['plan']['big_runs']}, re-stage {meta['plan']['restage_runs']}, "
+        f"API re-stage {meta['plan'].get('api_runs', meta['plan']['restage_runs'])} processes × "
+        f"{meta['plan']['api_reps']} calls, `cache` commands {meta['plan']['cache_runs']}, "
         f"SIF build {meta['plan'].get('sif_runs', meta['plan']['runs'])}); median shown, "
         "range in the notes. Times are wall time of whole commands (start-up included) unless the row says.",
         "- **Caveats**: warm page cache (nothing is dropped between runs: that needs root-level "

@@ -12,14 +12,13 @@ into a new dir, as a new workflow run would.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import statistics
 from pathlib import Path
 
 from . import wfexs_ref
 from .context import Context, Scenario, Tool
-from .proc import measure, run
+from .proc import measure, run, settle
 
 API_SCRIPT = Path(__file__).resolve().parent / "api_restage.py"
 
@@ -52,7 +51,7 @@ def run_all(ctx: Context) -> None:
         wfexs = wfexs_ref.restage_runner(ctx, d, sets["small"])
         # A re-stage is a later run: the first run's writes (a GB here) are long on disk by then.
         # Left to write back during the timed runs, they made every mkdir wait on the journal.
-        os.sync()
+        settle()
         for n in range(ctx.plan.restage_runs):
             for size, tags in sets.items():
                 tool = Tool.WL_OFFLINE_SMALL if size == "small" else Tool.WL_OFFLINE_LARGE
@@ -73,8 +72,8 @@ def run_all(ctx: Context) -> None:
                 # next timed run. Stage dirs are hard links: they take inodes, not space.
             if wfexs is not None:  # the peer in the same round: both meet the machine in one state
                 wfexs(n)
-        os.sync()
-        for n in range(ctx.plan.restage_runs):
+        settle()
+        for n in range(ctx.plan.api_runs):
             for size, tags in sets.items():
                 _api(ctx, n, size, tags, cache, d / f"api-{size}-{n}")
     finally:

@@ -22,7 +22,7 @@ from pathlib import Path
 from wfexs_like.provenance import read_containers_file
 
 from .context import Context, Scenario, Tool
-from .proc import measure, run
+from .proc import measure, run, settle
 
 #: The packing options of the SIF builder (gzip, as every squashfs reader Apptainer uses has it).
 FLOOR_OPTIONS = (
@@ -82,6 +82,7 @@ def run_all(ctx: Context) -> None:
         for n in range(ctx.plan.sif_runs):
             steps = (_ours, _floor) if n % 2 == 0 else (_floor, _ours)
             for step in steps:
+                settle()  # the other tool's 90 MB (written, then removed) must not weigh on this one
                 step(ctx, n, d, template, rootfs)
     finally:
         shutil.rmtree(d, ignore_errors=True)
