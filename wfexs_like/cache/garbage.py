@@ -204,6 +204,7 @@ class _Gc:
             cache.tags_dir,
             cache.snapshots_dir,
             cache.store.trust_dir,
+            cache.store.diff_ids_dir,
             cache.usage.root,
             cache.store.blobs_dir,
         ]
@@ -307,6 +308,13 @@ class _Gc:
         for name in trust:
             if _HEX64.match(name) and not cache.store.has("sha256:" + name):
                 self.remove(cache.store.trust_dir / name, "trust record of a missing blob")
+        try:
+            diff_ids = sorted(os.listdir(cache.store.diff_ids_dir))
+        except OSError:
+            diff_ids = []
+        for name in diff_ids:
+            if _HEX64.match(name) and not cache.store.has("sha256:" + name):
+                self.remove(cache.store.diff_ids_dir / name, "diff id record of a missing blob")
         live = {(e.kind, e.key) for e in entries}
         for kind in ENTRY_KINDS:
             d = cache.usage.root / kind

@@ -119,8 +119,9 @@ class VerifyingReader(io.RawIOBase):
     """Reads through ``raw`` hashing every byte; at the end, the wrong bytes raise IntegrityError.
 
     ``on_mismatch`` runs before the error is raised (the blob store moves a
-    rotten blob aside there). Closing early checks nothing: only a reader that
-    saw the whole stream can vouch for it.
+    rotten blob aside there), ``on_verified`` once the whole stream matched.
+    Closing early checks nothing: only a reader that saw the whole stream can
+    vouch for it.
     """
 
     def __init__(
@@ -130,8 +131,10 @@ class VerifyingReader(io.RawIOBase):
         size: int | None,
         what: str,
         on_mismatch: Callable[[str], None] | None = None,
+        on_verified: Callable[[], None] | None = None,
     ) -> None:
         self._raw = raw
+        self._on_verified = on_verified
         self._digest = digest
         self._size = size
         self._what = what
@@ -168,6 +171,8 @@ class VerifyingReader(io.RawIOBase):
                 expected=self._digest,
                 actual=actual,
             )
+        if self._on_verified is not None:
+            self._on_verified()
 
     def _fail(self, why: str) -> None:
         self._checked = True
@@ -244,10 +249,18 @@ class BlobLayer:
 
     def uncompressed(self) -> BinaryIO:
         what = f"layer {self.digest()} of {self._image.describe()}"
+        digest, diff_id = self.digest(), self.diff_id()
+        trusted = self._image.blob_trusted(digest)  # before opening: ``compressed`` asks the same
         plain = decompressing_reader(self.compressed(), what)
-        if self.compression() == "none" and self.diff_id() == self.digest():
+        if self.compression() == "none" and diff_id == digest:
             return plain  # already verified as the compressed stream
-        return buffered(VerifyingReader(plain, self.diff_id(), None, f"uncompressed {what} (diff id)"))
+        if trusted and self._image.diff_id_checked(digest, diff_id):
+            return plain  # these very bytes matched the diff id before (see BlobStore.diff_id_checked)
+        # Remembered only for vouched-for bytes: an unverified stream's own check may not have run yet.
+        remember = (lambda: self._image.record_diff_id(digest, diff_id)) if trusted else None
+        return buffered(
+            VerifyingReader(plain, diff_id, None, f"uncompressed {what} (diff id)", on_verified=remember)
+        )
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.digest()}, {self.media_type()}, {self.size()} bytes)"
@@ -290,6 +303,13 @@ class BaseImage(abc.ABC):
 
     def blob_mismatch(self, digest: str) -> None:  # noqa: B027 - optional hook
         """Called when a blob's bytes turned out wrong, before IntegrityError is raised."""
+
+    def diff_id_checked(self, digest: str, diff_id: str) -> bool:
+        """True when the trusted blob ``digest`` is known to uncompress to ``diff_id`` (no re-hash)."""
+        return False
+
+    def record_diff_id(self, digest: str, diff_id: str) -> None:  # noqa: B027 - optional hook
+        """Called when a trusted blob's uncompressed bytes were hashed to ``diff_id`` in full."""
 
     def describe(self) -> str:
         return f"image {self.digest()}"

@@ -610,6 +610,8 @@ class BlobStore:
         self.tmp_dir = self.root / "tmp"
         self.locks_dir = self.root / "locks"
         self.trust_dir = self.root / "trust" / "sha256"
+        #: layer digest -> the diff id its bytes were once read, uncompressed, and hashed to
+        self.diff_ids_dir = self.root / "trust" / "diff_ids"
         # plain strings for the per-blob hot paths (a re-stage checks every blob of every image)
         self._blobs_s, self._trust_s = str(self.blobs_dir), str(self.trust_dir)
         #: the records ``unchanged`` just accepted, so ``relinked`` right after need not read them again
@@ -830,6 +832,39 @@ class BlobStore:
         self._known.pop(digest, None)
         self._accepted.pop(digest, None)
         self._trust_file(digest).unlink()
+
+    def diff_id_checked(self, digest: str, diff_id: str) -> bool:
+        """Whether the blob ``digest`` was once read to its end, uncompressed, and hashed to ``diff_id``.
+
+        Why it may be remembered: what a compressed blob decompresses to is
+        fixed by its bytes, so once a full read has matched the config's diff
+        id, every later read of the same (still trusted) blob would match it
+        too. A SIF build or an engine load then decompresses a layer without
+        hashing the result again: for the Debian image, 204 MB of sha256 on
+        every build. A record torn or altered by hand simply does not match,
+        and the layer is hashed again.
+        """
+        try:
+            with open(f"{self.diff_ids_dir}/{split_digest(digest)[1]}", "rb") as fh:
+                return fh.read(128).strip() == diff_id.encode()
+        except (OSError, IntegrityError):
+            return False
+
+    def record_diff_id(self, digest: str, diff_id: str) -> None:
+        """Remember that ``digest`` uncompresses to ``diff_id`` (just verified by a full read).
+
+        Best effort: without a record the next read hashes again."""
+        if self.readonly:
+            return
+        with contextlib.suppress(OSError, IntegrityError, CacheError):
+            self.diff_ids_dir.mkdir(exist_ok=True)
+            name = self.diff_ids_dir / split_digest(digest)[1]
+            fd, tmp = temp_file_in(self.diff_ids_dir, f".{name.name[:12]}.", ".tmp")
+            try:
+                os.write(fd, diff_id.encode() + b"\n")
+            finally:
+                os.close(fd)
+            os.replace(tmp, name)
 
     def _trust_s_of(self, digest: str) -> str:
         """``_trust_file`` as a string: it is rewritten for every blob of every re-stage."""

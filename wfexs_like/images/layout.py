@@ -313,6 +313,13 @@ class LayoutImage(LoadedImage):
     def blob_trusted(self, digest: str) -> bool:
         return self.trust is not None and trusted_by(self.trust, digest, blob_file(self.path, digest))
 
+    def diff_id_checked(self, digest: str, diff_id: str) -> bool:
+        return self.trust is not None and self.trust.diff_id_checked(digest, diff_id)
+
+    def record_diff_id(self, digest: str, diff_id: str) -> None:
+        if self.trust is not None:
+            self.trust.record_diff_id(digest, diff_id)
+
     def describe(self) -> str:
         return f"image {self._digest} in OCI layout {self.path}"
 

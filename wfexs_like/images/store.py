@@ -118,6 +118,12 @@ class StoreImage(LoadedImage):
         if not self.store.readonly:
             self.store.quarantine(digest)
 
+    def diff_id_checked(self, digest: str, diff_id: str) -> bool:
+        return self.store.diff_id_checked(digest, diff_id)
+
+    def record_diff_id(self, digest: str, diff_id: str) -> None:
+        self.store.record_diff_id(digest, diff_id)
+
     def describe(self) -> str:
         return f"image {self._digest} in {self.store.root}"
 
