@@ -34,7 +34,7 @@ from wfexs_like.cache import (
     scan_entries,
     verify_cache,
 )
-from wfexs_like.cache.snapshots import entry_key
+from wfexs_like.cache.snapshots import STAGE_LOCKS, entry_key
 from wfexs_like.container_factories import DockerContainerFactory, SingularityContainerFactory
 from wfexs_like.digests import sha256_file
 from wfexs_like.errors import CacheError, ContainerNotFoundException
@@ -254,6 +254,47 @@ def test_restage_records_last_use_with_one_small_write(tmp_path: Path, images: I
     st = mark.stat()
     materialize(cache_dir, tmp_path / "wf2", [images.tag("x")], offline=True)
     assert mark.stat().st_mtime_ns == st.st_mtime_ns and mark.stat().st_size == st.st_size
+
+
+def test_the_usage_record_is_appended_to_never_read_and_listed_without_repeats(
+    tmp_path: Path, images: Images
+) -> None:
+    """A re-stage never reads the usage record (it grows by a line per workflow run), so a dir staged
+    again after its workflow deleted it is a second line: listed once. A record that is gone is
+    written again by a re-stage into a dir that is still there."""
+    cache_dir = tmp_path / "cache"
+    tag = images.tag("x")
+    materialize(cache_dir, tmp_path / "wf1", [tag])
+    cache = ImageCache(cache_dir)
+    key = entry_key(tag, None)
+    mark = cache.usage.record_path("oci-layout", key)
+    shutil.rmtree(tmp_path / "wf1")
+    materialize(cache_dir, tmp_path / "wf1", [tag], offline=True)
+    assert len(mark.read_text().splitlines()) == 2
+    assert [c.path.parent for c in cache.usage.staged_copies("oci-layout", key)] == [tmp_path / "wf1"]
+    mark.unlink()
+    materialize(cache_dir, tmp_path / "wf1", [tag], offline=True)  # the copy there matches: kept
+    assert [c.path.parent for c in cache.usage.staged_copies("oci-layout", key)] == [tmp_path / "wf1"]
+
+
+def test_workflow_runs_do_not_grow_the_lock_dir(tmp_path: Path, images: Images) -> None:
+    """Every run stages into new dirs; the stage locks are a fixed set, not a file per dir per run."""
+    cache_dir = tmp_path / "cache"
+    tag = images.tag("x")
+    materialize(cache_dir, tmp_path / "warm", [tag])
+    f = DockerContainerFactory(containersCacheDir=cache_dir, stagedContainersDir=tmp_path / "default")
+    try:
+        for run in range(300):
+            f.materializeContainers(
+                [ContainerTaggedName(tag, ContainerType.Docker)],
+                containers_dir=tmp_path / f"run-{run}",
+                offline=True,
+            )
+    finally:
+        f.cache.release_holds()
+        shutil.rmtree(f.tempDir, ignore_errors=True)
+    stage_locks = [n for n in os.listdir(cache_dir / "locks") if n.startswith("stage-")]
+    assert 0 < len(stage_locks) <= STAGE_LOCKS
 
 
 # -- verify -----------------------------------------------------------------------------------------------

@@ -153,6 +153,23 @@ class CacheHit:
     metadata: ImageMetadata
 
 
+#: Stage dirs share this many lock files (``_stage_lock``).
+STAGE_LOCKS = 256
+
+
+def _stage_lock(path: Path) -> str:
+    """The lock that serializes stagings into ``path``: one of ``STAGE_LOCKS``, chosen by its name.
+
+    Why not one per path: every workflow run stages into new dirs, so a
+    lock file per path left one more file in ``locks/`` per image per run,
+    forever (until ``cache gc``), each one a new inode to create. Two paths
+    that share a lock only wait for each other's few milliseconds of links;
+    nothing takes a second stage lock while holding one.
+    """
+    bucket = hashlib.sha256(os.fsencode(os.path.abspath(path))).digest()[0] % STAGE_LOCKS
+    return f"stage-{bucket:02x}"
+
+
 class ImageCache:
     """Tag resolutions, snapshots and their sidecars over one ``BlobStore``; see the module docstring."""
 
@@ -434,10 +451,12 @@ class ImageCache:
         """
         self.hold(hit.reference, hit.platform)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with self.store.lock(f"stage-{path}"):
+        new_copy = False
+        with self.store.lock(_stage_lock(path)):
             sweep_temps(path, meta_path)  # what a run killed while staging here left (a copy can be big)
             try:
                 if force or not self._staged_matches(path, hit.fingerprint):
+                    new_copy = True
                     if hit.snapshot.is_dir():
                         link_tree(hit.snapshot, path, force=True, share=is_blob_path, sync=False)
                         # Layers only: manifests and configs are re-hashed on every check anyway.
@@ -457,7 +476,10 @@ class ImageCache:
             except DiskFullError as e:
                 raise reword_disk_full(e, hint=STAGE_FULL_HINT) from e
         self.usage.touch(
-            hit.kind, _key(hit.reference, hit.platform), StagedCopy(path.absolute(), meta_path.absolute())
+            hit.kind,
+            _key(hit.reference, hit.platform),
+            StagedCopy(path.absolute(), meta_path.absolute()),
+            new_copy=new_copy,
         )
         return path, meta_path
 

@@ -97,12 +97,25 @@ class Usage:
         return self.root / f"{key}.lock"
 
     def touch(
-        self, kind: str, key: str, staged: StagedCopy | None = None, *, now: float | None = None
+        self,
+        kind: str,
+        key: str,
+        staged: StagedCopy | None = None,
+        *,
+        new_copy: bool = True,
+        now: float | None = None,
     ) -> None:
-        """Mark the entry used now; remember ``staged`` (the stage dir copy) if not yet known.
+        """Mark the entry used now; remember ``staged`` (the stage dir copy) when it is new.
 
         Cheap on purpose: a stat and, when needed, one small append or one
-        ``utime``. Failures are swallowed: a read-only cache must still stage.
+        ``utime``, never a read. ``new_copy=False`` says ``staged`` was
+        already there, matching (a re-stage into the same dir): it was
+        recorded when it was made, so only the time moves, unless the record
+        is gone. The record grows by a line per new stage dir, and reading it
+        all on every stage made a long-lived cache's re-stage slower with
+        every workflow run (3.4 ms per image after 250 runs, 1.2 ms on a
+        fresh cache). ``staged_copies`` drops repeats. Failures are
+        swallowed: a read-only cache must still stage.
         """
         path = self.record_path(kind, key)
         now = time.time() if now is None else now
@@ -112,7 +125,7 @@ class Usage:
                 st = path.stat()
             except FileNotFoundError:
                 st = None
-            if line is not None and (st is None or line not in path.read_text("utf-8", "replace")):
+            if line is not None and (new_copy or st is None):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(
                     path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666
@@ -142,15 +155,17 @@ class Usage:
             text = self.record_path(kind, key).read_text("utf-8", "surrogateescape")
         except OSError:
             return []
-        out: list[StagedCopy] = []
+        out: dict[str, StagedCopy] = {}  # a dir staged again after being deleted is a line again
         for raw in text.splitlines():
+            if raw in out:
+                continue
             try:
                 path, meta = json.loads(raw)
             except (ValueError, TypeError):
                 continue  # a torn line from a killed writer
             if isinstance(path, str) and isinstance(meta, str):
-                out.append(StagedCopy(Path(path), Path(meta)))
-        return out
+                out[raw] = StagedCopy(Path(path), Path(meta))
+        return list(out.values())
 
     def forget(self, kind: str, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
