@@ -275,6 +275,17 @@ def test_the_usage_record_is_appended_to_never_read_and_listed_without_repeats(
     mark.unlink()
     materialize(cache_dir, tmp_path / "wf1", [tag], offline=True)  # the copy there matches: kept
     assert [c.path.parent for c in cache.usage.staged_copies("oci-layout", key)] == [tmp_path / "wf1"]
+    # gc keeps the record the size of what is staged now, and its time (the entry's last use)
+    for n in range(2, 6):
+        materialize(cache_dir, tmp_path / f"wf{n}", [tag], offline=True)
+    for n in range(1, 5):
+        shutil.rmtree(tmp_path / f"wf{n}")
+    os.utime(mark, (time.time() - DAY, time.time() - DAY))
+    used = mark.stat().st_mtime_ns
+    collect_garbage(cache)
+    assert [c.path.parent for c in cache.usage.staged_copies("oci-layout", key)] == [tmp_path / "wf5"]
+    assert len(mark.read_text().splitlines()) == 1
+    assert mark.stat().st_mtime_ns == used
 
 
 def test_workflow_runs_do_not_grow_the_lock_dir(tmp_path: Path, images: Images) -> None:

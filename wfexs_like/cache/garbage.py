@@ -325,6 +325,8 @@ class _Gc:
             for name in names:
                 if _HEX64.match(name) and (kind, name) not in live and self.old(d / name):
                     self.remove(d / name, "usage record of a removed entry")
+                elif _HEX64.match(name) and not self.dry_run:
+                    cache.usage.compact(kind, name)  # forget the stage dirs workflows have deleted
         keys = {e.key for e in entries}
         try:
             names = sorted(os.listdir(cache.usage.root))
@@ -382,7 +384,9 @@ def collect_garbage(
       ``factory-*``...) older than ``grace`` that no live process claims
       (``usage.claim_dir``), retired snapshots;
     - temporary files of writers killed mid-publish, quarantined blobs,
-      trust and usage records of what is gone, lock files nobody holds.
+      trust and usage records of what is gone, lock files nobody holds;
+    - and, in the usage records of entries nobody is using, the lines of
+      stage dirs that are gone (not a removal: nothing is listed for it).
     """
     now = time.time() if now is None else now
     run = _Gc(cache, grace, dry_run, now)

@@ -167,6 +167,35 @@ class Usage:
                 out[raw] = StagedCopy(Path(path), Path(meta))
         return list(out.values())
 
+    def compact(self, kind: str, key: str) -> int:
+        """Drop the record's lines of stage dirs that are gone (and repeats); returns how many.
+
+        The record grows by a line per new stage dir, and workflows delete
+        their dirs; ``cache gc`` calls this so it stays the size of what is
+        staged now. Only while nobody uses the entry (its lock taken
+        exclusively, so no stager appends meanwhile); the record keeps its
+        mtime, which is the entry's last use.
+        """
+        path = self.record_path(kind, key)
+        with self.exclusive(key) as owned:
+            if not owned:
+                return 0
+            try:
+                lines = path.read_text("utf-8", "surrogateescape").splitlines()
+            except OSError:
+                return 0
+            kept = list(dict.fromkeys(ln for ln in lines if _names_a_live_copy(ln)))
+            if len(kept) == len(lines):
+                return 0
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                tmp = path.with_name(f".{path.name}.compact.tmp")
+                tmp.write_text("".join(f"{ln}\n" for ln in kept), "utf-8", "surrogateescape")
+                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
+                os.replace(tmp, path)
+                return len(lines) - len(kept)
+            return 0
+
     def forget(self, kind: str, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.record_path(kind, key).unlink()
@@ -208,6 +237,15 @@ class Usage:
         finally:
             os.close(fd)
         return True
+
+
+def _names_a_live_copy(line: str) -> bool:
+    """Whether a usage record line names a stage dir copy that is still there."""
+    try:
+        path, _meta = json.loads(line)
+        return isinstance(path, str) and os.path.lexists(path)
+    except (ValueError, TypeError):
+        return False  # a torn line from a killed writer
 
 
 def remove_unheld_lock(path: Path) -> bool:
