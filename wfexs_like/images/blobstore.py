@@ -1020,6 +1020,18 @@ class BlobStore:
         yield passed
         self.relinked(sorted(passed))
 
+    def known_as(self, digest: str, st: os.stat_result) -> bool:
+        """Whether ``st`` is exactly the stat this process last found (or wrote) in ``digest``'s trust
+        record: the same inode, unwritten since (a write, a chmod, a link all move the ctime).
+
+        A staged layout's blobs are links of the store's, so a re-stage that
+        stats them for its layout check need not stat the store's path, nor
+        read the record, to know they are intact: two ``stat`` calls fewer
+        per layer per image.
+        """
+        known = self._known.get(digest)
+        return known is not None and known == tuple(self._key_of(st).values())
+
     def is_trusted(self, digest: str, path: Path | str | None = None) -> bool:
         """Fast check: does ``path`` (default: the stored blob) still look as when verified?
 
