@@ -301,20 +301,15 @@ class _Gc:
         for e in entries:
             if not e.reference and e.problems and self.old(e.record):
                 self.remove(e.record, "unreadable record")
-        try:
-            trust = sorted(os.listdir(cache.store.trust_dir))
-        except OSError:
-            trust = []
-        for name in trust:
-            if _HEX64.match(name) and not cache.store.has("sha256:" + name):
-                self.remove(cache.store.trust_dir / name, "trust record of a missing blob")
-        try:
-            diff_ids = sorted(os.listdir(cache.store.diff_ids_dir))
-        except OSError:
-            diff_ids = []
-        for name in diff_ids:
-            if _HEX64.match(name) and not cache.store.has("sha256:" + name):
-                self.remove(cache.store.diff_ids_dir / name, "diff id record of a missing blob")
+        per_blob = ((cache.store.trust_dir, "trust record"), (cache.store.diff_ids_dir, "diff id record"))
+        for records_dir, what in per_blob:
+            try:
+                names = sorted(os.listdir(records_dir))
+            except OSError:
+                names = []
+            for name in names:
+                if _HEX64.match(name) and not cache.store.has("sha256:" + name):
+                    self.remove(records_dir / name, f"{what} of a missing blob")
         live = {(e.kind, e.key) for e in entries}
         for kind in ENTRY_KINDS:
             d = cache.usage.root / kind
