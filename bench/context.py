@@ -91,6 +91,8 @@ class Plan:
     big_runs: int
     small_images: int
     restage_images: int
+    #: Rounds of the per-process re-stage (wfexs-like's two rows and WfExS's, interleaved): ~0.13 s
+    #: against ~0.23 s, both start-up bound, so a slow second moves a round's ratio by a tenth.
     restage_runs: int
     #: The API rows: processes per image set, and calls timed in each. A call takes ~12 ms, and a
     #: shared 2-core machine's speed swings 2x from one second to the next (a fixed Python loop:
@@ -121,7 +123,7 @@ class Plan:
             )  # fmt: skip
         return cls(
             quick=False, runs=runs or 3, startup_runs=10, big_mb=1000, big_runs=3, small_images=50,
-            restage_images=10, restage_runs=5, api_runs=8, api_reps=30, latency_ms=20, parallel_runs=3,
+            restage_images=10, restage_runs=9, api_runs=8, api_reps=30, latency_ms=20, parallel_runs=3,
             cache_images=1000, blobs_per_image=10, verify_mb=2000, cache_runs=9, s3_runs=3,
             sif_runs=runs or 5,
         )  # fmt: skip
