@@ -62,7 +62,7 @@ log "docker engine $(docker version --format '{{.Server.Version}}')"
 podman info >/dev/null 2>&1 || { podman info >&2 || true; die "podman is installed but 'podman info' fails"; }
 log "podman $(podman version --format '{{.Client.Version}}')"
 
-# Python environment (PyPI is reachable from these machines).
+# Python environment (pip's configured index is reachable from these machines).
 if [ ! -x .venv/bin/python ]; then
   log "creating .venv"
   python3 -m venv .venv
