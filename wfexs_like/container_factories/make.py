@@ -21,8 +21,6 @@ _BY_ENGINE: dict[str, tuple[str, str]] = {
     "none": (".none", "NoContainerFactory"),
 }
 
-ENGINES: tuple[str, ...] = tuple(_BY_ENGINE)
-
 
 def factory_class(engine: str) -> type[ContainerFactory]:
     """The factory class for ``engine``; ValueError naming the choices for an unknown one."""

@@ -158,7 +158,7 @@ class LayerTar:
     read one member through an object with ``fileobj``, ``encoding``,
     ``errors`` and ``pax_headers``; ``next`` ends and fails as
     ``TarFile.next`` does. Iterate once; ``extractfile`` is for the member
-    just yielded (a stream never looks back).
+    just yielded (a stream never looks back, and no header is kept).
     """
 
     def __init__(self, stream: BinaryIO) -> None:
@@ -167,7 +167,6 @@ class LayerTar:
         self.errors = "surrogateescape"
         self.pax_headers: dict[str, str] = {}
         self.offset = 0  # where the next header starts (``TarInfo`` keeps it current)
-        self.members: list[tarfile.TarInfo] = []  # never filled: kept so callers may reset it
 
     def __iter__(self) -> Iterator[tarfile.TarInfo]:
         while (member := self.next()) is not None:
@@ -255,7 +254,7 @@ class _Applier:
         self.layer_paths = set()
         name = layer.digest()
         with open_layer(layer, name) as tf:
-            for count, member in enumerate(tf):
+            for member in tf:
                 progress.check_cancelled()
                 try:
                     self._member(tf, member, name)
@@ -265,8 +264,6 @@ class _Applier:
                     raise ContainerFactoryException(
                         f"layer {name}: cannot extract member {member.name!r}: {exc}"
                     ) from exc
-                if count % 1000 == 999:
-                    tf.members = []  # a stream never looks back; don't keep every header in memory
 
     def _member(self, tf: LayerTar, m: tarfile.TarInfo, layer: str) -> None:
         parts = member_parts(m.name, layer, m.name)

@@ -660,8 +660,6 @@ class _Merge:
                 made = self.tree.apply(m, ordinal)
                 if eager and made is not None and not self.upper.touches(made[0]):
                     self._write_now(tf, m, *made)
-                if ordinal % 1000 == 999:
-                    tf.members = []  # a stream never looks back; don't keep every header in memory
 
     def _list(self, index: int) -> None:
         layer = self.layers[index]
