@@ -135,8 +135,8 @@ def build_snapshot(
 
 
 def _wfexs_sidecar(image: Image, archive_digest: str | None, name: str) -> dict[str, Any]:
-    assert archive_digest is not None, "a docker-archive sink answers its file's sha256"
     """The keys WfExS-backend's docker factory reads from a staged ``.img`` sidecar."""
+    assert archive_digest is not None, "a docker-archive sink answers its file's sha256"
     plat = image.platform()
     manifests = [
         {

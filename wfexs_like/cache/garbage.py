@@ -27,7 +27,7 @@ from ..images.blobstore import Removal
 from ..images.staging import remove_path
 from ..model import META_JSON_POSTFIX
 from .inventory import ENTRY_KINDS, CacheEntry, blob_referrers, scan_entries
-from .lifecycle import extra_bytes, retire, store_inodes
+from .lifecycle import extra_bytes, store_inodes
 from .snapshots import SNAPSHOT_KINDS, ImageCache
 from .usage import flock_held, hold_unlocked, remove_unheld_lock
 
@@ -251,7 +251,7 @@ class _Gc:
             try:
                 size = extra_bytes([path], self.store_inodes())
                 self.removed.append(GcItem(path, "snapshot no entry names", size))
-                retire(self.cache, path)
+                self.cache.retire(path)
             finally:
                 lock.release()
 

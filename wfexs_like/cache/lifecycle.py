@@ -32,8 +32,6 @@ from typing import Any
 
 from ..errors import CacheError
 from ..filelocks import Timeout
-from ..fsutil import random_hex
-from ..images.staging import remove_path
 from .inventory import (
     ENTRY_KINDS,
     CacheEntry,
@@ -151,18 +149,6 @@ def _is_store_link(blobs: str, path: str, ident: tuple[int, int]) -> bool:
     return (st.st_dev, st.st_ino) == ident
 
 
-def retire(cache: ImageCache, path: Path) -> None:
-    """Rename ``path`` out of sight in one step, then delete it (a reader never sees half of it)."""
-    if not (path.exists() or path.is_symlink()):
-        return
-    graveyard = cache.store.tmp_dir / f"retired-{random_hex(16)}"
-    try:
-        os.replace(path, graveyard)
-    except FileNotFoundError:
-        return
-    remove_path(graveyard)
-
-
 def _named_fingerprints(cache: ImageCache) -> set[str]:
     """Fingerprints the refs records on disk name right now (records only: cheap)."""
     out = set()
@@ -255,7 +241,7 @@ def remove_entries(
         for fingerprint, paths in snapshot_targets.items():
             with cache.store.lock(f"snapshot-{fingerprint}"):  # not while ``put`` publishes it
                 for p in paths:
-                    retire(cache, p)
+                    cache.retire(p)
 
     blobs: list[FreedBlob] = []
     if not keep_blobs:

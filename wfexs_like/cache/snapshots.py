@@ -396,7 +396,7 @@ class ImageCache:
             else:
                 if canonical.exists() or canonical.is_symlink():
                     logger.warning("replacing damaged cached snapshot %s", canonical)
-                    self._retire(canonical)
+                    self.retire(canonical)
                 self._publish_snapshot(snapshot, canonical, fingerprint, move, hashed=hashed is not None)
             write_json_atomic(canonical_meta, meta)
         ref_file = self._ref_file(reference, kind, platform)
@@ -430,7 +430,7 @@ class ImageCache:
                 logger.warning(
                     "removing cached snapshot %s of %s: it holds rotten bytes", canonical, reference
                 )
-                self._retire(canonical)
+                self.retire(canonical)
 
     # -- staging ------------------------------------------------------------------------------
     def stage(self, hit: CacheHit, path: Path, meta_path: Path, *, force: bool = False) -> tuple[Path, Path]:
@@ -567,8 +567,15 @@ class ImageCache:
             )
         self.store.relinked(layout_blobs(canonical) if canonical.is_dir() else [fingerprint])
 
-    def _retire(self, path: Path) -> None:
-        """Move a damaged entry out of the way atomically, then delete it."""
+    def retire(self, path: Path) -> None:
+        """Rename ``path`` out of sight in one step, then delete it (a reader never sees half of it).
+
+        Already gone (another process retired it first) is fine."""
+        if not (path.exists() or path.is_symlink()):
+            return
         graveyard = self.store.tmp_dir / f"retired-{random_hex(16)}"
-        os.replace(path, graveyard)
+        try:
+            os.replace(path, graveyard)
+        except FileNotFoundError:
+            return
         remove_path(graveyard)

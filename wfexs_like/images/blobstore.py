@@ -63,6 +63,7 @@ from ..digests import CHUNK, sha256_file, split_digest
 from ..errors import CacheError, DiskFullError, IntegrityError
 from ..filelocks import FileLock, Timeout
 from ..fsutil import (
+    atomic_write_bytes,
     disk_full_error,
     free_bytes,
     fsync_dir,
@@ -858,13 +859,7 @@ class BlobStore:
             return
         with contextlib.suppress(OSError, IntegrityError, CacheError):
             self.diff_ids_dir.mkdir(exist_ok=True)
-            name = self.diff_ids_dir / split_digest(digest)[1]
-            fd, tmp = temp_file_in(self.diff_ids_dir, f".{name.name[:12]}.", ".tmp")
-            try:
-                os.write(fd, diff_id.encode() + b"\n")
-            finally:
-                os.close(fd)
-            os.replace(tmp, name)
+            atomic_write_bytes(self.diff_ids_dir / split_digest(digest)[1], diff_id.encode() + b"\n")
 
     def _trust_s_of(self, digest: str) -> str:
         """``_trust_file`` as a string: it is rewritten for every blob of every re-stage."""
@@ -1043,7 +1038,7 @@ class BlobStore:
             st = os.stat(path if path is not None else self.path_str(digest))
         except OSError:
             return False
-        if self._known.get(digest) == tuple(self._key_of(st).values()):
+        if self.known_as(digest, st):
             return True  # exactly the file this process last checked: untouched since
         rec = self._trust_record(digest)
         return rec is not None and st.st_size == rec.get("size") and st.st_mtime_ns == rec.get("mtime_ns")
