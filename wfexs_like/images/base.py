@@ -234,8 +234,15 @@ class BlobLayer:
         return self._image.blob_path(self.digest()) if self._image.blob_trusted(self.digest()) else None
 
     def compressed(self) -> BinaryIO:
+        return self._compressed(self._image.blob_trusted(self.digest()))
+
+    def _compressed(self, trusted: bool) -> BinaryIO:
+        """The blob as stored, hashed on the way unless ``trusted`` (the image vouched for it).
+
+        ``uncompressed`` passes the trust it already asked for (a ``stat`` or more per ask); a
+        layer kind that reads its blobs another way overrides this, not ``compressed``."""
         fh = self._image.open_blob(self.descriptor)
-        if self._image.blob_trusted(self.digest()):
+        if trusted:
             return fh
         return buffered(
             VerifyingReader(
@@ -250,8 +257,8 @@ class BlobLayer:
     def uncompressed(self) -> BinaryIO:
         what = f"layer {self.digest()} of {self._image.describe()}"
         digest, diff_id = self.digest(), self.diff_id()
-        trusted = self._image.blob_trusted(digest)  # before opening: ``compressed`` asks the same
-        plain = decompressing_reader(self.compressed(), what)
+        trusted = self._image.blob_trusted(digest)
+        plain = decompressing_reader(self._compressed(trusted), what)
         if self.compression() == "none" and diff_id == digest:
             return plain  # already verified as the compressed stream
         if trusted and self._image.diff_id_checked(digest, diff_id):

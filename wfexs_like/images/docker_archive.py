@@ -128,9 +128,9 @@ class _InflateCheck(io.RawIOBase):
 
 
 class _ArchiveLayer(BlobLayer):
-    def compressed(self) -> BinaryIO:
+    def _compressed(self, trusted: bool) -> BinaryIO:
         if self.is_gzip():
-            return super().compressed()
+            return super()._compressed(trusted)
         # a plain member's digest is the diff id its config names: say so when it does not match
         what = f"layer {self.digest()} of {self._image.describe()} (the diff id its config names)"
         return buffered(
