@@ -35,7 +35,10 @@ def rounds(n: int, commands: dict[str, list[str]]) -> dict[str, tuple[list[float
         for name, cmd in commands.items():
             argv = [a.replace("{i}", f"{name}-{i}") for a in cmd]
             t0 = time.perf_counter()
-            proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            except OSError as e:
+                raise SystemExit(f"ab: {name}: cannot run {argv[0]!r}: {e.strerror or e}") from None
             _, status, usage = os.wait4(proc.pid, 0)
             wall = time.perf_counter() - t0
             code = os.waitstatus_to_exitcode(status)
