@@ -25,6 +25,7 @@ from tests.support.imagegen import BuiltImage, build_image
 from tests.support.proxy import FaultProxy, Rule
 from tests.support.push import push_image
 from tests.support.registry import RunningRegistry
+from tests.support.tools import partial_sizes
 from wfexs_like import progress
 from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.registry import RegistryClient
@@ -74,12 +75,11 @@ def materialize(tmp_path: Path, tag: str) -> list[str]:
 
 def partials(cache: Path) -> dict[str, int]:
     """``sha256:<hex>`` -> bytes kept, for every non-empty partial blob in the cache's tmp dir."""
-    out = {}
-    for p in (cache / "tmp").glob("sha256-*.partial"):
-        size = p.stat().st_size
-        if size:
-            out["sha256:" + p.name.removeprefix("sha256-").removesuffix(".partial")] = size
-    return out
+    return {
+        "sha256:" + name.removeprefix("sha256-").removesuffix(".partial"): size
+        for name, size in partial_sizes(cache / "tmp").items()
+        if size and name.startswith("sha256-")
+    }
 
 
 def start_and_wait_for_a_partial(cmd: list[str], cache: Path) -> subprocess.Popen:

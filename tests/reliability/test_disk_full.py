@@ -36,6 +36,7 @@ from tests.support.imagegen import BuiltImage, build_image, busybox_base_layer
 from tests.support.proxy import FaultProxy
 from tests.support.push import push_image
 from tests.support.registry import RunningRegistry
+from tests.support.tools import partial_sizes
 from wfexs_like.filelocks import FileLock
 from wfexs_like.images.blobstore import BlobStore
 from wfexs_like.provenance import read_containers_file
@@ -223,7 +224,7 @@ def test_a_disk_that_fills_up_mid_download(
             text=True,
         )
         deadline = time.monotonic() + 60
-        while not any(p.stat().st_size > MiB for p in (cache / "tmp").glob("*.partial") if p.exists()):
+        while not any(size > MiB for size in partial_sizes(cache / "tmp").values()):
             assert proc.poll() is None and time.monotonic() < deadline, "the download never started"
             time.sleep(0.02)
         filler = fill(mount / "filler.bin")

@@ -1,10 +1,12 @@
-"""Small helpers the image tests share: run a tool that must succeed, write a tar by hand."""
+"""Small helpers the tests share: run a tool that must succeed, write a tar by hand, watch
+partial downloads."""
 
 from __future__ import annotations
 
 import io
 import subprocess
 import tarfile
+from pathlib import Path
 
 
 def run_ok(*cmd: str, input: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -29,3 +31,16 @@ def tar_of(members: list[tuple[str, bytes]], links: tuple[tuple[str, str], ...] 
             ti.linkname = target
             tf.addfile(ti)
     return buf.getvalue()
+
+
+def partial_sizes(tmp_dir: Path) -> dict[str, int]:
+    """File name -> bytes for every ``*.partial`` download in a cache's tmp dir, read while the
+    download runs: one may finish (be renamed into blobs/) between the listing and its stat, and
+    is then simply not partial any more."""
+    out = {}
+    for p in tmp_dir.glob("*.partial"):
+        try:
+            out[p.name] = p.stat().st_size
+        except FileNotFoundError:
+            continue
+    return out
