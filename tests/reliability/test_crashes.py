@@ -194,6 +194,15 @@ def survivors(cache: Path) -> list[str]:
     return found
 
 
+def survivors_after(cache: Path, grace: float = 5.0) -> list[str]:
+    """``survivors`` once a child that follows its parent's death (PR_SET_PDEATHSIG) had time to
+    go: one busy in disk I/O on a loaded machine can take well over 0.1 s to be reaped."""
+    deadline = time.monotonic() + grace
+    while (left := survivors(cache)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return left
+
+
 def kill_survivors(cache: Path) -> None:
     for line in survivors(cache):
         with contextlib.suppress(ProcessLookupError):
@@ -305,8 +314,7 @@ def test_sigkill_at_random_moments_never_breaks_the_cache(
         s.slow(phase == "download")
         killed = run_and_kill(s, phase, engine, delay)
         s.slow(False)
-        time.sleep(0.1)  # a child that follows its parent's death is gone by now
-        left = survivors(s.cache)
+        left = survivors_after(s.cache)
         if left:
             orphans += [f"round {n} ({phase}): {x}" for x in left]
             kill_survivors(s.cache)
@@ -405,15 +413,15 @@ def test_the_next_run_sweeps_what_a_killed_sif_build_left(
     proc = subprocess.Popen([str(WFEXS_LIKE), *common, "--stage-dir", str(tmp_path / "sifs"), tag])
     try:
         deadline = time.monotonic() + 60
-        while not any(n.startswith("sif-") for n in os.listdir(cache / "tmp")):
-            assert proc.poll() is None and time.monotonic() < deadline, "the SIF build never began"
+        # Kill once the packer writes its squashfs: past the build's first writes, and early
+        # enough on any machine (a fixed delay would outlast a fast build).
+        while not any((cache / "tmp").glob("sif-*/sif-build-*/rootfs.squashfs")):
+            assert proc.poll() is None and time.monotonic() < deadline, "the SIF build never wrote"
             time.sleep(0.005)
-        time.sleep(0.5)  # well inside the build (seconds long), past its first writes
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
-    time.sleep(0.1)
-    assert not survivors(cache), "the packer outlived the killed materialize"
+    assert not survivors_after(cache), "the packer outlived the killed materialize"
     dead = {n for n in os.listdir(cache / "tmp") if (cache / "tmp" / n).is_dir()}
     assert any(n.startswith("sif-") for n in dead), "the kill left no build dir: this test proves nothing"
     time.sleep(SWEEP_GRACE + 2)

@@ -154,6 +154,9 @@ def kill_mid_squash(seed: tuple[Path, str], cache: Path, tmpdir: Path, packer: s
         wait_for(lambda: next(build_dir.glob("sif-build-*/rootfs.squashfs"), None), 30, "the squashfs")
         time.sleep(delay)
         assert alive(child), f"{packer} finished before the kill: make the image bigger"
+        # Hold the packer where it is: the gc below is a cold-started process, and on a loaded
+        # machine the build could finish meanwhile. A stopped child still dies with its parent.
+        os.kill(child, signal.SIGSTOP)
         spared = gc(cache, "--min-age", "0s", "--dry-run")
         assert str(build_dir) not in removed_paths(spared), "gc would remove a live build's dir"
         driver.send_signal(signal.SIGKILL)
