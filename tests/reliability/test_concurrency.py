@@ -366,6 +366,7 @@ def test_prune_and_gc_never_take_what_a_live_materialize_staged(
     assert not failed, "\n".join(failed)
     assert not store_problems(cache)
     verify_clean(cache)
-    # The race had teeth: the prunes (started while materializes ran, by construction) removed
-    # entries. Whether one also met an entry a live materialize held is down to timing: printed above.
-    assert seen["entries removed"] > 0, dict(seen)
+    # The race had teeth: the prunes (started while materializes ran, by construction) met the
+    # cache's entries, held by a live materialize (kept) or free again (removed). Which of the two,
+    # and how often, is down to timing: printed above.
+    assert seen["entries removed"] + seen["entries in use, kept"] > 0, dict(seen)

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from .registry import child_env, free_port
+from .registry import child_env, free_ports
 
 ACCESS_KEY = "wfexs-like-test"
 SECRET_KEY = "wfexs-like-test-secret"
@@ -104,9 +104,31 @@ def seaweed_s3(workdir: Path, *, timeout: float = 60) -> Iterator[RunningS3]:
             }
         )
     )
+    for _ in range(3):  # a port picked free can be taken before weed binds it: pick again
+        server = _start(weed, workdir, config, timeout)
+        if server is not None:
+            break
+    else:
+        tail = (workdir / "weed.log").read_text()[-2000:]
+        raise RuntimeError(f"SeaweedFS exited at start, three times: {tail}")
+    try:
+        yield server
+    finally:
+        server.proc.terminate()
+        try:
+            server.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+        with contextlib.suppress(OSError):
+            os.sync()
+
+
+def _start(weed: str, workdir: Path, config: Path, timeout: float) -> RunningS3 | None:
+    """``weed server`` answering on its S3 port, or None when it exited early (a port clash)."""
     # every port explicit: weed derives gRPC ports as port+10000, which overflows for high free ports
     names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc", "s3", "s3_grpc", "iam")
-    ports = {name: free_port() for name in names}
+    ports = dict(zip(names, free_ports(len(names)), strict=True))
     log = workdir / "weed.log"
     cmd = [
         weed, "server", f"-dir={workdir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
@@ -120,26 +142,17 @@ def seaweed_s3(workdir: Path, *, timeout: float = 60) -> Iterator[RunningS3]:
     with open(log, "wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(), cwd=workdir)
     server = RunningS3(f"http://127.0.0.1:{ports['s3']}", ACCESS_KEY, SECRET_KEY, proc, log)
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"SeaweedFS exited with {proc.returncode}: {log.read_text()[-2000:]}")
-            try:
-                server.client().create_bucket(Bucket=server.bucket)
-                server.client().put_object(Bucket=server.bucket, Key="probe", Body=b"up")
-                break
-            except Exception as e:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"SeaweedFS S3 did not come up in {timeout} s: {e}") from e
-                time.sleep(0.3)
-        yield server
-    finally:
-        proc.terminate()
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            return None
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        with contextlib.suppress(OSError):
-            os.sync()
+            server.client().create_bucket(Bucket=server.bucket)
+            server.client().put_object(Bucket=server.bucket, Key="probe", Body=b"up")
+            return server
+        except Exception as e:
+            if time.monotonic() > deadline:
+                proc.kill()
+                proc.wait()
+                raise RuntimeError(f"SeaweedFS S3 did not come up in {timeout} s: {e}") from e
+            time.sleep(0.3)
