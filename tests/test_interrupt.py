@@ -34,8 +34,9 @@ pytestmark = [pytest.mark.registry]
 
 WFEXS_LIKE = Path(sys.executable).with_name("wfexs-like")
 RATE = 2_000_000
-#: The issue asks for 1 s; the margin covers a loaded test machine.
-EXIT_BOUND = 3.0
+#: The issue asks for 1 s; the margin covers a loaded test machine (what it guards against, waiting
+#: for the slow link to deliver a layer, takes 15 s).
+EXIT_BOUND = 6.0
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +203,17 @@ def test_a_cancelled_pull_raises_cancelled_and_keeps_partials(
 ) -> None:
     store = BlobStore(tmp_path / "store")
     canceller = cancel_when(lambda: bool(partials(store.root)))
+    before = set(threading.enumerate())
     with RegistryClient(max_workers=3) as c, pytest.raises(progress.Cancelled):
         c.pull(slow_link.proxy.host, "t/big", "v1", store)
     elapsed = time.monotonic() - canceller.at  # type: ignore[attr-defined]
     assert elapsed < EXIT_BOUND, f"the pull returned {elapsed:.2f} s after the cancel"
+    # The client waits only CANCEL_GRACE for its workers; one still writing when the flag is
+    # lowered below would go on, and its partial would not be where the resume starts.
+    deadline = time.monotonic() + 30
+    while any(t.name.startswith("wfexs-pull") for t in set(threading.enumerate()) - before):
+        assert time.monotonic() < deadline, "pull workers still running 30 s after the cancel"
+        time.sleep(0.05)
     kept = partials(store.root)
     assert kept
 
@@ -225,7 +233,7 @@ def test_a_cancelled_download_keeps_its_partial_and_reports_progress(
     dest = tmp_path / "layer.bin"
     partial = dest.with_name("layer.bin.partial")
     rec = Recorder()
-    cancel_when(lambda: partial.exists() and partial.stat().st_size > 0)
+    cancel_when(lambda: partial_sizes(tmp_path).get(partial.name, 0) > 0)
     with progress.reporting(rec), RegistryClient() as c, pytest.raises(progress.Cancelled):
         c.download(url, dest, expected_digest=layer.digest)
     assert not dest.exists() and 0 < partial.stat().st_size < layer.size

@@ -317,7 +317,7 @@ def test_a_name_that_does_not_resolve_fails_at_once() -> None:
     elapsed = time.monotonic() - t0
     assert "does not resolve" in str(ei.value) and "-no-such-registry-.invalid" in str(ei.value)
     assert "attempts" not in str(ei.value), "not retried"
-    assert elapsed < 3, f"took {elapsed:.1f} s"
+    assert elapsed < 6, f"took {elapsed:.1f} s"
 
 
 def test_a_refused_connection_fails_at_once() -> None:
@@ -329,11 +329,12 @@ def test_a_refused_connection_fails_at_once() -> None:
     msg = str(ei.value)
     assert f"could not reach 127.0.0.1:{port}" in msg and "refused" in msg
     assert "after 2 attempts" in msg, "one quick retry, no more"
-    assert elapsed < 3, f"took {elapsed:.1f} s"
+    assert elapsed < 6, f"took {elapsed:.1f} s"
 
 
 def test_the_command_fails_fast_on_a_refused_connection(tmp_path: Path) -> None:
-    """End to end: the old back-off made this take 13 s; a subprocess start is in the bound too."""
+    """End to end: the old back-off made this take 13 s. The bound also holds a subprocess
+    start-up on a loaded machine, so it is loose."""
     tag = f"127.0.0.1:{free_port()}/t/app:v1"
     cmd = [str(WFEXS_LIKE), "materialize", "--engine", "podman", "--stage-dir", str(tmp_path / "stage"),
            "--cache-dir", str(tmp_path / "cache"), tag]  # fmt: skip
@@ -343,7 +344,7 @@ def test_the_command_fails_fast_on_a_refused_connection(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "refused" in proc.stderr and "Traceback" not in proc.stderr
     assert f"{tag}: {tag}" not in proc.stderr, "the tag is not repeated as a prefix"
-    assert elapsed < 5, f"took {elapsed:.1f} s"
+    assert elapsed < 10, f"took {elapsed:.1f} s"
 
 
 def test_retries_zero_means_exactly_one_request(registry, src_store, blob_store) -> None:

@@ -599,7 +599,10 @@ def test_only_the_squashfs_is_written_to_disk(packer: str | None, tmp_path: Path
     """A watcher of the build dir sees the extracted tree on the fallback path, and never on the stream."""
     layer = write_layer(
         tmp_path / "l.tar.gz",
-        [directory(f"d{i}/") for i in range(200)] + [file(f"d{i}/f", b"x") for i in range(200)],
+        [directory(f"d{i}/") for i in range(200)]
+        + [file(f"d{i}/f", b"x") for i in range(200)]
+        # incompressible bytes keep the packer (and its squashfs) around long enough to be seen
+        + [file("d0/big", os.urandom(8 << 20))],
     )
     image = store_image(BlobStore(tmp_path / "store"), [layer], image_config())
     seen: set[str] = set()
@@ -651,7 +654,11 @@ def test_a_stop_request_kills_tar2sqfs_and_leaves_nothing(tmp_path: Path) -> Non
 def _children_named(name: str) -> list[int]:
     found = []
     for task in Path(f"/proc/{os.getpid()}/task").iterdir():
-        for pid in (task / "children").read_text().split():
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:  # a thread that ended since the listing
+            continue
+        for pid in children:
             try:
                 if Path(f"/proc/{pid}/comm").read_text().strip() == name:
                     found.append(int(pid))
