@@ -60,3 +60,46 @@ def test_each_command_is_parsed_by_the_module_that_registers_it() -> None:
     assert set(COMMANDS) == commands_of(COMMAND_MODULES)
     for module in COMMAND_MODULES:
         assert commands_of((module,)) == {c for c, m in COMMANDS.items() if m == module}
+
+
+LOADED_AT_EXIT = """
+import atexit, sys
+from wfexs_like.cli import COMMAND_MODULES, COMMANDS, SUMMARIES, main_with
+def loaded() -> None:
+    mods = sorted(m for m in sys.modules if m.startswith("wfexs_like.cli.") and not m.endswith("_common"))
+    print("loaded:", mods, file=sys.stderr)
+atexit.register(loaded)
+whole = sys.argv[1] == "whole"
+sys.exit(main_with(COMMAND_MODULES, sys.argv[2:], *((None, None) if whole else (COMMANDS, SUMMARIES))))
+"""
+
+
+@pytest.mark.parametrize("argv", [[], ["--help"], ["-h"], ["--version"], ["-h", "materialize"]])
+def test_help_from_the_summaries_is_the_full_parsers_help(argv: list[str]) -> None:
+    """``--help``, ``--version`` and a missing command are answered from ``SUMMARIES`` without
+    importing a command module; what they print and their exit status must be exactly what the
+    whole parser gives, so a summary that drifted from its module would show here."""
+
+    def run(mode: str) -> tuple[int, str, str, str]:
+        cmd = [sys.executable, "-c", LOADED_AT_EXIT, mode, *argv]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        said, _, loaded = out.stderr.rpartition("loaded: ")
+        return out.returncode, out.stdout, said, loaded
+
+    *whole, whole_loaded = run("whole")
+    *named, named_loaded = run("summaries")
+    assert named == whole
+    assert whole[1] or whole[2], "something was printed"
+    assert named_loaded.strip() == "[]", named_loaded
+    assert "wfexs_like.cli.materialize" in whole_loaded, whole_loaded
+
+
+def test_the_summaries_name_every_command_in_help_order() -> None:
+    import argparse
+
+    from wfexs_like.cli import COMMAND_MODULES, COMMANDS, SUMMARIES
+    from wfexs_like.cli._common import build_parser
+
+    (sub,) = (a for a in build_parser(COMMAND_MODULES)._actions if isinstance(a, argparse._SubParsersAction))
+    assert list(SUMMARIES) == list(sub.choices) == list(COMMANDS)
+    assert {a.dest: a.help for a in sub._choices_actions} == SUMMARIES

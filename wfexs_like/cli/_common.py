@@ -230,7 +230,12 @@ def _defaults(args: argparse.Namespace) -> None:
             setattr(args, name, value)
 
 
-def build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
+def build_parser(
+    modules: Sequence[str], summaries: Mapping[str, str] | None = None
+) -> argparse.ArgumentParser:
+    """The parser of ``modules``' commands; with ``summaries`` (command -> its ``--help`` line)
+    instead, one that only names them: enough for ``--help``, ``--version`` and a missing or
+    mistyped command, and none of the modules is imported."""
     from .. import __version__
 
     g = global_options()
@@ -248,6 +253,10 @@ def build_parser(modules: Sequence[str]) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    if summaries is not None:
+        for name, text in summaries.items():
+            sub.add_parser(name, help=text)
+        return parser
     for name in modules:
         importlib.import_module(f"{__package__}.{name}").register(sub, [g])
     return parser
@@ -318,17 +327,24 @@ def report_error(e: BaseException) -> int:
 
 
 def main_with(
-    modules: Sequence[str], argv: Sequence[str] | None = None, commands: Mapping[str, str] | None = None
+    modules: Sequence[str],
+    argv: Sequence[str] | None = None,
+    commands: Mapping[str, str] | None = None,
+    summaries: Mapping[str, str] | None = None,
 ) -> int:
     """Run one command line. ``commands`` maps each command to the module registering it: when the
     line starts with one, only that module's parsers are built (the other verbs' parsers cost a
-    tenth of a warm re-stage); anything else (``--help``, a typo, global options first) gets all."""
+    tenth of a warm re-stage). A bare ``--help``/``--version`` or no command at all is answered
+    from ``summaries`` alone; anything else (a typo, global options first) gets every parser."""
     signal.signal(signal.SIGINT, _on_first_sigint)
     argv = sys.argv[1:] if argv is None else list(argv)
+    only_names = None
     if commands and argv and argv[0] in commands:
         modules = (commands[argv[0]],)
+    elif summaries and (not argv or argv[0] in ("-h", "--help", "--version")):
+        only_names = summaries
     try:
-        args = build_parser(modules).parse_args(argv)
+        args = build_parser(modules, only_names).parse_args(argv)
         _defaults(args)
         setup_logging(args)
         from .settings import apply

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import SUMMARIES
 from ._common import UsageError, add_cache_dir, new_parser
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -27,7 +28,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         sub,
         "export",
         parents,
-        help="write cached images, their SIFs and records to one bundle tar",
+        help=SUMMARIES["export"],
         description="Write the cached images of a containers YAML, or of TAGs, to one tar for a\n"
         "machine with no network: one OCI image layout holding every image (shared layers once),\n"
         "the SIFs and records, and a SHA256SUMS list. Never uses the network: every TAG must\n"
@@ -66,7 +67,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         sub,
         "import",
         parents,
-        help="verify a bundle tar and publish its images into the cache",
+        help=SUMMARIES["import"],
         description="Check every member of a bundle written by 'export' (names, types, sizes, every\n"
         "digest), and only then publish its images into the cache, so that 'materialize --offline'\n"
         "of the same tags works here with identical digests. A refused bundle leaves the cache\n"

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from . import SUMMARIES
 from ._common import EXIT_FAILURE, EXIT_OK, UsageError, add_cache_dir, new_parser
 
 #: The kinds ``--kind`` accepts: ``wfexs_like.cache.ENTRY_KINDS``, named here so parsing imports nothing.
@@ -86,7 +87,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         sub,
         "cache",
         parents,
-        help="list, size, inspect, verify and clean the cache",
+        help=SUMMARIES["cache"],
         description=(
             "Manage the shared cache: what it holds (ls, du, inspect), whether it is intact (verify), and\n"
             "removing what is no longer needed (rm, prune, gc). Nothing a running materialize holds is\n"

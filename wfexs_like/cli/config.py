@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import SUMMARIES
 from ._common import new_parser
 
 
@@ -12,7 +13,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         sub,
         "config",
         parents,
-        help="show the settings in effect (configuration file, environment, defaults)",
+        help=SUMMARIES["config"],
         description="Settings come from built-in defaults, then the TOML file (--config, "
         "$WFEXS_LIKE_CONFIG, or <XDG config home>/wfexs-like/config.toml), then the environment "
         "(WFEXS_LIKE_CACHE_DIR, WFEXS_LIKE_JOBS, WFEXS_LIKE_LIBRARY_DIRS, WFEXS_LIKE_REMOTE_CACHE), "

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import SUMMARIES
 from ._common import ENGINES, UsageError, add_cache_dir, new_parser
 
 
@@ -15,7 +16,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         sub,
         "deploy",
         parents,
-        help="load staged snapshots into the engine (only what it lacks); print a table",
+        help=SUMMARIES["deploy"],
         description="Read a containers file written by 'materialize' and make every container "
         "available to the engine: loaded when the engine lacks that image id, present when it has "
         "it, converted (a Docker record becomes a SIF for singularity), skipped (a record of another "

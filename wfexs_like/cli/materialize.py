@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import SUMMARIES
 from ._common import (
     ENGINES,
     PartialFailure,
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         sub,
         "materialize",
         parents,
-        help="fetch, cache and stage tags; write their provenance records",
+        help=SUMMARIES["materialize"],
         description="Fetch each TAG once (later runs reuse the cache), stage it into --stage-dir "
         "and write the Container records (YAML by default) to -o FILE or standard output.\n"
         "Tags come as arguments and/or from -f FILE (one per line, # comments allowed; or a\n"

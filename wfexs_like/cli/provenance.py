@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import SUMMARIES
 from ._common import UsageError, new_parser
 
 _STYLES = ("wfexs-like", "wfexs")
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         sub,
         "provenance",
         parents,
-        help="show, convert or export container records (ours, WfExS-backend's, RO-Crate)",
+        help=SUMMARIES["provenance"],
         description="Read container records in any form this tool knows (its own YAML, "
         "WfExS-backend's stage state or records, an RO-Crate) and show, convert or export them.",
         example_lines=[

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from . import SUMMARIES
 from ._common import (
     EXIT_OK,
     PartialFailure,
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         sub,
         "push",
         parents,
-        help="copy cached images and SIFs to a site registry",
+        help=SUMMARIES["push"],
         description=(
             "Push what the cache holds for each SOURCE to the registry --to, nothing fetched: every\n"
             "SOURCE must have been materialized (any missing one is named, and nothing is pushed).\n"

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from . import SUMMARIES
 from ._common import EXIT_OK, new_parser
 
 if TYPE_CHECKING:
@@ -21,7 +22,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
         sub,
         "scan",
         parents,
-        help="list the container images a workflow needs (CWL, WDL, Galaxy, Nextflow, Snakemake)",
+        help=SUMMARIES["scan"],
         description="Read workflow files (never running them) and report every container reference: "
         "file, line, the text as written, the tag it resolves to, its kind and how sure the scan "
         "is (exact, candidate, dynamic). A directory is walked for Snakefile, *.smk, *.nf, "
