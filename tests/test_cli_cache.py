@@ -4,9 +4,11 @@ materializes against the loopback registry."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -337,3 +339,62 @@ def test_prune_max_size_parses_units_and_removes_least_recently_used(tmp_path: P
     assert {e["reference"] for e in out["removed"]} == {images.tag("z")}
     assert {b["digest"] for b in out["blobs"]} == images.blobs("z")
     assert sum(cache.store.size(d) for d in cache.store.iter_digests()) == y_bytes <= limit_kib * 1024
+
+
+#: Prints the JSON listing, then every module loaded, to stdout (a line of its own at exit).
+_LS_DRIVER = """
+import atexit, json, sys
+atexit.register(lambda: print("\\nMODULES " + json.dumps(sorted(sys.modules))))
+sys.argv[0] = "wfexs-like"
+from wfexs_like.cli import run
+run()
+"""
+#: What writes a cache and what hashes: a listing whose summary is current needs none of it.
+WRITERS = (
+    "wfexs_like.cache.snapshots",
+    "wfexs_like.images.blobstore",
+    "wfexs_like.images.manifest",
+    "wfexs_like.images.layout",
+    "wfexs_like.model",
+    "wfexs_like.references",
+    "hashlib",
+)
+
+
+def test_ls_reads_a_current_summary_without_the_writing_machinery(tmp_path: Path, images: Images) -> None:
+    """``cache ls`` names the cache's directories (``CacheDirs``) and reads its files; the blob store,
+    snapshot and manifest code load only for what the summary does not vouch for."""
+    cache_dir = tmp_path / "cache"
+    materialize(cache_dir, tmp_path / "wf", [images.tag("x"), images.tag("y")])
+    hour_ago = time.time() - 3600  # older than the summary's racy window: it may vouch for them
+    for dirpath, _dirs, files in os.walk(cache_dir):
+        for name in files:
+            os.utime(os.path.join(dirpath, name), (hour_ago, hour_ago))
+    cli("cache", "ls", cache=cache_dir)  # writes the summary
+
+    cmd = [sys.executable, "-c", _LS_DRIVER, "cache", "ls", "--json", "--cache-dir", str(cache_dir)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
+    assert out.returncode == 0, out.stderr
+    listing_json, _, modules = out.stdout.rpartition("\nMODULES ")
+    loaded = set(json.loads(modules))
+    assert "wfexs_like.cache.inventory" in loaded, "the run did not reach the scan"
+    assert sorted(loaded & set(WRITERS)) == []
+    rows = json.loads(listing_json)
+    entries = scan_entries(ImageCache(cache_dir), summary=False)
+    assert [(r["reference"], r["kind"], r["digest"], r["size"]) for r in rows] == [
+        (e.reference, e.kind, e.digest, e.size) for e in entries
+    ]
+    assert len(rows) == 4
+
+
+def test_cache_dirs_are_the_directories_image_cache_uses(tmp_path: Path) -> None:
+    from wfexs_like import model
+    from wfexs_like.cache import names
+    from wfexs_like.cache.names import CacheDirs
+
+    assert names.META_JSON_POSTFIX == model.META_JSON_POSTFIX
+
+    c, d = ImageCache(tmp_path / "c"), CacheDirs(tmp_path / "c")
+    assert (d.root, d.blobs_dir, d.snapshots_dir, d.tags_dir, d.refs_dir, d.usage_dir) == (
+        c.root, c.store.blobs_dir, c.snapshots_dir, c.tags_dir, c.refs_dir, c.usage.root,
+    )  # fmt: skip

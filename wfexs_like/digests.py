@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import binascii
 import functools
-import hashlib
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -21,12 +20,20 @@ _HEX = {"sha256": 64, "sha512": 128}
 _DIGEST_RE = re.compile(r"^(sha256|sha512):([0-9a-f]+)$")
 
 
+# hashlib is imported where a hash is taken: loading it loads OpenSSL, which a reader that only
+# checks digests' form (``cache ls``) never needs.
+
+
 def sha256_bytes(data: bytes) -> str:
+    import hashlib
+
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
     """Hash a file with a bounded buffer so multi-GB layers never sit in memory."""
+    import hashlib
+
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         while chunk := fh.read(CHUNK):
@@ -35,6 +42,8 @@ def sha256_file(path: Path) -> str:
 
 
 def sha256_chunks(chunks: Iterable[bytes]) -> tuple[str, int]:
+    import hashlib
+
     h = hashlib.sha256()
     n = 0
     for chunk in chunks:

@@ -31,8 +31,8 @@ _EXPORTS: dict[str, str] = {
     "ImageCache": ".snapshots",
     "Inspection": ".inventory",
     "RemovalReport": ".lifecycle",
-    "SNAPSHOT_KINDS": ".snapshots",
-    "SnapshotKind": ".snapshots",
+    "SNAPSHOT_KINDS": ".names",
+    "SnapshotKind": ".names",
     "TieredImageCache": ".tiered",
     "VerifyReport": ".integrity",
     "claim_dir": ".usage",
@@ -104,7 +104,8 @@ if TYPE_CHECKING:
     )
     from .library import nextflow_names
     from .lifecycle import FreedBlob, RemovalReport, prune, remove_references
+    from .names import SNAPSHOT_KINDS, SnapshotKind
     from .paths import ENV_CACHE_DIR, default_cache_dir
-    from .snapshots import SNAPSHOT_KINDS, CacheHit, ImageCache, SnapshotKind
+    from .snapshots import CacheHit, ImageCache
     from .tiered import TieredImageCache
     from .usage import claim_dir

@@ -29,7 +29,8 @@ from ..errors import DiskFullError, IntegrityError
 from ..fsutil import reword_disk_full
 from ..images.blobstore import FULL_CACHE_HINT
 from ..model import ImageMetadata
-from .snapshots import CacheHit, ImageCache, SnapshotKind
+from .names import SnapshotKind
+from .snapshots import CacheHit, ImageCache
 from .usage import claimed_temp_dir
 
 if TYPE_CHECKING:

@@ -38,7 +38,7 @@ from ..digests import is_digest, normalize_fingerprint, split_digest
 from ..errors import CacheError, IntegrityError
 from ..images.manifest import Descriptor, Index, ManifestError, parse_manifest_or_index
 from ..model import ImageMetadata
-from .snapshots import SNAPSHOT_KINDS, SnapshotKind
+from .names import SNAPSHOT_KINDS, SnapshotKind
 
 OCI_LAYOUT_MEMBER = "oci-layout"
 INDEX_MEMBER = "index.json"

@@ -56,8 +56,9 @@ from .bundle import (
     sums_bytes,
 )
 from .inventory import CacheEntry, scan_entries
+from .names import SNAPSHOT_KINDS, SnapshotKind
 from .paths import default_cache_dir
-from .snapshots import SNAPSHOT_KINDS, CacheHit, ImageCache, SnapshotKind, read_json
+from .snapshots import CacheHit, ImageCache, read_json
 from .usage import IMAGE_KIND
 
 #: The snapshot kinds each engine stages; None (no --engine) takes every kind.

@@ -28,7 +28,8 @@ from ..images.staging import remove_path
 from ..model import META_JSON_POSTFIX
 from .inventory import ENTRY_KINDS, CacheEntry, blob_referrers, scan_entries
 from .lifecycle import extra_bytes, store_inodes
-from .snapshots import SNAPSHOT_KINDS, ImageCache
+from .names import SNAPSHOT_KINDS
+from .snapshots import ImageCache
 from .usage import flock_held, hold_unlocked, remove_unheld_lock
 
 #: What gc spares: unreferenced blobs, temporary and partial files younger than this (seconds).

@@ -22,7 +22,8 @@ from ..images.blobstore import BlobStore
 from ..model import META_JSON_POSTFIX, ContainerTaggedName, ImageMetadata
 from ..references import nextflow_file_name, parse_reference
 from ..storage import Tiers
-from .snapshots import CacheHit, ImageCache, SnapshotKind, read_json
+from .names import SnapshotKind
+from .snapshots import CacheHit, ImageCache, read_json
 from .tiered import TieredImageCache
 
 logger = logging.getLogger(__name__)

@@ -26,25 +26,20 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..digests import is_digest, normalize_fingerprint, split_digest
 from ..errors import CacheError, ContainerFactoryException, IntegrityError
 from ..fsutil import atomic_write_bytes
-from ..images.manifest import (
-    INDEX_TYPES,
-    MANIFEST_TYPES,
-    OCI_INDEX,
-    OCI_MANIFEST,
-    Index,
-    Manifest,
-    ManifestError,
-    image_platform,
-    parse_manifest_or_index,
-)
-from ..model import META_JSON_POSTFIX
-from .snapshots import SNAPSHOT_KINDS, ImageCache, entry_key, read_json
+from .names import META_JSON_POSTFIX, SNAPSHOT_KINDS, CacheDirs
 from .usage import IMAGE_KIND, StagedCopy
+
+if TYPE_CHECKING:
+    from .snapshots import ImageCache
+
+# The manifest parser and the snapshot code are imported where a scan needs them (a record or
+# manifest the summary does not vouch for, an unreadable record): ``cache ls`` of a cache whose
+# summary is current reads the cache's files and nothing else.
 
 ENTRY_KINDS: tuple[str, ...] = (IMAGE_KIND, *SNAPSHOT_KINDS)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -171,6 +166,8 @@ def _load_record(path: str) -> tuple[dict[str, Any], float]:
     except (OSError, ValueError):
         data, mtime = None, 0.0
     if not isinstance(data, dict):
+        from .snapshots import read_json
+
         read_json(Path(path))  # raises, naming what is wrong the way every reader of records does
         raise CacheError(f"metadata file {path} could not be read; re-materialize the container")
     return data, mtime
@@ -182,6 +179,16 @@ def _references(raw: bytes) -> tuple[bool, list[str], str | None]:
     The well-formed case is read straight from the JSON; anything else goes
     through ``parse_manifest_or_index``, which raises ``ManifestError`` with
     the reason (or accepts what this shortcut is too strict for)."""
+    from ..images.manifest import (
+        INDEX_TYPES,
+        MANIFEST_TYPES,
+        OCI_INDEX,
+        OCI_MANIFEST,
+        Index,
+        Manifest,
+        parse_manifest_or_index,
+    )
+
     try:
         data = json.loads(raw)
         mt = data.get("mediaType") or (OCI_INDEX if "manifests" in data else OCI_MANIFEST)
@@ -273,12 +280,13 @@ class _Scan:
     system calls at a few thousand entries. With ``summary``, what ``_Summary`` vouches for is
     taken from it, and what was derived anew is written back at the end."""
 
-    def __init__(self, cache: ImageCache, *, summary: bool) -> None:
-        self.cache = cache
+    def __init__(self, cache: ImageCache | CacheDirs, *, summary: bool) -> None:
         self.root = str(cache.root)
-        self.blobs = str(cache.store.blobs_dir)
+        if isinstance(cache, CacheDirs):
+            self.blobs, self.usage = str(cache.blobs_dir), str(cache.usage_dir)
+        else:
+            self.blobs, self.usage = str(cache.store.blobs_dir), str(cache.usage.root)
         self.snapshots = str(cache.snapshots_dir)
-        self.usage = str(cache.usage.root)
         self._sizes: dict[str, int | None] = {}
         self.use_summary = summary
         self.old = _load_summary(f"{self.root}/{SUMMARY_FILE}") if summary else _Summary()
@@ -299,8 +307,10 @@ class _Scan:
             self.snapshot_names = set(os.listdir(self.snapshots))
         if self.stored is not None:
             stored = self.stored
-            self.new.sizes = {h: n for h, n in self.old.sizes.items() if h in stored and type(n) is int}
-            self._sizes = {"sha256:" + h: n for h, n in self.new.sizes.items()}
+            # the summary's sizes, of blobs still stored; what it keeps next is taken from these
+            # (and what ``size`` learns) when it is written
+            old = self.old.sizes
+            self._sizes = {"sha256:" + h: n for h, n in old.items() if h in stored and type(n) is int}
 
     def size(self, digest: str, fallback: str | None = None) -> int | None:
         """Bytes of the store's blob; of ``fallback`` (a snapshot's own copy) when the store lacks it."""
@@ -312,7 +322,6 @@ class _Scan:
                 with contextlib.suppress(OSError):
                     size = os.stat(f"{self.blobs}/{hexd}").st_size
                 if size is not None and self.use_summary:
-                    self.new.sizes[hexd] = size
                     self.dirty = True
             self._sizes[digest] = size
         if size is None and fallback is not None:
@@ -357,6 +366,8 @@ class _Scan:
                 if known[:4] == key and st.st_mtime_ns < self.old.written_ns - _RACY_NS:
                     self.new.records[name] = known
                     return known[4], known[5], known[6], st.st_mtime, True
+        from .snapshots import entry_key
+
         rec, mtime = _load_record(path)
         reference, platform, value = str(rec.get("reference") or ""), rec.get("platform"), rec.get(field)
         filed_right = _plain(platform) and entry_key(reference, platform) == _stem(path)
@@ -371,6 +382,8 @@ class _Scan:
         the slow way every time)."""
         if not self.use_summary or not (self.dirty or self.new.records.keys() != self.old.records.keys()):
             return
+        sizes = self._sizes.items()
+        self.new.sizes = {d[7:]: n for d, n in sizes if d.startswith("sha256:") and type(n) is int}
         data = json.dumps(self.new.to_json(self.started_ns), separators=(",", ":")).encode()
         with contextlib.suppress(OSError, CacheError):
             atomic_write_bytes(Path(self.root) / SUMMARY_FILE, data)
@@ -382,6 +395,8 @@ def _plain(value: Any) -> bool:
 
 def _image_blobs(scan: _Scan, manifest_digest: str) -> tuple[list[str], str | None, list[str]]:
     """(blobs, image platform, problems) of a stored image, read from its manifest and config."""
+    from ..images.manifest import ManifestError, image_platform
+
     try:
         raw = scan.blob(manifest_digest)
     except FileNotFoundError:
@@ -619,7 +634,9 @@ def _image_entry(
     )
 
 
-def scan_entries(cache: ImageCache, *, summary: bool = True, keep_summary: bool = False) -> list[CacheEntry]:
+def scan_entries(
+    cache: ImageCache | CacheDirs, *, summary: bool = True, keep_summary: bool = False
+) -> list[CacheEntry]:
     """Every entry of the cache, sorted by reference, platform and kind. Reads; changes nothing
     unless ``keep_summary``.
 
@@ -917,6 +934,8 @@ def still_staged(copy: StagedCopy, fingerprint: str | None) -> bool:
 
 def inspect_entries(cache: ImageCache, query: str, entries: Sequence[CacheEntry] | None = None) -> Inspection:
     """Details of every entry ``query`` selects (see ``select_entries``); CacheError when none does."""
+    from .snapshots import read_json
+
     entries = scan_entries(cache) if entries is None else entries
     chosen = select_entries(entries, query)
     if not chosen:

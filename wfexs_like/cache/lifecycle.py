@@ -41,7 +41,8 @@ from .inventory import (
     select_entries,
     still_staged,
 )
-from .snapshots import SNAPSHOT_KINDS, ImageCache, read_json
+from .names import SNAPSHOT_KINDS
+from .snapshots import ImageCache, read_json
 from .usage import IMAGE_KIND
 
 

@@ -62,7 +62,7 @@ import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ..digests import is_digest, normalize_fingerprint, sha256_file, split_digest
 from ..errors import CacheError, DiskFullError, IntegrityError
@@ -72,6 +72,7 @@ from ..images.layout import is_blob_path, trusted_by, verify_oci_layout
 from ..images.manifest import Manifest, ManifestError, parse_manifest_or_index
 from ..images.staging import link_or_copy, link_tree, remove_path, sweep_temps, write_file
 from ..model import META_JSON_POSTFIX, ImageMetadata
+from .names import CacheDirs, SnapshotKind
 from .paths import default_cache_dir
 from .usage import IMAGE_KIND, StagedCopy, Usage
 
@@ -79,9 +80,6 @@ from .usage import IMAGE_KIND, StagedCopy, Usage
 STAGE_FULL_HINT = "free space there or choose another --stage-dir"
 
 logger = logging.getLogger(__name__)
-
-SnapshotKind = Literal["oci-layout", "sif", "docker-archive"]
-SNAPSHOT_KINDS: tuple[SnapshotKind, ...] = ("oci-layout", "sif", "docker-archive")
 
 
 def fingerprint_to_name(fingerprint: str) -> str:
@@ -176,12 +174,13 @@ class ImageCache:
     def __init__(self, root: Path | None = None, *, store: BlobStore | None = None) -> None:
         """``store``: the blob store to use (a ``TieredBlobStore`` reading through the tiers);
         a plain one under ``root`` by default."""
-        self.root = Path(root or default_cache_dir()).absolute()
+        dirs = CacheDirs(root or default_cache_dir())
+        self.root = dirs.root
         self.store = store if store is not None else BlobStore(self.root)
-        self.snapshots_dir = self.root / "snapshots"
-        self.tags_dir = self.root / "tags"
-        self.refs_dir = self.root / "refs"
-        self.usage = Usage(self.root / "usage")
+        self.snapshots_dir = dirs.snapshots_dir
+        self.tags_dir = dirs.tags_dir
+        self.refs_dir = dirs.refs_dir
+        self.usage = Usage(dirs.usage_dir)
         for d in (self.snapshots_dir, self.tags_dir, self.refs_dir):
             d.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(OSError):  # a cache we may only read still stages

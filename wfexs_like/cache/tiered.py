@@ -47,8 +47,9 @@ from ..storage import StorageError, StorageUnreachableError, TieredBlobStore, Ti
 from ..storage.base import read_record
 from .build import put_sif_file
 from .library import nextflow_names
+from .names import SnapshotKind
 from .paths import default_cache_dir
-from .snapshots import CacheHit, ImageCache, SnapshotKind, entry_key, fingerprint_to_name
+from .snapshots import CacheHit, ImageCache, entry_key, fingerprint_to_name
 
 logger = logging.getLogger(__name__)
 

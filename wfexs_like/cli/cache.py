@@ -322,11 +322,20 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
 # -- runners -----------------------------------------------------------------------------------------------
 def _open(args: argparse.Namespace) -> Any:
     """The cache ``--cache-dir`` names, or None when there is none yet (nothing is created then)."""
-    from ..cache.paths import default_cache_dir
     from ..cache.snapshots import ImageCache
 
+    dirs = _dirs(args)
+    return ImageCache(dirs.root) if dirs is not None else None
+
+
+def _dirs(args: argparse.Namespace) -> Any:
+    """``_open`` for a verb that only reads the cache's files (``ls``): its directories, named
+    without loading the code that writes under them."""
+    from ..cache.names import CacheDirs
+    from ..cache.paths import default_cache_dir
+
     root = Path(args.cache_dir or default_cache_dir())
-    return ImageCache(root) if root.is_dir() else None
+    return CacheDirs(root) if root.is_dir() else None
 
 
 def _print_json(data: Any) -> None:
@@ -343,7 +352,7 @@ def run_ls(args: argparse.Namespace) -> int:
     from ..cache.inventory import scan_entries  # not ``..cache``: ls needs none of the other verbs
     from .render import human_bytes, short_digest
 
-    cache = _open(args)
+    cache = _dirs(args)
     found = scan_entries(cache, keep_summary=True) if cache else []
     entries = [e for e in found if not args.kind or e.kind in args.kind]
     if args.json:

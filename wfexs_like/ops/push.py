@@ -43,7 +43,8 @@ from typing import Any, Literal
 
 from .. import progress
 from ..cache import ImageCache
-from ..cache.snapshots import SNAPSHOT_KINDS, read_json
+from ..cache.names import SNAPSHOT_KINDS
+from ..cache.snapshots import read_json
 from ..container_factories.sif_files import ORAS_MANIFEST_KEY
 from ..container_factories.sources import pin_from_fingerprint
 from ..digests import is_digest, normalize_fingerprint, split_digest
