@@ -37,7 +37,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..fsutil import names_open_file, temp_dir_in
+from ..errors import CacheError
+from ..fsutil import atomic_write_bytes, names_open_file, temp_dir_in
 
 #: A stage of an entry already recorded within this many seconds is not written again.
 TOUCH_INTERVAL = 60.0
@@ -186,12 +187,11 @@ class Usage:
             kept = list(dict.fromkeys(ln for ln in lines if _names_a_live_copy(ln)))
             if len(kept) == len(lines):
                 return 0
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError, CacheError):
                 st = path.stat()
-                tmp = path.with_name(f".{path.name}.compact.tmp")
-                tmp.write_text("".join(f"{ln}\n" for ln in kept), "utf-8", "surrogateescape")
-                os.utime(tmp, ns=(st.st_atime_ns, st.st_mtime_ns))
-                os.replace(tmp, path)
+                text = "".join(f"{ln}\n" for ln in kept)
+                atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
+                os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
                 return len(lines) - len(kept)
             return 0
 
