@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.registry import RunningRegistry
+from tests.support.tools import cli_modules
 from tests.test_lifecycle import REPO, Images, backdate, flip_byte, listing, materialize
 from wfexs_like.cache import ImageCache, scan_entries
 from wfexs_like.digests import sha256_file
@@ -341,14 +342,6 @@ def test_prune_max_size_parses_units_and_removes_least_recently_used(tmp_path: P
     assert sum(cache.store.size(d) for d in cache.store.iter_digests()) == y_bytes <= limit_kib * 1024
 
 
-#: Prints the JSON listing, then every module loaded, to stdout (a line of its own at exit).
-_LS_DRIVER = """
-import atexit, json, sys
-atexit.register(lambda: print("\\nMODULES " + json.dumps(sorted(sys.modules))))
-sys.argv[0] = "wfexs-like"
-from wfexs_like.cli import run
-run()
-"""
 #: What writes a cache and what hashes: a listing whose summary is current needs none of it.
 WRITERS = (
     "wfexs_like.cache.snapshots",
@@ -372,14 +365,10 @@ def test_ls_reads_a_current_summary_without_the_writing_machinery(tmp_path: Path
             os.utime(os.path.join(dirpath, name), (hour_ago, hour_ago))
     cli("cache", "ls", cache=cache_dir)  # writes the summary
 
-    cmd = [sys.executable, "-c", _LS_DRIVER, "cache", "ls", "--json", "--cache-dir", str(cache_dir)]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, check=False)
-    assert out.returncode == 0, out.stderr
-    listing_json, _, modules = out.stdout.rpartition("\nMODULES ")
-    loaded = set(json.loads(modules))
+    out, loaded = cli_modules("cache", "ls", "--json", "--cache-dir", str(cache_dir), tmp=tmp_path)
     assert "wfexs_like.cache.inventory" in loaded, "the run did not reach the scan"
     assert sorted(loaded & set(WRITERS)) == []
-    rows = json.loads(listing_json)
+    rows = json.loads(out.stdout)
     entries = scan_entries(ImageCache(cache_dir), summary=False)
     assert [(r["reference"], r["kind"], r["digest"], r["size"]) for r in rows] == [
         (e.reference, e.kind, e.digest, e.size) for e in entries

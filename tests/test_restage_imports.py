@@ -12,9 +12,6 @@ it left (every module, whoever imported it): a behaviour, not a timing.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -23,6 +20,7 @@ import pytest
 from tests.support.imagegen import build_image, busybox_base_layer
 from tests.support.push import push_image
 from tests.support.registry import RunningRegistry
+from tests.support.tools import cli_modules
 from wfexs_like.images.blobstore import BlobStore
 
 CLIENT = "wfexs_like.registry.httpio"
@@ -38,34 +36,9 @@ OWN = {
 }
 
 
-#: Runs the CLI as the console script does and writes every module loaded, at exit, to argv[1].
-_DRIVER = """
-import atexit, json, sys
-out = sys.argv.pop(1)
-atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
-sys.argv[0] = "wfexs-like"
-from wfexs_like.cli import run
-run()
-"""
-
-
 def imported_by(*args: str, tmp: Path) -> set[str]:
-    """The modules a ``wfexs-like`` run had loaded when it left (``sys.modules`` at exit).
-
-    Not ``-X importtime``: it reports only imports made by the import
-    statement, so a module loaded through ``importlib.import_module`` (as
-    the packages' lazy names are) would be missed.
-    """
-    listing = tmp / f"modules-{uuid.uuid4().hex[:8]}.json"
-    out = subprocess.run(
-        [sys.executable, "-c", _DRIVER, str(listing), *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    modules = set(json.loads(listing.read_text()))
+    """The modules a ``wfexs-like`` run had loaded when it left (see ``cli_modules``)."""
+    _, modules = cli_modules(*args, tmp=tmp)
     assert "wfexs_like.ops.materialize" in modules, "the run did not reach materialize"
     return modules
 

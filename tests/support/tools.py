@@ -1,11 +1,14 @@
 """Small helpers the tests share: run a tool that must succeed, write a tar by hand, watch
-partial downloads."""
+partial downloads, see what a command loaded."""
 
 from __future__ import annotations
 
 import io
+import json
 import subprocess
+import sys
 import tarfile
+import uuid
 from pathlib import Path
 
 
@@ -44,3 +47,34 @@ def partial_sizes(tmp_dir: Path) -> dict[str, int]:
         except FileNotFoundError:
             continue
     return out
+
+
+#: Runs the CLI as the console script does and writes every module loaded, at exit, to argv[1].
+_MODULES_AT_EXIT = """
+import atexit, json, sys
+out = sys.argv.pop(1)
+atexit.register(lambda: open(out, "w").write(json.dumps(sorted(sys.modules))))
+sys.argv[0] = "wfexs-like"
+from wfexs_like.cli import run
+run()
+"""
+
+
+def cli_modules(*args: str, tmp: Path) -> tuple[subprocess.CompletedProcess[str], set[str]]:
+    """Run ``wfexs-like ARGS``; its result, and the modules it had loaded when it left
+    (``sys.modules`` at exit, so whoever imported them, ``importlib`` included).
+
+    Not ``-X importtime``: it reports only imports made by the import
+    statement, so a module loaded through ``importlib.import_module`` (as
+    the packages' lazy names are) would be missed.
+    """
+    listing = tmp / f"modules-{uuid.uuid4().hex[:8]}.json"
+    out = subprocess.run(
+        [sys.executable, "-c", _MODULES_AT_EXIT, str(listing), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out, set(json.loads(listing.read_text()))
