@@ -22,14 +22,14 @@ _EXPORTS: dict[str, str] = {
     "ContainerCacheHandler": ".handler",
     "ContainerFileNamingMethod": ".handler",
     "DEFAULT_GRACE": ".garbage",
-    "DiskUsage": ".inventory",
+    "DiskUsage": ".diskusage",
     "ENTRY_KINDS": ".inventory",
     "ENV_CACHE_DIR": ".paths",
     "FreedBlob": ".lifecycle",
     "GcItem": ".garbage",
     "GcReport": ".garbage",
     "ImageCache": ".snapshots",
-    "Inspection": ".inventory",
+    "Inspection": ".inspection",
     "RemovalReport": ".lifecycle",
     "SNAPSHOT_KINDS": ".names",
     "SnapshotKind": ".names",
@@ -38,8 +38,8 @@ _EXPORTS: dict[str, str] = {
     "claim_dir": ".usage",
     "collect_garbage": ".garbage",
     "default_cache_dir": ".paths",
-    "disk_usage": ".inventory",
-    "inspect_entries": ".inventory",
+    "disk_usage": ".diskusage",
+    "inspect_entries": ".inspection",
     "nextflow_names": ".library",
     "prune": ".lifecycle",
     "remove_references": ".lifecycle",
@@ -89,19 +89,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 
 if TYPE_CHECKING:
     from ..images.blobstore import BlobStore
+    from .diskusage import DiskUsage, disk_usage
     from .garbage import DEFAULT_GRACE, GcItem, GcReport, collect_garbage
     from .handler import ContainerCacheHandler, ContainerFileNamingMethod
+    from .inspection import Inspection, inspect_entries
     from .integrity import BadBlob, BrokenEntry, VerifyReport, verify_cache
-    from .inventory import (
-        ENTRY_KINDS,
-        CacheEntry,
-        DiskUsage,
-        Inspection,
-        disk_usage,
-        inspect_entries,
-        scan_entries,
-        select_entries,
-    )
+    from .inventory import ENTRY_KINDS, CacheEntry, scan_entries, select_entries
     from .library import nextflow_names
     from .lifecycle import FreedBlob, RemovalReport, prune, remove_references
     from .names import SNAPSHOT_KINDS, SnapshotKind

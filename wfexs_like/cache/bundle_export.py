@@ -56,10 +56,9 @@ from .bundle import (
     sums_bytes,
 )
 from .inventory import CacheEntry, scan_entries
-from .names import SNAPSHOT_KINDS, SnapshotKind
+from .names import IMAGE_KIND, SNAPSHOT_KINDS, SnapshotKind
 from .paths import default_cache_dir
 from .snapshots import CacheHit, ImageCache, read_json
-from .usage import IMAGE_KIND
 
 #: The snapshot kinds each engine stages; None (no --engine) takes every kind.
 ENGINE_KINDS: dict[str | None, tuple[SnapshotKind, ...]] = {

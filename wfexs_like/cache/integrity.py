@@ -51,10 +51,11 @@ from ..images.manifest import (
 from ..images.regular import SMALL_LIMIT
 from ..images.staging import link_or_copy
 from ..references import parse_reference
-from .inventory import CacheEntry, scan_entries, still_staged
+from .inspection import still_staged
+from .inventory import CacheEntry, scan_entries
 from .lifecycle import remove_entries
+from .names import IMAGE_KIND
 from .snapshots import ImageCache, read_json
-from .usage import IMAGE_KIND
 
 if TYPE_CHECKING:
     from ..images.blobstore import BlobStore

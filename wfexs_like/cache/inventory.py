@@ -23,16 +23,13 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from ..digests import is_digest, normalize_fingerprint, split_digest
-from ..errors import CacheError, ContainerFactoryException, IntegrityError
+from ..digests import is_digest, split_digest
+from ..errors import CacheError, ContainerFactoryException
 from ..fsutil import atomic_write_bytes
-from .names import META_JSON_POSTFIX, SNAPSHOT_KINDS, CacheDirs
-from .usage import IMAGE_KIND, StagedCopy
+from .names import IMAGE_KIND, META_JSON_POSTFIX, SNAPSHOT_KINDS, CacheDirs
 
 if TYPE_CHECKING:
     from .snapshots import ImageCache
@@ -46,13 +43,13 @@ _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
-@dataclass(frozen=True)
-class CacheEntry:
+class CacheEntry(NamedTuple):
     """One record of the cache (see the module docstring), with what it needs and when it was used.
 
-    Its files are kept as strings (``record``, ``snapshot`` and ``metadata_path`` are their
-    ``Path``s, made when first asked for): a scan makes thousands of entries, most of them only
-    to be listed."""
+    A named tuple, not a dataclass: a scan makes thousands of entries, most of them only to be
+    listed, and a frozen dataclass takes three times as long to build (and ``dataclasses``
+    itself, with ``inspect``, a tenth of ``cache ls``'s start-up to import). Its files are kept
+    as strings; ``record``, ``snapshot`` and ``metadata_path`` are their ``Path``s."""
 
     reference: str
     #: The platform the entry was materialized for (None: the host's default).
@@ -79,15 +76,15 @@ class CacheEntry:
     last_used: float | None
     problems: tuple[str, ...] = ()
 
-    @cached_property
+    @property
     def record(self) -> Path:
         return Path(self.record_file)
 
-    @cached_property
+    @property
     def snapshot(self) -> Path | None:
         return Path(self.snapshot_file) if self.snapshot_file is not None else None
 
-    @cached_property
+    @property
     def metadata_path(self) -> Path | None:
         return Path(self.metadata_file) if self.metadata_file is not None else None
 
@@ -732,245 +729,3 @@ def select_entries(
             continue
         out.append(e)
     return out
-
-
-# -- du ---------------------------------------------------------------------------------------------
-@dataclass
-class Tally:
-    """How many files and how many bytes."""
-
-    files: int = 0
-    bytes: int = 0
-
-    def add(self, size: int) -> None:
-        self.files += 1
-        self.bytes += size
-
-    def to_json(self) -> dict[str, int]:
-        return {"files": self.files, "bytes": self.bytes}
-
-
-@dataclass
-class DiskUsage:
-    """What the cache dir holds on disk, every inode counted once (apparent sizes, in bytes).
-
-    ``snapshots`` counts only what snapshots add to the blobs (an OCI
-    layout's ``index.json``, sidecars, copies where a hard link was
-    impossible): their blob files are hard links of ``blobs``.
-    ``per_kind`` counts each kind's referenced blobs once per kind;
-    ``shared`` are blobs referenced by more than one image, ``unique`` by
-    exactly one, ``unreferenced`` by none (``cache gc`` removes them).
-    """
-
-    root: Path
-    total: int = 0
-    blobs: Tally = field(default_factory=Tally)
-    snapshots: Tally = field(default_factory=Tally)
-    partials: Tally = field(default_factory=Tally)
-    temporary: Tally = field(default_factory=Tally)
-    quarantined: Tally = field(default_factory=Tally)
-    records: Tally = field(default_factory=Tally)
-    per_kind: dict[str, Tally] = field(default_factory=dict)
-    entries: dict[str, int] = field(default_factory=dict)
-    shared: Tally = field(default_factory=Tally)
-    unique: Tally = field(default_factory=Tally)
-    unreferenced: Tally = field(default_factory=Tally)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "root": str(self.root),
-            "total_bytes": self.total,
-            "blobs": self.blobs.to_json(),
-            "snapshots": self.snapshots.to_json(),
-            "partials": self.partials.to_json(),
-            "temporary": self.temporary.to_json(),
-            "quarantined": self.quarantined.to_json(),
-            "records": self.records.to_json(),
-            "per_kind": {
-                k: {"entries": self.entries.get(k, 0), **t.to_json()} for k, t in self.per_kind.items()
-            },
-            "shared": self.shared.to_json(),
-            "unique": self.unique.to_json(),
-            "unreferenced": self.unreferenced.to_json(),
-        }
-
-
-def _walk_files(top: Path) -> Iterable[os.stat_result]:
-    for root, _dirs, files in os.walk(top):
-        for f in files:
-            try:
-                yield os.lstat(os.path.join(root, f))
-            except OSError:
-                continue
-
-
-def disk_usage(cache: ImageCache, entries: Sequence[CacheEntry] | None = None) -> DiskUsage:
-    """Sizes of the cache by area, by kind, and shared vs unique; reads only."""
-    entries = scan_entries(cache) if entries is None else entries
-    du = DiskUsage(cache.root)
-    seen: set[tuple[int, int]] = set()
-
-    def count(st: os.stat_result, tally: Tally) -> None:
-        ident = (st.st_dev, st.st_ino)
-        if ident in seen:
-            return
-        seen.add(ident)
-        tally.add(st.st_size)
-        du.total += st.st_size
-
-    blob_sizes: dict[str, int] = {}
-    for d in cache.store.iter_digests():
-        try:
-            st = os.lstat(cache.store.path(d))
-        except OSError:
-            continue
-        blob_sizes[d] = st.st_size
-        count(st, du.blobs)
-    for st in _walk_files(cache.snapshots_dir):
-        count(st, du.snapshots)
-    try:
-        tmp_names = os.listdir(cache.store.tmp_dir)
-    except OSError:
-        tmp_names = []
-    for name in tmp_names:
-        path = cache.store.tmp_dir / name
-        tally = du.partials if name.endswith(".partial") else du.temporary
-        if path.is_dir() and not path.is_symlink():
-            for st in _walk_files(path):
-                count(st, tally)
-        else:
-            with contextlib.suppress(OSError):
-                count(os.lstat(path), tally)
-    for st in _walk_files(cache.root / "corrupt"):
-        count(st, du.quarantined)
-    for st in _walk_files(cache.root):  # what is left: records, trust, usage, locks
-        count(st, du.records)
-
-    referrers = blob_referrers(entries)
-    for kind in ENTRY_KINDS:
-        tally = Tally()
-        kind_entries = [e for e in entries if e.kind == kind]
-        for d in sorted({d for e in kind_entries for d in e.blobs}):
-            if d in blob_sizes:
-                tally.add(blob_sizes[d])
-        du.per_kind[kind] = tally
-        du.entries[kind] = len(kind_entries)
-    for d, size in blob_sizes.items():
-        users = referrers.get(d, set())
-        (du.shared if len(users) > 1 else du.unique if users else du.unreferenced).add(size)
-    return du
-
-
-# -- inspect ----------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class BlobInfo:
-    digest: str
-    size: int | None
-    in_store: bool
-    #: The store's copy looks exactly as when last hashed (inode, size, mtime, ctime).
-    unchanged: bool
-    #: Other images (references) that reference this blob too.
-    shared_with: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "digest": self.digest,
-            "size": self.size,
-            "in_store": self.in_store,
-            "unchanged_since_verified": self.unchanged,
-            "shared_with": list(self.shared_with),
-        }
-
-
-@dataclass(frozen=True)
-class EntryDetail:
-    entry: CacheEntry
-    metadata: Mapping[str, Any] | None
-    #: Stage dirs it was staged into, and whether that copy is still there (same fingerprint).
-    staged: tuple[tuple[StagedCopy, bool], ...]
-    blobs: tuple[BlobInfo, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            **self.entry.to_json(),
-            "metadata": dict(self.metadata) if self.metadata is not None else None,
-            "staged": [
-                {"path": str(c.path), "metadata_path": str(c.metadata_path), "present": present}
-                for c, present in self.staged
-            ],
-            "blobs": [b.to_json() for b in self.blobs],
-        }
-
-
-@dataclass(frozen=True)
-class Inspection:
-    """Everything the cache knows about what a user named."""
-
-    query: str
-    references: tuple[str, ...]
-    #: Held by a running process (a materialize that looked it up, built or staged it).
-    in_use: bool
-    entries: tuple[EntryDetail, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "query": self.query,
-            "references": list(self.references),
-            "in_use": self.in_use,
-            "entries": [d.to_json() for d in self.entries],
-        }
-
-
-def still_staged(copy: StagedCopy, fingerprint: str | None) -> bool:
-    """Is this stage dir copy still there and still this snapshot? (its copied sidecar says so)"""
-    if fingerprint is None or not (copy.path.exists() or copy.path.is_symlink()):
-        return False
-    try:
-        data = json.loads(copy.metadata_path.read_bytes())
-        return normalize_fingerprint(str(data.get("image_signature"))) == fingerprint
-    except (OSError, ValueError, AttributeError, IntegrityError):
-        return False
-
-
-def inspect_entries(cache: ImageCache, query: str, entries: Sequence[CacheEntry] | None = None) -> Inspection:
-    """Details of every entry ``query`` selects (see ``select_entries``); CacheError when none does."""
-    from .snapshots import read_json
-
-    entries = scan_entries(cache) if entries is None else entries
-    chosen = select_entries(entries, query)
-    if not chosen:
-        raise CacheError(
-            f"nothing in the cache at {cache.root} matches {query!r}; `wfexs-like cache ls` lists it"
-        )
-    referrers = blob_referrers(entries)
-    details = []
-    for e in chosen:
-        meta = None
-        if e.metadata_path is not None:
-            try:
-                meta = read_json(e.metadata_path)
-            except CacheError:
-                meta = None
-        blobs = []
-        for d in e.blobs:
-            in_store = cache.store.has(d)
-            size = None
-            try:
-                size = cache.store.size(d)
-            except OSError:
-                if e.kind == "oci-layout" and e.snapshot is not None:
-                    try:
-                        size = (e.snapshot / "blobs" / "sha256" / d.split(":", 1)[1]).stat().st_size
-                    except OSError:
-                        size = None
-            others = sorted({r for r, _p in referrers.get(d, set()) if r != e.reference})
-            blobs.append(BlobInfo(d, size, in_store, in_store and cache.store.unchanged(d), tuple(others)))
-        staged = tuple((c, still_staged(c, e.fingerprint)) for c in cache.usage.staged_copies(e.kind, e.key))
-        details.append(EntryDetail(e, meta, staged, tuple(blobs)))
-    keys = {e.key for e in chosen}
-    return Inspection(
-        query=query,
-        references=tuple(sorted({e.reference for e in chosen})),
-        in_use=any(cache.usage.is_held(k) for k in keys),
-        entries=tuple(details),
-    )

@@ -32,6 +32,7 @@ from typing import Any
 
 from ..errors import CacheError
 from ..filelocks import Timeout
+from .inspection import still_staged
 from .inventory import (
     ENTRY_KINDS,
     CacheEntry,
@@ -39,11 +40,9 @@ from .inventory import (
     record_files,
     scan_entries,
     select_entries,
-    still_staged,
 )
-from .names import SNAPSHOT_KINDS
+from .names import IMAGE_KIND, SNAPSHOT_KINDS
 from .snapshots import ImageCache, read_json
-from .usage import IMAGE_KIND
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,9 @@ from typing import Literal
 #: name, spelled again here because ``model`` stays below the cache (a test holds the two equal).
 META_JSON_POSTFIX = "_meta.json"
 
+#: The kind of a tag resolution: the registry image (manifest, config, layers) in the blob store.
+IMAGE_KIND = "image"
+
 SnapshotKind = Literal["oci-layout", "sif", "docker-archive"]
 SNAPSHOT_KINDS: tuple[SnapshotKind, ...] = ("oci-layout", "sif", "docker-archive")
 

@@ -72,9 +72,9 @@ from ..images.layout import is_blob_path, trusted_by, verify_oci_layout
 from ..images.manifest import Manifest, ManifestError, parse_manifest_or_index
 from ..images.staging import link_or_copy, link_tree, remove_path, sweep_temps, write_file
 from ..model import META_JSON_POSTFIX, ImageMetadata
-from .names import CacheDirs, SnapshotKind
+from .names import IMAGE_KIND, CacheDirs, SnapshotKind
 from .paths import default_cache_dir
-from .usage import IMAGE_KIND, StagedCopy, Usage
+from .usage import StagedCopy, Usage
 
 #: What to do when the stage dir is full (the default advice names no option).
 STAGE_FULL_HINT = "free space there or choose another --stage-dir"

@@ -42,8 +42,6 @@ from ..fsutil import atomic_write_bytes, names_open_file, temp_dir_in
 
 #: A stage of an entry already recorded within this many seconds is not written again.
 TOUCH_INTERVAL = 60.0
-#: The kind of a tag resolution: the registry image (manifest, config, layers) in the blob store.
-IMAGE_KIND = "image"
 
 
 @dataclass(frozen=True)
