@@ -23,9 +23,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from .errors import ContainerFactoryException
 
@@ -38,8 +37,7 @@ class ConfigError(ContainerFactoryException, ValueError):
     """The configuration file (or a variable) is malformed; the message names the file and the key."""
 
 
-@dataclass(frozen=True)
-class Setting:
+class Setting(NamedTuple):
     value: Any
     #: "default", "config file <path>", "environment <VAR>", "flag <--name>"
     source: str
@@ -57,10 +55,18 @@ _KEYS: dict[str, tuple[Any, str | None, type]] = {
 }
 
 
-@dataclass
 class Config:
-    settings: dict[str, Setting] = field(default_factory=dict)
-    path: Path | None = None
+    """Every setting with where it came from, and the file read (None: none was).
+
+    A plain class, not a dataclass: every command loads its settings, and ``dataclasses`` (with
+    ``inspect``) is a tenth of the start-up of a command that needs nothing else of it."""
+
+    def __init__(self, settings: dict[str, Setting] | None = None, path: Path | None = None) -> None:
+        self.settings: dict[str, Setting] = {} if settings is None else settings
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"Config(settings={self.settings!r}, path={self.path!r})"
 
     def __getitem__(self, key: str) -> Any:
         return self.settings[key].value
