@@ -352,6 +352,8 @@ WRITERS = (
     "wfexs_like.references",
     "hashlib",
 )
+#: What reports progress and logs, and what building records takes: a listing does neither.
+REPORTING = ("logging", "dataclasses", "wfexs_like.progress", "wfexs_like.cli.render")
 
 
 def test_ls_reads_a_current_summary_without_the_writing_machinery(tmp_path: Path, images: Images) -> None:
@@ -368,6 +370,7 @@ def test_ls_reads_a_current_summary_without_the_writing_machinery(tmp_path: Path
     out, loaded = cli_modules("cache", "ls", "--json", "--cache-dir", str(cache_dir), tmp=tmp_path)
     assert "wfexs_like.cache.inventory" in loaded, "the run did not reach the scan"
     assert sorted(loaded & set(WRITERS)) == []
+    assert sorted(loaded & set(REPORTING)) == []
     rows = json.loads(out.stdout)
     entries = scan_entries(ImageCache(cache_dir), summary=False)
     assert [(r["reference"], r["kind"], r["digest"], r["size"]) for r in rows] == [

@@ -224,7 +224,15 @@ def global_options() -> argparse.ArgumentParser:
 
 
 def _defaults(args: argparse.Namespace) -> None:
-    defaults = (("verbose", 0), ("quiet", False), ("progress", "auto"), ("debug", False), ("config", None))
+    defaults = (
+        ("verbose", 0),
+        ("quiet", False),
+        ("progress", "auto"),
+        ("debug", False),
+        ("config", None),
+        # False for a command that only reads and prints: it runs without a reporter or logging
+        ("reports", True),
+    )
     for name, value in defaults:
         if not hasattr(args, name):
             setattr(args, name, value)
@@ -346,9 +354,14 @@ def main_with(
     try:
         args = build_parser(modules, only_names).parse_args(argv)
         _defaults(args)
-        setup_logging(args)
         from .settings import apply
 
+        if args.reports is False:
+            # It logs nothing and shows no progress: logging and the renderer would be a fifth of
+            # its start-up, for nothing.
+            apply(args)
+            return int(args.run(args))
+        setup_logging(args)
         apply(args)
         # Imported after parsing: ``--help`` and usage errors never pay for the renderer.
         from ..progress import reporting

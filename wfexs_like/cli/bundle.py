@@ -132,8 +132,8 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], line: str) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from ..cache.bundle_export import export_bundle
     from ..errors import ContainerFactoryException
+    from ..fsutil import human_bytes
     from ..images.manifest import Platform
-    from .render import human_bytes
 
     containers = _split_items(args.items)
     try:
@@ -154,7 +154,7 @@ def run_export(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from ..cache.bundle import ImportLimits
     from ..cache.bundle_import import import_bundle
-    from .render import human_bytes
+    from ..fsutil import human_bytes
 
     defaults = ImportLimits()
     limits = ImportLimits(

@@ -68,7 +68,7 @@ def count(n: int, one: str, many: str | None = None) -> str:
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     """Left-aligned columns two spaces apart; cells are cleaned of control characters."""
-    from .render import clean
+    from .text import clean
 
     rows = [[clean(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
@@ -124,7 +124,7 @@ def register(sub: argparse._SubParsersAction, parents: list[argparse.ArgumentPar
     add_cache_dir(ls)
     ls.add_argument("--kind", choices=KINDS, action="append", help="only entries of this kind (repeatable)")
     _json_flag(ls)
-    ls.set_defaults(run=run_ls)
+    ls.set_defaults(run=run_ls, reports=False)
 
     du = new_parser(
         csub,
@@ -350,7 +350,8 @@ def _note(args: argparse.Namespace, text: str) -> None:
 
 def run_ls(args: argparse.Namespace) -> int:
     from ..cache.inventory import scan_entries  # not ``..cache``: ls needs none of the other verbs
-    from .render import human_bytes, short_digest
+    from ..fsutil import human_bytes
+    from .text import short_digest
 
     cache = _dirs(args)
     found = scan_entries(cache, keep_summary=True) if cache else []
@@ -377,7 +378,7 @@ def run_ls(args: argparse.Namespace) -> int:
 
 def run_du(args: argparse.Namespace) -> int:
     from ..cache import disk_usage
-    from .render import human_bytes
+    from ..fsutil import human_bytes
 
     cache = _open(args)
     if cache is None:
@@ -421,7 +422,7 @@ def run_du(args: argparse.Namespace) -> int:
 def run_inspect(args: argparse.Namespace) -> int:
     from ..cache import inspect_entries
     from ..errors import CacheError
-    from .render import human_bytes
+    from ..fsutil import human_bytes
 
     cache = _open(args)
     if cache is None:
@@ -472,7 +473,7 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def run_verify(args: argparse.Namespace) -> int:
     from ..cache.integrity import VerifyReport, verify_cache
-    from .render import human_bytes
+    from ..fsutil import human_bytes
 
     if args.offline and not args.repair:
         raise UsageError("--offline only changes what --repair does; add --repair")
@@ -534,7 +535,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def _print_removal(args: argparse.Namespace, report: Any, verb: str) -> None:
-    from .render import human_bytes, short_digest
+    from ..fsutil import human_bytes
+    from .text import short_digest
 
     now = time.time()
     head = "would remove" if report.dry_run else verb
@@ -625,7 +627,7 @@ def run_prune(args: argparse.Namespace) -> int:
 
 def run_gc(args: argparse.Namespace) -> int:
     from ..cache.garbage import GcReport, collect_garbage
-    from .render import human_bytes
+    from ..fsutil import human_bytes
 
     cache = _open(args)
     if cache is None:

@@ -136,7 +136,7 @@ def _run_show(args: argparse.Namespace) -> int:
     import sys
 
     from ..ops.provenance import load_records, record_rows, records_json
-    from .render import clean, short_digest
+    from .text import clean, short_digest
 
     loaded = load_records(args.file)
     if args.json:

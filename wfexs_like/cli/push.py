@@ -141,9 +141,10 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     sources = _sources(args)
 
+    from ..fsutil import human_bytes
     from ..ops.push import push
     from .cache import count, table
-    from .render import human_bytes, short_digest
+    from .text import short_digest
 
     summary = push(
         args.cache_dir,

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import re
 import sys
 import threading
 import time
@@ -37,6 +36,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from ..fsutil import human_bytes
 from ..progress import ImageSummary, NullReporter
+from .text import clean, short_digest
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -46,29 +46,12 @@ PLAIN_INTERVAL = 2.0
 #: The loggers whose warnings are folded (ours); third-party ones keep their own way.
 LIBRARY_LOGGER = "wfexs_like"
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-def clean(text: str) -> str:
-    """``text`` with control characters shown as escapes: a tag from a workflow file may hold any."""
-    if text.isprintable():  # none of them (the usual case: a table has thousands of cells)
-        return text
-    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
-
 
 def human_seconds(s: float) -> str:
     if s < 60:
         return f"{s:.1f} s"
     minutes, seconds = divmod(round(s), 60)
     return f"{minutes}m{seconds:02d}s"
-
-
-def short_digest(digest: str | None) -> str:
-    """``sha256:`` and 12 hex digits: enough to tell images apart, short enough for a table."""
-    if not digest:
-        return "-"
-    algo, sep, hexpart = digest.partition(":")
-    return f"{algo}:{hexpart[:12]}" if sep else digest[:12]
 
 
 @dataclass

@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _warn_unresolved(refs: list[ContainerRef]) -> None:
-    from .render import clean
+    from .text import clean
 
     print(
         f"wfexs-like: warning: {len(refs)} reference(s) not listed (not pullable, or not resolved):",
