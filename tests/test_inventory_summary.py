@@ -152,3 +152,24 @@ def test_verify_calls_a_blob_that_is_gone_missing_not_corrupt(tmp_path: Path, im
     assert not any("corrupt" in p for p in broken.problems)
     out = cli("cache", "verify", cache=cache_dir, check=1).stdout
     assert "missing" in out and "corrupt" not in out
+
+
+def test_a_blob_removed_after_the_summary_is_seen_missing(tmp_path: Path, images: Images) -> None:
+    """The store is not listed again while its dir is as the summary saw it; removing a blob
+    changes the dir, so the next listing reads it again and finds the blob gone."""
+    cache_dir = tmp_path / "cache"
+    materialize(cache_dir, tmp_path / "wf", [images.tag("x")])
+    age(cache_dir)
+    blobs_dir = ImageCache(cache_dir).store.blobs_dir
+    hour_ago = time.time() - 3600
+    os.utime(blobs_dir, (hour_ago, hour_ago))
+    listed(cache_dir)
+    assert summary(cache_dir)["blobs_dir"] is not None, "the summary did not keep the store's stat key"
+    assert listed(cache_dir) == truth(cache_dir)
+
+    layer = images.built["x"].manifest.layers[1].digest
+    ImageCache(cache_dir).store.path(layer).unlink()
+    now = listed(cache_dir)
+    assert now == truth(cache_dir)
+    [image] = [e for e in now if e["kind"] == "image"]
+    assert image["missing"] == [layer]

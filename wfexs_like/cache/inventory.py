@@ -219,7 +219,7 @@ def _well_formed(descriptors: Any) -> bool:
 
 #: Where ``scan_entries`` keeps what it derived, so the next scan reads only what changed.
 SUMMARY_FILE = "inventory.json"
-_SUMMARY_VERSION = 1
+_SUMMARY_VERSION = 2
 #: A record changed this close to when the summary was written may have changed again unseen
 #: within one tick of the file system's clock (git's "racily clean" index entries): re-read it.
 _RACY_NS = 2_000_000_000
@@ -238,7 +238,11 @@ class _Summary:
     - ``images``: a manifest digest's blobs and platform: content addressed, never stale.
     - ``snapshots``: a fingerprint's sidecar fields (under the sidecar's stat key) and, for a
       layout, the blobs its dir holds.
-    - ``sizes``: a blob's size: content addressed; whether it is still stored is listed afresh.
+    - ``sizes``: a stored blob's size (content addressed), under its digest.
+    - ``blobs_dir``: the blob store dir's stat key when that scan listed it, kept only when it
+      had last changed well before: while the dir keeps it, no blob was added or removed since
+      (a directory's mtime and ctime move with every entry made, renamed or unlinked in it), so
+      ``sizes`` still says which blobs are stored and the 10,000-name listing is skipped.
 
     It is a cache of the files, never a source: missing, unreadable or of another version, it is
     ignored and rebuilt; ``cache verify`` does not read it at all.
@@ -252,6 +256,8 @@ class _Summary:
         self.images: dict[str, Any] = get("images")
         self.snapshots: dict[str, Any] = get("snapshots")
         self.sizes: dict[str, Any] = get("sizes")
+        blobs_dir = data.get("blobs_dir") if ok else None
+        self.blobs_dir: list[int] | None = blobs_dir if isinstance(blobs_dir, list) else None
 
     def to_json(self, written_ns: int) -> dict[str, Any]:
         return {
@@ -261,6 +267,7 @@ class _Summary:
             "images": self.images,
             "snapshots": self.snapshots,
             "sizes": self.sizes,
+            "blobs_dir": self.blobs_dir,
         }
 
 
@@ -291,23 +298,46 @@ class _Scan:
         self.dirty = False
         self.started_ns = time.time_ns()
         self.stored: set[str] | None = None
+        #: The store dir is as the summary saw it: its sizes say which blobs are stored.
+        self.store_unchanged = False
         self.snapshot_names: set[str] | None = None
 
     def list_after_records(self) -> None:
         """List the store and the snapshots, once the records are listed: whatever a listed record
-        names was published before it, so it is in these lists unless it was removed since."""
+        names was published before it, so it is in these lists unless it was removed since. The
+        store is not listed again while its dir is as the summary saw it (``_Summary.blobs_dir``)."""
         if not self.use_summary:
             return
-        with contextlib.suppress(OSError):
-            self.stored = {n for n in os.listdir(self.blobs) if len(n) == 64}
+        try:
+            st = os.stat(self.blobs)  # before the listing: a change after it shows next time
+        except OSError:
+            st = None
+        if st is not None and st.st_mtime_ns < self.started_ns - _RACY_NS:
+            self.new.blobs_dir = _stat_key(st)
+        old = self.old
+        if self.new.blobs_dir is not None and self.new.blobs_dir == old.blobs_dir and old.written_ns:
+            self.store_unchanged = True
+            # of the blobs stored then, which are the blobs stored now
+            self._sizes = {d: n for d, n in old.sizes.items() if type(n) is int}
+        else:
+            with contextlib.suppress(OSError):
+                self.stored = {n for n in os.listdir(self.blobs) if len(n) == 64}
+            if self.stored is not None:
+                stored = self.stored
+                # the summary's sizes, of blobs still stored; what it keeps next is taken from
+                # these (and what ``size`` learns) when it is written
+                self._sizes = {d: n for d, n in old.sizes.items() if d[7:] in stored and type(n) is int}
+        if self.new.blobs_dir != old.blobs_dir:
+            self.dirty = True
         with contextlib.suppress(OSError):
             self.snapshot_names = set(os.listdir(self.snapshots))
+
+    def holds(self, digest: str) -> bool:
+        """Whether the store holds ``digest``, as far as this scan's listing tells (False: it does
+        not, or the scan cannot tell without reading)."""
         if self.stored is not None:
-            stored = self.stored
-            # the summary's sizes, of blobs still stored; what it keeps next is taken from these
-            # (and what ``size`` learns) when it is written
-            old = self.old.sizes
-            self._sizes = {"sha256:" + h: n for h, n in old.items() if h in stored and type(n) is int}
+            return digest[7:] in self.stored
+        return self.store_unchanged and type(self._sizes.get(digest)) is int
 
     def size(self, digest: str, fallback: str | None = None) -> int | None:
         """Bytes of the store's blob; of ``fallback`` (a snapshot's own copy) when the store lacks it."""
@@ -379,8 +409,7 @@ class _Scan:
         the slow way every time)."""
         if not self.use_summary or not (self.dirty or self.new.records.keys() != self.old.records.keys()):
             return
-        sizes = self._sizes.items()
-        self.new.sizes = {d[7:]: n for d, n in sizes if d.startswith("sha256:") and type(n) is int}
+        self.new.sizes = {d: n for d, n in self._sizes.items() if type(n) is int}
         data = json.dumps(self.new.to_json(self.started_ns), separators=(",", ":")).encode()
         with contextlib.suppress(OSError, CacheError):
             atomic_write_bytes(Path(self.root) / SUMMARY_FILE, data)
@@ -564,6 +593,9 @@ def _total_size(
     layout dir, or is the snapshot file itself. Sizes the scan already knows (nearly all, from the
     summary) are summed here without a call each: ``cache ls`` of 1,000 images adds 20,000."""
     known = scan._sizes
+    sizes = list(map(known.get, blobs))
+    if None not in sizes:  # every size known (a blob the scan found missing is known as None)
+        return sum(sizes), []
     total, missing = 0, []
     for d in blobs:
         size = known.get(d, -1)
@@ -579,7 +611,7 @@ def _total_size(
 
 def _stored_image(scan: _Scan, digest: str) -> tuple[list[str], str | None, list[str]]:
     """``_image_blobs``, remembered by manifest digest once the manifest could be read."""
-    known = scan.old.images.get(digest) if scan.stored is not None and digest[7:] in scan.stored else None
+    known = scan.old.images.get(digest) if scan.holds(digest) else None
     if isinstance(known, list) and len(known) == 2 and isinstance(known[0], list):
         scan.new.images[digest] = known
         return list(known[0]), known[1], []
