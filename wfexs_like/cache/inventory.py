@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..digests import is_digest, split_digest
 from ..errors import CacheError, ContainerFactoryException
-from ..fsutil import atomic_write_bytes
+from ..fsutil import atomic_write_bytes, read_with_stat
 from .names import IMAGE_KIND, META_JSON_POSTFIX, SNAPSHOT_KINDS, CacheDirs
 
 if TYPE_CHECKING:
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 ENTRY_KINDS: tuple[str, ...] = (IMAGE_KIND, *SNAPSHOT_KINDS)
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
-_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 class CacheEntry(NamedTuple):
@@ -143,16 +142,9 @@ def _record_names(directory: str) -> list[str]:
 
 
 def _read(path: str) -> tuple[bytes, float]:
-    """A small file's bytes and mtime, from one open (plain ``os`` calls: this runs per entry)."""
-    fd = os.open(path, os.O_RDONLY | _CLOEXEC)
-    try:
-        mtime = os.fstat(fd).st_mtime
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return b"".join(chunks), mtime
+    """A small file's bytes and mtime, from one open."""
+    raw, st = read_with_stat(path)
+    return raw, st.st_mtime
 
 
 def _load_record(path: str) -> tuple[dict[str, Any], float]:

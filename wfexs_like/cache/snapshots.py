@@ -66,7 +66,7 @@ from typing import Any
 
 from ..digests import is_digest, normalize_fingerprint, sha256_file, split_digest
 from ..errors import CacheError, DiskFullError, IntegrityError
-from ..fsutil import atomic_write_bytes, fsync_dir, random_hex, reword_disk_full
+from ..fsutil import atomic_write_bytes, fsync_dir, random_hex, read_with_stat, reword_disk_full
 from ..images.blobstore import BlobStore
 from ..images.layout import is_blob_path, trusted_by, verify_oci_layout
 from ..images.manifest import Manifest, ManifestError, parse_manifest_or_index
@@ -95,8 +95,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 def read_json(path: Path) -> dict[str, Any]:
     try:
-        with path.open("r", encoding="utf-8") as fh:
-            data = json.load(fh)
+        data = json.loads(read_with_stat(path)[0])
     except (OSError, ValueError) as e:
         raise CacheError(
             f"metadata file {path} is unreadable or corrupted ({e}); "

@@ -70,6 +70,7 @@ from ..fsutil import (
     human_bytes,
     is_disk_full,
     names_open_file,
+    read_with_stat,
     temp_file_in,
 )
 
@@ -590,13 +591,17 @@ def _write_record(path: Path | str, data: bytes) -> None:
     What can go wrong is only ever a record that does not parse or match
     (a crash mid-write, two writers at once), which costs one re-hash of
     the blob, never a wrong trust. Padding keeps every record the same
-    length (JSON ignores trailing spaces).
+    length (JSON ignores trailing spaces), so none is truncated: a padded
+    record covers every byte of the one before (one system call fewer per
+    blob on every re-stage, each of which marks the inode dirty).
     """
+    padded = len(data) <= RECORD_WIDTH
     data = data.ljust(RECORD_WIDTH)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))  # the same length as before: drops only an older, longer tail
+        if not padded:  # a record never is this long; if one were, a later one must not keep its tail
+            os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
 
@@ -895,8 +900,7 @@ class BlobStore:
 
     def _trust_record(self, digest: str) -> dict[str, object] | None:
         try:
-            with open(self._trust_s_of(digest), "rb") as fh:
-                rec = json.loads(fh.read())
+            rec = json.loads(read_with_stat(self._trust_s_of(digest))[0])
         except (OSError, ValueError):
             return None
         return rec if isinstance(rec, dict) else None
