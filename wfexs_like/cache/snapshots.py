@@ -68,9 +68,9 @@ from ..digests import is_digest, normalize_fingerprint, sha256_file, split_diges
 from ..errors import CacheError, DiskFullError, IntegrityError
 from ..fsutil import atomic_write_bytes, fsync_dir, random_hex, read_with_stat, reword_disk_full
 from ..images.blobstore import BlobStore
-from ..images.layout import is_blob_path, trusted_by, verify_oci_layout
+from ..images.layout import trusted_by, verify_oci_layout
 from ..images.manifest import Manifest, ManifestError, parse_manifest_or_index
-from ..images.staging import link_or_copy, link_tree, remove_path, sweep_temps, write_file
+from ..images.staging import link_layout, link_or_copy, link_tree, remove_path, sweep_temps, write_file
 from ..model import META_JSON_POSTFIX, ImageMetadata
 from .names import IMAGE_KIND, CacheDirs, SnapshotKind
 from .paths import default_cache_dir
@@ -456,17 +456,18 @@ class ImageCache:
                 if force or not self._staged_matches(path, hit.fingerprint):
                     new_copy = True
                     if hit.snapshot.is_dir():
-                        link_tree(hit.snapshot, path, force=True, share=is_blob_path, sync=False)
+                        held = layout_blobs(hit.snapshot)
+                        link_layout(hit.snapshot, path, [d[7:] for d in held], sync=False)
                         # Layers only: manifests and configs are re-hashed on every check anyway.
-                        linked = list(hit.metadata.layers) or layout_blobs(hit.snapshot)
+                        linked = list(hit.metadata.layers) or held
                     else:  # a SIF or an archive: the snapshot file is a link of its blob
                         link_or_copy(hit.snapshot, path, sync=False)
                         linked = [hit.fingerprint]
                     # Vouched for by the lookup that gave ``hit``, just before these links.
                     self.store.relinked(linked)
-                meta_bytes = hit.metadata_path.read_bytes()
+                meta_bytes = read_with_stat(hit.metadata_path)[0]
                 try:
-                    current = meta_path.read_bytes()
+                    current = read_with_stat(meta_path)[0]
                 except OSError:
                     current = None
                 if force or current != meta_bytes:

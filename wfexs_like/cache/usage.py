@@ -124,7 +124,8 @@ class Usage:
             except FileNotFoundError:
                 st = None
             if line is not None and (new_copy or st is None):
-                path.parent.mkdir(parents=True, exist_ok=True)
+                if st is None:  # else the record, so its dir, is there
+                    path.parent.mkdir(parents=True, exist_ok=True)
                 fd = os.open(
                     path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666
                 )
