@@ -103,3 +103,26 @@ def test_the_summaries_name_every_command_in_help_order() -> None:
     (sub,) = (a for a in build_parser(COMMAND_MODULES)._actions if isinstance(a, argparse._SubParsersAction))
     assert list(SUMMARIES) == list(sub.choices) == list(COMMANDS)
     assert {a.dest: a.help for a in sub._choices_actions} == SUMMARIES
+
+
+@pytest.mark.parametrize("columns", [None, "60", "200", "0", "junk"])
+def test_help_is_as_wide_as_argparse_would_make_it(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+    """Parsers get their width from ``help_width`` (no ``shutil`` import): the same number argparse's
+    own default takes from ``shutil.get_terminal_size``."""
+    import shutil
+
+    from wfexs_like.cli._common import help_width
+
+    if columns is None:
+        monkeypatch.delenv("COLUMNS", raising=False)
+    else:
+        monkeypatch.setenv("COLUMNS", columns)
+    assert help_width() == shutil.get_terminal_size().columns - 2
+
+
+def test_a_listing_loads_no_shutil(tmp_path: Path) -> None:
+    from tests.support.tools import cli_modules
+
+    out, loaded = cli_modules("cache", "ls", "--cache-dir", str(tmp_path / "none"), tmp=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "wfexs_like.cli.cache" in loaded and "shutil" not in loaded

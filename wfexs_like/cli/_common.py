@@ -34,6 +34,22 @@ class PartialFailure(Exception):
     """Some items failed under ``--keep-going`` (exit 3); what succeeded was written."""
 
 
+def help_width() -> int:
+    """The width argparse formats help for: ``shutil.get_terminal_size().columns - 2``, computed
+    the way ``shutil`` does ($COLUMNS, else the terminal of stdout, else 80)."""
+    try:
+        columns = int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+        columns = columns or 80
+    return columns - 2
+
+
 class Parser(argparse.ArgumentParser):
     """argparse, but a mistyped option is reported as unknown, not as a required one missing.
 
@@ -56,6 +72,11 @@ class Parser(argparse.ArgumentParser):
             if unknown:
                 message = "unrecognized arguments: " + " ".join(unknown)
         super().error(message)
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        # argparse makes a formatter for every argument added, and without a width each one runs
+        # ``import shutil`` (with bz2, lzma, fnmatch: 4 ms, for a terminal size)
+        return self.formatter_class(prog=self.prog, width=help_width())
 
     def _unknown_options(self) -> list[str]:
         import difflib
@@ -194,7 +215,7 @@ def global_options() -> argparse.ArgumentParser:
     ``default=SUPPRESS`` keeps a sub-parser from overwriting a value the main
     parser already set; the real defaults are filled in by ``_defaults``.
     """
-    g = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    g = Parser(add_help=False, allow_abbrev=False)
     S = argparse.SUPPRESS
     g.add_argument(
         "-v",
