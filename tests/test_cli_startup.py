@@ -106,7 +106,9 @@ def test_the_summaries_name_every_command_in_help_order() -> None:
 
 
 @pytest.mark.parametrize("columns", [None, "60", "200", "0", "junk"])
-def test_help_is_as_wide_as_argparse_would_make_it(monkeypatch: pytest.MonkeyPatch, columns: str | None) -> None:
+def test_help_is_as_wide_as_argparse_would_make_it(
+    monkeypatch: pytest.MonkeyPatch, columns: str | None
+) -> None:
     """Parsers get their width from ``help_width`` (no ``shutil`` import): the same number argparse's
     own default takes from ``shutil.get_terminal_size``."""
     import shutil

@@ -159,3 +159,34 @@ def test_a_write_to_a_staged_blob_is_refused_or_caught(image_tag: str, tmp_path:
         p for p in run2.rglob("*") if p.is_file() and is_blob_path(p.relative_to(p.parents[2]).as_posix())
     ]
     assert again.returncode != 0 or all(sha256_file(p) == f"sha256:{p.name}" for p in staged), again.stderr
+
+
+def test_link_layout_stages_the_named_files_and_replaces_an_old_copy(tmp_path: Path) -> None:
+    """``link_layout`` (what a re-stage of a cached layout uses): ``oci-layout`` and ``index.json``
+    are copies, each named blob is a link of the source's, nothing else is staged, and a stage
+    already there is replaced whole."""
+    from wfexs_like.images.staging import link_layout
+
+    src = tmp_path / "src"
+    (src / "blobs" / "sha256").mkdir(parents=True)
+    (src / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    (src / "index.json").write_text('{"schemaVersion": 2, "manifests": []}')
+    (src / "stray").write_text("not part of a layout")
+    names = [c * 64 for c in "ab"]
+    for n in names:
+        (src / "blobs" / "sha256" / n).write_bytes(n.encode())
+    dst = tmp_path / "stage" / "img"
+    dst.mkdir(parents=True)
+    (dst / "old").write_text("from an earlier run")
+
+    counts = link_layout(src, dst, names, sync=False)
+
+    staged = sorted(p.relative_to(dst).as_posix() for p in dst.rglob("*") if p.is_file())
+    assert staged == sorted(["oci-layout", "index.json", *(f"blobs/sha256/{n}" for n in names)])
+    for n in names:
+        assert (dst / "blobs" / "sha256" / n).stat().st_ino == (src / "blobs" / "sha256" / n).stat().st_ino
+    for name in ("oci-layout", "index.json"):
+        assert (dst / name).read_bytes() == (src / name).read_bytes()
+        assert (dst / name).stat().st_ino != (src / name).stat().st_ino
+    assert counts["hardlink"] == 2 and counts["hardlink"] + counts["reflink"] + counts["copy"] == 4
+    assert [p.name for p in dst.parent.iterdir()] == ["img"]  # no temporary dir left beside it
