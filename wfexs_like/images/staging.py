@@ -429,15 +429,11 @@ def link_layout(
 
     def fill(tmp: str, counts: dict[str, int]) -> None:
         for name in LAYOUT_FILES:
-            counts[_clone_or_copy(f"{src}/{name}", f"{tmp}/{name}", name, sync=sync)] += 1
+            _stage_file(f"{src}/{name}", f"{tmp}/{name}", name, counts, False, sync)
         os.mkdir(f"{tmp}/blobs")
         os.mkdir(f"{tmp}/blobs/sha256")
         for name in blob_names:
-            blob, out = f"{src}/blobs/sha256/{name}", f"{tmp}/blobs/sha256/{name}"
-            if _try_hardlink(blob, out):
-                counts["hardlink"] += 1
-            else:
-                counts[_clone_or_copy(blob, out, name, sync=sync)] += 1
+            _stage_file(f"{src}/blobs/sha256/{name}", f"{tmp}/blobs/sha256/{name}", name, counts, True, sync)
 
     return _build_and_publish(Path(src_dir), Path(dst_dir), True, fill)
 
@@ -477,7 +473,13 @@ def _fill_tree(
             os.mkdir(out)
             _fill_tree(entry.path, out, f"{rel}{entry.name}/", counts, share, sync)
         elif entry.is_file(follow_symlinks=False):
-            if (share is None or share(rel + entry.name)) and _try_hardlink(entry.path, out):
-                counts["hardlink"] += 1
-            else:
-                counts[_clone_or_copy(entry.path, out, entry.name, sync=sync)] += 1
+            _stage_file(entry.path, out, entry.name, counts, share is None or share(rel + entry.name), sync)
+
+
+def _stage_file(src: str, out: str, name: str, counts: dict[str, int], link: bool, sync: bool) -> None:
+    """Make ``out`` (a new name) hold ``src``: a hard link when ``link`` and the filesystem allow,
+    else a reflink or copy; count which."""
+    if link and _try_hardlink(src, out):
+        counts["hardlink"] += 1
+    else:
+        counts[_clone_or_copy(src, out, name, sync=sync)] += 1
