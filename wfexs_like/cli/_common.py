@@ -377,13 +377,13 @@ def main_with(
         _defaults(args)
         from .settings import apply
 
-        if args.reports is False:
-            # It logs nothing and shows no progress: logging and the renderer would be a fifth of
-            # its start-up, for nothing.
-            apply(args)
-            return int(args.run(args))
-        setup_logging(args)
+        # A command that reports nothing (``reports=False``) logs nothing and shows no progress:
+        # logging and the renderer would be a fifth of its start-up, for nothing.
+        if args.reports:
+            setup_logging(args)
         apply(args)
+        if not args.reports:
+            return int(args.run(args))
         # Imported after parsing: ``--help`` and usage errors never pay for the renderer.
         from ..progress import reporting
         from .render import reporter_for
