@@ -591,16 +591,16 @@ def _write_record(path: Path | str, data: bytes) -> None:
     What can go wrong is only ever a record that does not parse or match
     (a crash mid-write, two writers at once), which costs one re-hash of
     the blob, never a wrong trust. Padding keeps every record the same
-    length (JSON ignores trailing spaces), so none is truncated: a padded
-    record covers every byte of the one before (one system call fewer per
-    blob on every re-stage, each of which marks the inode dirty).
+    length (JSON ignores trailing spaces), so a record covers every byte of
+    the one before and none is truncated (one system call fewer per blob on
+    every re-stage, each of which marks the inode dirty).
     """
     padded = len(data) <= RECORD_WIDTH
     data = data.ljust(RECORD_WIDTH)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
     try:
         os.pwrite(fd, data, 0)
-        if not padded:  # a record never is this long; if one were, a later one must not keep its tail
+        if not padded:  # never in practice (a record is ~120 bytes): drop what a longer one left
             os.ftruncate(fd, len(data))
     finally:
         os.close(fd)
